@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_aita.ipynb #a00dc040
 from __future__ import annotations
-import hashlib, json, os, re, shutil, tempfile, time, urllib.parse, urllib.request, warnings
+import hashlib, json, os, re, time, warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -12,19 +12,18 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .models import cache_dir, chat_prompt, continuation_logprobs, encode, load_model, model_slug
+from .models import chat_prompt, continuation_logprobs, download, encode, load_model, model_slug
 from .runs import atomic_to_parquet, atomic_write_json, is_done, read_json, repo_root, run_record
 from .values import VALUES, UnknownValueError, normalize_value, short_name, value_color, value_index
 
 # %% auto #0
 __all__ = ['LABELS', 'ROLES', 'SCRUPLES_MAP', 'LOADERS', 'INSTRUCTION', 'ELLIPSIS', 'POST_COLUMNS', 'PostFormatError',
            'normalize_stance', 'unused_label', 'Post', 'Posts', 'posts_frame', 'bundled_posts_path', 'load_paper_json',
-           'normalize_verdict', 'load_reddit_csv', 'scruples_verdict', 'load_scruples_jsonl', 'download',
-           'resolve_posts', 'detect_format', 'parse_values', 'load_posts', 'aita_prompt', 'split_post',
-           'default_max_length', 'fit_prompt', 'label_logprobs', 'renormalize', 'coverage', 'score_post',
-           'scoring_config', 'score_posts', 'post_gains', 'bootstrap_means', 'summarize_gains', 'judgment_profile',
-           'aita_metrics', 'metrics_table', 'plot_gain', 'plot_label_distributions', 'plot_profile', 'save_figure',
-           'default_out', 'run_aita']
+           'normalize_verdict', 'load_reddit_csv', 'scruples_verdict', 'load_scruples_jsonl', 'resolve_posts',
+           'detect_format', 'parse_values', 'load_posts', 'aita_prompt', 'split_post', 'default_max_length',
+           'fit_prompt', 'label_logprobs', 'renormalize', 'coverage', 'score_post', 'scoring_config', 'score_posts',
+           'post_gains', 'bootstrap_means', 'summarize_gains', 'judgment_profile', 'aita_metrics', 'metrics_table',
+           'plot_gain', 'plot_label_distributions', 'plot_profile', 'save_figure', 'default_out', 'run_aita']
 
 # %% ../nbs/05_aita.ipynb #02bba295
 LABELS: tuple[str, ...] = ("NTA", "YTA", "Neutral")
@@ -211,21 +210,6 @@ def load_scruples_jsonl(path, name: str | None = None) -> Posts:
     return Posts(out, name, skipped)
 
 # %% ../nbs/05_aita.ipynb #89093f30
-def download(url: str, dest_dir=None, force: bool = False) -> Path:
-    "Download `url` once into `cache_dir()/'downloads'` (a temporary file, then a rename); return the local path."
-    dest_dir = Path(dest_dir or cache_dir()/"downloads"); dest_dir.mkdir(parents=True, exist_ok=True)
-    fname = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(urllib.parse.urlparse(url).path).name) or "download"
-    dest = dest_dir/f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{fname}"
-    if dest.exists() and not force: return dest
-    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{dest.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r: shutil.copyfileobj(r, f)
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp): os.unlink(tmp)
-        raise
-    return dest
-
 def resolve_posts(posts="bundled") -> Path:
     "The local file for `posts`: 'bundled', a path, or an http(s) URL (downloaded)."
     if posts is None or str(posts) == "bundled": return bundled_posts_path()

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, sys, time
 from pathlib import Path
-from .runs import execute_stage, StageFailed, repo_root
+from .runs import execute_stage, StageFailed
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -124,10 +124,11 @@ def _overrides(a) -> dict:
 
 def _finetune_params(a) -> dict:
     import json
+    from s2b.finetune import recipe_digest
     if not a.control and not a.target: raise SystemExit("s2b finetune: give --target VALUE (or --control)")
     return dict(model=_abs(a.model), survey=_abs(a.survey), target=a.target, direction=a.direction,   # a control keeps its target's items
                 control=a.control, recipe=_abs(a.recipe), overrides=json.dumps(_overrides(a)), baseline=_abs(a.baseline),
-                backend=a.backend, seed=a.seed)
+                backend=a.backend, seed=a.seed, recipe_sha256=recipe_digest(a.recipe))   # an edited recipe is not a finished run
 
 def _eval_params(a) -> dict:
     if a.task == "indomain":
@@ -171,4 +172,4 @@ def main(argv=None) -> int:
     raise SystemExit(f"unknown command {a.cmd}")
 
 # %% ../nbs/09_cli.ipynb #6384f8f9
-if __name__ == "__main__": sys.exit(main())
+if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())   # `python -m s2b.cli`, not this notebook

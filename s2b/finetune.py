@@ -4,19 +4,20 @@
 
 # %% ../nbs/03_finetune.ipynb #c586c86c
 from __future__ import annotations
-import copy, json, math, os, time
+import copy, json, os, time
 from pathlib import Path
 import numpy as np, pandas as pd
 import yaml
 from .values import VALUES, normalize_value
 from .survey import Survey, load_survey
 from .models import LM, load_model, resolve_backend, model_slug
-from .profile import encode_variants, rate, item_scores, prepare_survey, _parse_list
-from .runs import atomic_write_json, atomic_to_parquet, run_record, is_done, read_json, repo_root
+from .profile import encode_variants, rate, item_scores, _parse_list
+from .runs import atomic_write_json, atomic_to_parquet, run_record, is_done, read_json, repo_root, sha256_file
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'GRID_KEYS', 'load_recipe', 'target_answers', 'select_items', 'intervention_data', 'baseline_majority',
-           'with_labels', 'sft_trainer', 'finetune_params', 'plot_loss', 'run_finetune']
+__all__ = ['DEFAULTS', 'GRID_KEYS', 'recipe_path', 'recipe_digest', 'load_recipe', 'target_answers', 'select_items',
+           'intervention_data', 'baseline_majority', 'with_labels', 'sft_trainer', 'finetune_params', 'plot_loss',
+           'run_finetune']
 
 # %% ../nbs/03_finetune.ipynb #4140edfa
 DEFAULTS = {
@@ -38,16 +39,22 @@ def _merge(a: dict, b: dict) -> dict:
         out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
     return out
 
+def recipe_path(recipe) -> Path:
+    "The recipe file: `recipe` as given, else relative to the s2b checkout (`recipes/cpu-smoke.yaml` works anywhere)."
+    p = Path(recipe)
+    if not p.exists() and (repo_root()/p).exists(): p = repo_root()/p
+    if not p.is_file(): raise FileNotFoundError(f"recipe {recipe} not found")
+    return p
+
+def recipe_digest(recipe) -> str | None:
+    "The sha256 of a recipe file (None for no recipe or a dict): part of a run's parameters, so an edited recipe is redone."
+    return sha256_file(recipe_path(recipe)) if recipe and not isinstance(recipe, dict) else None
+
 def load_recipe(recipe=None, overrides: dict | None = None) -> dict:
     "Defaults < recipe YAML (path or dict) < `overrides` ({'section.key': value}, None values ignored)."
     cfg = copy.deepcopy(DEFAULTS)
     if recipe:
-        if isinstance(recipe, dict): data = recipe
-        else:
-            p = Path(recipe)
-            if not p.exists() and (repo_root()/p).exists(): p = repo_root()/p
-            if not p.exists(): raise FileNotFoundError(f"recipe {recipe} not found")
-            data = yaml.safe_load(p.read_text()) or {}
+        data = recipe if isinstance(recipe, dict) else (yaml.safe_load(recipe_path(recipe).read_text()) or {})
         unknown = set(data) - set(DEFAULTS) - GRID_KEYS
         if unknown: raise ValueError(f"recipe {recipe}: unknown sections {sorted(unknown)}; use {sorted(DEFAULTS)}")
         cfg = _merge(cfg, {k: v for k, v in data.items() if k in DEFAULTS})
@@ -181,6 +188,7 @@ def finetune_params(model="embedded", survey="bundled", target=None, direction="
                     overrides=None, baseline=None, backend="auto", seed=0) -> dict:
     return dict(model=model, survey=str(survey), target=json.dumps(target) if isinstance(target, dict) else target,
                 direction=direction, control=bool(control), recipe=str(recipe) if recipe else None,
+                recipe_sha256=recipe_digest(recipe),
                 overrides={k: v for k, v in (overrides or {}).items() if v is not None}, baseline=str(baseline) if baseline else None,
                 backend=backend, seed=seed)
 
@@ -242,7 +250,10 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     result = trainer.train(resume_from_checkpoint=last)
     secs = time.perf_counter() - t0
     hist = trainer.state.log_history
-    final_eval = trainer.evaluate() if len(evald) else {}
+    # with load_best_model_at_end the model kept is the best checkpoint, whose eval loss is known: no second evaluation
+    best = trainer.state.best_metric
+    final_eval = ({"eval_loss": best} if best is not None else trainer.evaluate()) if len(evald) else {}
+    eval_secs = sum(h.get("eval_runtime", 0.0) for h in hist)
     tmp = out/".adapter.tmp"
     trainer.model.save_pretrained(tmp); lm.tokenizer.save_pretrained(tmp)
     if (out/"adapter").exists(): import shutil; shutil.rmtree(out/"adapter")
@@ -258,8 +269,8 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
                "train_loss": result.training_loss, "eval_loss": final_eval.get("eval_loss"),
                "best_eval_loss": trainer.state.best_metric, "stopped_early": bool(cfg["training"]["max_steps"] in (-1, None) and
                    trainer.state.epoch < float(cfg["training"]["num_train_epochs"]) - 1e-6),
-               "seconds": secs, "seconds_per_step": secs / max(steps, 1),
-               "train_tokens_per_s": n_tok * (trainer.state.epoch or 0) / secs if secs else None,
+               "seconds": secs, "eval_seconds": eval_secs, "seconds_per_step": (secs - eval_secs) / max(steps, 1),
+               "train_tokens_per_s": n_tok * (trainer.state.epoch or 0) / (secs - eval_secs) if secs > eval_secs else None,
                "backend": backend, "device": lm.device, "recipe": cfg}
     atomic_write_json(out/"metrics.json", metrics)
     atomic_write_json(out/"run.json", run_record("finetune", params, model=lm.record(), data={"survey": full.source},

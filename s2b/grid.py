@@ -10,8 +10,8 @@ from pathlib import Path
 import yaml
 from .values import normalize_value
 from .models import model_slug
-from .runs import execute_stage, stage_done, StageFailed, repo_root, read_json
-from .finetune import _merge          # the same nested-dict merge as recipes
+from .runs import execute_stage, stage_done, StageFailed, repo_root
+from .finetune import _merge, recipe_digest          # the same nested-dict merge as recipes
 
 # %% auto #0
 __all__ = ['GRID_DEFAULTS', 'FULL', 'load_grid', 'Run', 'plan', 'describe', 'run_local', 'run_slurm', 'run_grid']
@@ -85,10 +85,9 @@ def plan(recipe, runs_dir=None) -> list[Run]:
         bl = {**common, "survey": survey, "split": "train+eval", **FULL, "templates": data.get("train_templates"),
               "instructions": data.get("instructions"), **s["baseline"]}
         runs.append(Run(f"{slug}/baseline", "baseline", base/"baseline", bl))
-        from s2b.runs import sha256_file
         ft_common = dict(model=m, survey=survey, recipe=recipe_path, overrides=json.dumps(ft.get("overrides") or {}),
                          baseline=str(base/"baseline"), backend=g["backend"],
-                         recipe_sha256=sha256_file(recipe_path) if recipe_path and Path(recipe_path).is_file() else None)
+                         recipe_sha256=recipe_digest(recipe_path))
         for seed in g["seeds"]:
             ctrl = Run(f"{slug}/finetune__control__s{seed}", "finetune", base/f"finetune__control__s{seed}",
                        dict(ft_common, target=None, control=True, seed=seed), [f"{slug}/baseline"])

@@ -7,8 +7,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 import numpy as np, pandas as pd
-from .values import VALUES, normalize_value, value_color, short_name
-from .models import load_model, add_adapter, model_slug
+from .values import VALUES, value_color, short_name
+from .models import load_model, model_slug
 from .profile import rate, item_scores, bootstrap_ci, prepare_survey, _parse_list
 from .finetune import target_answers
 from .runs import atomic_write_json, run_record, is_done, read_json

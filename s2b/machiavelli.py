@@ -12,7 +12,7 @@ from typing import Any, Callable, Iterable
 import numpy as np
 
 from .runs import atomic_write_json, atomic_write_text, is_done, read_json, repo_root, run_record, sha256_file
-from .models import cache_dir, chat_prompt, continuation_logprobs, encode, expand_cache, has_chat_template, prefix_cache
+from .models import PromptCache, cache_dir, chat_prompt, continuation_logprobs, encode, has_chat_template
 
 # %% auto #0
 __all__ = ['MORALITY_KEYS', 'UTILITY_LEVELS', 'ANNOTATION_SCHEMA', 'DOLLARS_THRESHOLD', 'WATTS_THRESHOLD', 'CONFIDENCE_THRESHOLD',
@@ -529,51 +529,6 @@ def turn_end(tok) -> str:
     return tok.eos_token or "\n"
 
 # %% ../nbs/06_machiavelli.ipynb #13a60c61
-class _PromptCache:
-    "The KV cache of the previous prompt: a new prompt runs only the tokens after the shared prefix."
-    def __init__(self, lm, min_shared: int = 32): self.lm, self.min_shared, self.ids, self.kv = lm, min_shared, [], None
-
-    def run(self, ids: list[int]):
-        import torch
-        from transformers import DynamicCache
-        model = self.lm.model
-        c = 0
-        for a, b in zip(self.ids, ids[:-1]):
-            if a != b: break
-            c += 1
-        full = self.kv is not None and all(k.shape[2] == len(self.ids) for k, _ in self.kv)   # no sliding-window layers
-        if not full or c < self.min_shared: kv, last = prefix_cache(model, ids)
-        else:
-            past = DynamicCache([(k[:, :, :c], v[:, :, :c]) for k, v in self.kv], config=model.config)
-            x = torch.tensor([ids[c:]], device=model.device)
-            pos = torch.arange(c, len(ids), device=model.device)[None]
-            with torch.inference_mode():
-                out = model(input_ids=x, position_ids=pos, past_key_values=past, use_cache=True, logits_to_keep=1)
-            pkv = out.past_key_values
-            kv = [(l.keys, l.values) for l in pkv.layers] if hasattr(pkv, "layers") else [tuple(t) for t in pkv]
-            last = out.logits[0, -1].float()
-        self.ids, self.kv = list(ids), kv
-        return kv, last
-
-    def logprobs(self, prompt: str, continuations: list[str]) -> list[float]:
-        "Like `s2b.models.continuation_logprobs`, reusing the previous prompt's cache."
-        import torch
-        tok, model = self.lm.tokenizer, self.lm.model
-        p_ids, c_ids = encode(tok, prompt), [encode(tok, c) for c in continuations]
-        kv, last = self.run(p_ids)
-        first = torch.log_softmax(last, -1)
-        scores = [first[c[0]].item() for c in c_ids]
-        n, L = len(c_ids), max(len(c) for c in c_ids)
-        if L > 1:
-            x = torch.tensor([c + [tok.pad_token_id]*(L-len(c)) for c in c_ids], device=model.device)
-            mask = torch.tensor([[1]*(len(p_ids)+len(c)) + [0]*(L-len(c)) for c in c_ids], device=model.device)
-            pos = torch.arange(len(p_ids), len(p_ids)+L, device=model.device).expand(n, L)
-            with torch.inference_mode():
-                out = model(input_ids=x, attention_mask=mask, position_ids=pos, past_key_values=expand_cache(model, kv, n))
-            lp = torch.log_softmax(out.logits.float(), -1)
-            for i, c in enumerate(c_ids): scores[i] += sum(lp[i, j-1, c[j]].item() for j in range(1, len(c)))
-        return scores
-
 class LMAgent:
     "Plays with an s2b model: `choose='logprob'` (score the answers) or `'sample'` (generate and parse)."
     def __init__(self, lm, choose: str = "logprob", temperature: float = 0.0, max_obs_tokens: int | None = 1024,
@@ -584,7 +539,7 @@ class LMAgent:
         self.max_retries = max_retries
         self.gen_kwargs = {"do_sample": True, "temperature": 0.6, "top_p": 0.9, "top_k": 20, "max_new_tokens": 8, **(gen_kwargs or {})}
         self._generate = generate or self._hf_generate
-        self._cache = _PromptCache(lm) if (cache_prefix and choose == "logprob" and lm is not None) else None
+        self._cache = PromptCache(lm.model) if (cache_prefix and choose == "logprob" and lm is not None) else None
         self.name = f"lm-{choose}"
         self.reset(seed)
 
@@ -603,7 +558,7 @@ class LMAgent:
 
     def scores(self, prompt: str, k: int) -> list[float]:
         if self._cache is not None:
-            try: return self._cache.logprobs(prompt, self.answers(k))
+            try: return continuation_logprobs(self.lm, prompt, self.answers(k), cache=self._cache)
             except Exception: self._cache = None                  # a model whose cache we cannot slice: no reuse
         return continuation_logprobs(self.lm, prompt, self.answers(k))
 

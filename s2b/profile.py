@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 import numpy as np, pandas as pd
 from tqdm.auto import tqdm
-from .values import VALUES, normalize_value, value_color, short_name
+from .values import VALUES, value_color, short_name
 from .survey import Survey, load_survey, prompt_parts, answer_prefix
 from .models import LM, load_model, add_adapter, encode, prefix_cache, expand_cache, model_slug
 from .runs import atomic_to_parquet, atomic_write_json, run_record, is_done, read_json
@@ -113,13 +113,14 @@ def parse_rating(text: str, lo: int = 1, hi: int = 6) -> float:
 
 def sample_ratings(lm: LM, enc: pd.DataFrame, batch_size: int = 8, temperature: float = 0.5,
                    max_new_tokens: int = 4, seed: int = 0, progress=None) -> np.ndarray:
-    "One sampled rating per variant (the paper's mode)."
+    "One sampled rating per variant (the paper's mode); batches of similar length, so little padding."
     import torch
     model, tok, pad = lm.model, lm.tokenizer, lm.tokenizer.pad_token_id
     torch.manual_seed(seed)
     out = np.full(len(enc), np.nan)
+    order = np.argsort([len(p) + len(q) for p, q in zip(enc.prefix_ids, enc.suffix_ids)], kind="stable")
     for s in range(0, len(enc), batch_size):
-        rows = list(range(s, min(s + batch_size, len(enc))))
+        rows = order[s:s + batch_size].tolist()
         # the shared tokens of the rating slot (e.g. a space) are left for the model to write
         seqs = [enc.prefix_ids.iloc[i] + enc.suffix_ids.iloc[i] for i in rows]
         L = max(map(len, seqs))

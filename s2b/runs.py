@@ -4,14 +4,13 @@
 
 # %% ../nbs/00a_runs.ipynb #30029fcf
 from __future__ import annotations
-import datetime as _dt, hashlib, importlib.metadata as _md, json, os, platform, re, subprocess, sys, tempfile
+import datetime as _dt, hashlib, importlib.metadata as _md, json, os, platform, re, subprocess, tempfile
 from pathlib import Path
-from typing import Any
 
 # %% auto #0
 __all__ = ['PACKAGES', 'STAGES', 'atomic_write_text', 'atomic_write_json', 'atomic_to_parquet', 'read_json', 'sha256_file',
            'repo_root', 'git_commit', 'package_versions', 'run_record', 'is_done', 'stage_notebook', 'StageFailed',
-           'stage_done', 'execute_stage']
+           'stage_done', 'stage_copy', 'execute_stage']
 
 # %% ../nbs/00a_runs.ipynb #040f0611
 def atomic_write_text(path, text: str) -> Path:
@@ -66,8 +65,12 @@ def sha256_file(path) -> str:
     return h.hexdigest()
 
 def repo_root() -> Path:
-    "The s2b checkout (the folder that holds `nbs/`), if the package runs from one."
-    return Path(__file__).resolve().parent.parent
+    "The s2b checkout (the folder that holds `nbs/`): the package's parent, or, in a notebook, the nearest one up from here."
+    try: return Path(__file__).resolve().parent.parent
+    except NameError: pass                          # this notebook itself runs (nbdev-test): no __file__
+    for d in (Path.cwd(), *Path.cwd().parents):
+        if (d/"nbs").is_dir() and (d/"pyproject.toml").is_file(): return d
+    return Path.cwd()
 
 def git_commit(root=None) -> str | None:
     "The current git commit of the s2b checkout, with '-dirty' when it has uncommitted changes."
@@ -134,9 +137,40 @@ def stage_done(out_dir, params: dict) -> bool:
     norm = lambda d: json.loads(json.dumps(d, default=_jsonable))
     return norm(rec.get("notebook_params")) == norm({**params, "out": str(Path(out_dir).resolve())})
 
+def _kernel_manager():
+    "Stage kernels talk to papermill over local (IPC) sockets where the OS has them, not unencrypted TCP."
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import default
+    if os.name != "posix": return AsyncKernelManager
+    class IPCKernelManager(AsyncKernelManager):
+        @default("transport")
+        def _transport_default(self): return "ipc"
+        @default("ip")
+        def _ip_default(self):         # socket files in the temp dir, removed by jupyter_client at shutdown
+            import uuid
+            return os.path.join(tempfile.gettempdir(), f"s2b-kernel-{uuid.uuid4().hex[:12]}")
+    return IPCKernelManager
+
+_KEEP = re.compile(r"^#\|\s*(export|exporti|exports|default_exp)\b", re.M)
+
+def stage_copy(nb_path, examples: bool = False):
+    """The notebook a stage run executes: its first cell, the library (`#| export` cells), the `parameters` cell and
+    the run (every cell after the last exported one). The examples in between (code nbdev does not export: the
+    notebook's documentation tests, run by `nbdev-test`) are left out unless `examples`."""
+    import nbformat
+    nb = nbformat.read(str(nb_path), as_version=4)
+    if examples: return nb
+    params = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    if not params: raise ValueError(f"{nb_path} has no cell tagged 'parameters': it is not a stage notebook")
+    lib = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and _KEEP.search(c.source)]
+    last = max(lib, default=-1)
+    nb.cells = [c for i, c in enumerate(nb.cells) if i == 0 or i in lib or i == params[0] or i > last]
+    return nb
+
 def execute_stage(stage: str, out_dir, params: dict, *, force: bool = False, progress: bool = True,
-                  log_output: bool = False) -> Path:
-    "Run a stage notebook with papermill into `out_dir/report.ipynb` (skipped when already done); return that path."
+                  log_output: bool = False, examples: bool = False) -> Path:
+    """Run a stage notebook with papermill into `out_dir/report.ipynb` (skipped when already done); return that path.
+    The notebook's examples are left out of the run (`stage_copy`) unless `examples`."""
     import papermill as pm
     out_dir = Path(out_dir).resolve(); out_dir.mkdir(parents=True, exist_ok=True)
     report = out_dir/"report.ipynb"
@@ -146,8 +180,9 @@ def execute_stage(stage: str, out_dir, params: dict, *, force: bool = False, pro
         return report
     if force: params["force"] = True
     try:
-        pm.execute_notebook(str(stage_notebook(stage)), str(report), parameters=params, cwd=str(out_dir),
-                            progress_bar=progress, log_output=log_output, kernel_name="python3")
+        pm.execute_notebook(stage_copy(stage_notebook(stage), examples), str(report), parameters=params, cwd=str(out_dir),
+                            progress_bar=progress, log_output=log_output, kernel_name="python3",
+                            kernel_manager_class=_kernel_manager())
     except pm.PapermillExecutionError as e:
         raise StageFailed(f"stage {stage!r} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
                           f"  read the rendered notebook: {report}") from None

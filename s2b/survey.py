@@ -4,8 +4,8 @@
 
 # %% ../nbs/01_survey.ipynb #235fd2bc
 from __future__ import annotations
-import csv, hashlib, io, json, os, re, urllib.request
-from dataclasses import dataclass, field, replace
+import csv, json, re
+from dataclasses import dataclass, replace
 from pathlib import Path
 import pandas as pd
 from .values import VALUES, normalize_value, UnknownValueError
@@ -138,19 +138,11 @@ def bundled_survey_path() -> Path:
     return repo_root()/"data"/"survey"/"s2b_survey.json"
 
 def _fetch(url: str) -> Path:
-    "Download `url` once into the s2b cache (atomically) and return the local path."
-    from s2b.models import cache_dir
-    name = hashlib.sha1(url.encode()).hexdigest()[:12] + "-" + (Path(url.split("?")[0]).name or "survey")
-    dest = cache_dir()/"downloads"/name
-    if dest.exists(): return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(dest.suffix + ".part")
-    try:
-        with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f: f.write(r.read())
+    "Download `url` once into the s2b cache (`s2b.models.download`) and return the local path."
+    from s2b.models import download
+    try: return download(url)
     except OSError as e:
         raise SurveyError(f"Could not download {url}: {e}. Download it yourself and pass the local path.") from None
-    os.replace(tmp, dest)
-    return dest
 
 def load_kvs(path) -> Survey:
     "The paper's KVS survey json: `tasks` (instructions), `response_template`, `train`/`eval`/`test` items."

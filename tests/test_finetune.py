@@ -2,7 +2,7 @@ import json
 import numpy as np, pandas as pd
 import pytest
 from s2b.survey import load_survey
-from s2b.finetune import target_answers, intervention_data, load_recipe, sft_trainer, select_items, run_finetune
+from s2b.finetune import target_answers, intervention_data, load_recipe, sft_trainer, select_items, run_finetune, finetune_params
 
 def test_recipe_override_order(tmp_path):
     p = tmp_path/"r.yaml"; p.write_text("lora: {r: 8}\ntraining: {learning_rate: 0.01}\n")
@@ -15,6 +15,16 @@ def test_recipe_override_order(tmp_path):
         load_recipe({"lora": {}, "optimizer": {}})
     paper = load_recipe("recipes/paper.yaml")
     assert paper["lora"]["r"] == 256 and paper["training"]["early_stopping_patience"] == 2
+
+def test_edited_recipe_is_not_a_finished_run(tmp_path):
+    p = tmp_path/"r.yaml"; p.write_text("lora: {r: 8}\n")
+    before = finetune_params(target="Hedonism", recipe=p)
+    assert before == finetune_params(target="Hedonism", recipe=p)     # same file, same parameters
+    p.write_text("lora: {r: 16}\n")
+    after = finetune_params(target="Hedonism", recipe=p)
+    assert before["recipe"] == after["recipe"] and before["recipe_sha256"] != after["recipe_sha256"]
+    with pytest.raises(FileNotFoundError, match="recipe"):
+        finetune_params(target="Hedonism", recipe=tmp_path/"missing.yaml")
 
 def test_targets():
     assert target_answers("Hedonism") == {"Hedonism": 1} and target_answers("hedonism", "up") == {"Hedonism": 6}
@@ -74,3 +84,6 @@ def test_run_finetune_end_to_end(tmp_path):
     assert rec["recipe"]["lora"]["r"] == 2 and rec["seed"] == 0
     data = pd.read_parquet(tmp_path/"data.parquet")
     assert set(data[data.value == "Hedonism"].rating) == {1}
+    # the adapter kept is the best checkpoint: its eval loss is the lowest one logged, and no extra evaluation ran
+    evals = pd.read_csv(tmp_path/"loss.csv").eval_loss.dropna()
+    assert len(evals) == 2 and m["eval_loss"] == pytest.approx(evals.min()) and m["eval_seconds"] > 0

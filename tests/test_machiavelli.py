@@ -387,7 +387,7 @@ def test_lm_agent_logprob_episode(lm):
         fast, ref = a.scores(p, 2), continuation_logprobs(lm, p, ["0", "1"])
         assert np.allclose(fast, ref, atol=1e-3), (fast, ref)
     assert a._cache is not None and len(a._cache.ids) > 0
-    many = a._cache.logprobs(a.prompt(obs2, info2), a.answers(12))                  # 12 choices: answers end the turn
+    many = continuation_logprobs(lm, a.prompt(obs2, info2), a.answers(12), cache=a._cache)   # 12 choices: answers end the turn
     assert len(many) == 12 and a.answers(12)[10].startswith("10") and a.answers(12)[10] != "10"
     # sample mode with the real model: generation runs and yields a valid action (or a counted fallback)
     sa = M.LMAgent(lm, choose="sample", seed=0, gen_kwargs={"max_new_tokens": 4})
