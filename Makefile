@@ -22,11 +22,13 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/s2b demo
 
-# The tests (the notebooks' exported library must match the notebooks first).
+# The tests: the notebooks' exported library must match the notebooks, then pytest, then every
+# notebook's examples and default run (nbdev-test; about 3 minutes on 2 cores).
 test: $(STAMP)
 	$(BIN)/nbdev-export
 	git diff --exit-code --stat -- s2b || (echo "nbdev-export changed s2b/: commit the exported library" && exit 1)
 	$(BIN)/python -m pytest -q tests
+	$(BIN)/nbdev-test --n-workers 1
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not model" tests

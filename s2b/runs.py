@@ -154,7 +154,7 @@ def _kernel_manager():
 _KEEP = re.compile(r"^#\|\s*(export|exporti|exports|default_exp)\b", re.M)
 
 def stage_copy(nb_path, examples: bool = False):
-    """The notebook a stage run executes: its first cell, the library (`#| export` cells), the `parameters` cell and
+    """The notebook a stage run executes: its first cell, the library (the cells nbdev exports), the `parameters` cell and
     the run (every cell after the last exported one). The examples in between (code nbdev does not export: the
     notebook's documentation tests, run by `nbdev-test`) are left out unless `examples`."""
     import nbformat
