@@ -11,10 +11,10 @@ from .values import VALUES, value_color, short_name
 from .models import load_model, model_slug
 from .profile import rate, item_scores, bootstrap_ci, prepare_survey, _parse_list
 from .finetune import target_answers
-from .runs import atomic_write_json, run_record, is_done, read_json
+from .runs import atomic_to_parquet, atomic_write_json, run_record, is_done, read_json
 
 # %% auto #0
-__all__ = ['item_deltas', 'indomain_metrics', 'plot_deltas', 'run_indomain']
+__all__ = ['item_deltas', 'indomain_metrics', 'plot_deltas', 'shared_ratings_path', 'run_indomain']
 
 # %% ../nbs/04_indomain.ipynb #c3478e32
 def item_deltas(cond: pd.DataFrame, ctrl: pd.DataFrame, templates=None) -> pd.DataFrame:
@@ -78,6 +78,19 @@ def _train_templates(adapter):
             return None if t is None else [int(x) for x in _parse_list(str(t))]
     return None
 
+def shared_ratings_path(adapter, model, s) -> Path:
+    """Where the ratings of `adapter` on the prepared survey `s` are cached beside the adapter, so that every in-domain
+    run with the same control (20 values × directions in a grid) rates it once. The key holds the model, the survey file
+    and the selection of items and variants, and the adapter's weights file (size and time), so a retrained adapter is
+    rated anew."""
+    import hashlib
+    p = Path(adapter)
+    ad = p/"adapter" if (p/"adapter"/"adapter_config.json").exists() else p
+    w = next((ad/f for f in ("adapter_model.safetensors", "adapter_model.bin") if (ad/f).exists()), None)
+    stamp = [w.stat().st_size, w.stat().st_mtime_ns] if w else None
+    key = json.dumps([str(model), s.sha256, sorted(i.id for i in s.items), s.template_ids(), s.instruction_ids(), stamp], default=str)
+    return ad/"ratings"/f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.parquet"
+
 def run_indomain(model="embedded", survey="bundled", adapter=None, control=None, target=None, direction="down", split="test",
                  limit=None, templates=None, batch_size=None, seed=0, backend="hf", out="indomain", force=False, instructions=None) -> dict:
     "Rate the test split under the steering and the control adapter, and write target drop, drift and Δ to `out`."
@@ -93,9 +106,17 @@ def run_indomain(model="embedded", survey="bundled", adapter=None, control=None,
     out.mkdir(parents=True, exist_ok=True)
     ratings = {}
     for role, ad in (("control", control), ("conditioned", adapter)):
-        lm = load_model(model, adapter=ad, backend=backend)
-        ratings[role], _ = rate(lm, s, "logits", cache=out/f"ratings_{role}.parquet", batch_size=batch_size, seed=seed, desc=role)
-        del lm
+        # the control is shared by many runs: its ratings are cached beside it and copied here
+        cache = shared_ratings_path(ad, model, s) if role == "control" else out/f"ratings_{role}.parquet"
+        if role == "control" and cache.exists() and len(pd.read_parquet(cache)) == len(s) * s.n_variants:
+            print(f"s2b: control ratings reused from {cache}")
+            ratings[role] = pd.read_parquet(cache)
+        else:
+            lm = load_model(model, adapter=ad, backend=backend)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            ratings[role], _ = rate(lm, s, "logits", cache=cache, batch_size=batch_size, seed=seed, desc=role)
+            del lm
+        if role == "control": atomic_to_parquet(ratings[role], out/"ratings_control.parquet")
     d = item_deltas(ratings["conditioned"], ratings["control"])
     metrics = {"targets": targets, **indomain_metrics(d, targets, seed=seed), "n_items": len(s), "n_variants": s.n_variants}
     seen = _train_templates(adapter)

@@ -1,4 +1,5 @@
-import pandas as pd
+import os
+import numpy as np, pandas as pd
 import pytest
 from s2b.indomain import item_deltas, indomain_metrics
 
@@ -28,3 +29,32 @@ def test_profile_target_drop_counts_every_target():
     cond = _ratings({"h1": ("Hedonism", 2.0), "t1": ("Tradition", 2.0)})
     m = indomain_metrics(item_deltas(cond, ctrl), {"Hedonism": 1, "Tradition": 1})
     assert m["target_drop"] == 1.5 and m["per_target"]["Tradition"]["drop"] == 1.0 and m["n_other_items"] == 0
+
+@pytest.mark.model
+def test_runs_with_one_control_rate_it_once(lm, tmp_path, capsys):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from s2b.indomain import run_indomain, shared_ratings_path
+    from s2b.profile import prepare_survey
+    torch.manual_seed(0)
+    pm = get_peft_model(lm.model, LoraConfig(r=2, lora_alpha=4, init_lora_weights=False, target_modules=["q_proj"]))
+    try:
+        pm.save_pretrained(tmp_path/"ctrl")
+        with torch.no_grad():
+            for n, p in pm.named_parameters():
+                if "lora_" in n: p.mul_(3.0)
+        pm.save_pretrained(tmp_path/"cond")
+    finally:
+        lm.model = pm.unload()
+    kw = dict(adapter=str(tmp_path/"cond"), control=str(tmp_path/"ctrl"), limit=3, templates="0", instructions="0")
+    a = run_indomain("embedded", "bundled", target="Hedonism", out=tmp_path/"a", **kw)
+    shared = shared_ratings_path(tmp_path/"ctrl", "embedded", prepare_survey("bundled", "test", 3, "0", instructions="0"))
+    assert shared.exists() and "reused" not in capsys.readouterr().out
+    b = run_indomain("embedded", "bundled", target="Tradition", out=tmp_path/"b", **kw)      # a second target, same control
+    assert "control ratings reused" in capsys.readouterr().out
+    ca, cb = (pd.read_parquet(tmp_path/r/"ratings_control.parquet") for r in "ab")
+    pd.testing.assert_frame_equal(ca, cb)
+    assert a["n_items"] == b["n_items"] == 3 and np.isfinite(a["drift"])
+    # a retrained control (new weights file) is rated anew
+    w = tmp_path/"ctrl"/"adapter_model.safetensors"; os.utime(w, ns=(w.stat().st_atime_ns, w.stat().st_mtime_ns + 10**9))
+    assert shared_ratings_path(tmp_path/"ctrl", "embedded", prepare_survey("bundled", "test", 3, "0", instructions="0")) != shared
