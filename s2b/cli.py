@@ -36,7 +36,7 @@ def _profile_params(a) -> dict:
 
 def _run(stage: str, out, params: dict, force: bool) -> int:
     t0 = time.time()
-    try: report = execute_stage(stage, out, params, force=force)
+    try: report = execute_stage(stage, out, params, force=force, stream=True)   # the notebook's own messages and progress, live
     except StageFailed as e:
         print(f"s2b: {e}", file=sys.stderr); return 1
     print(f"s2b: {stage} done in {time.time()-t0:.0f}s -> {Path(out).resolve()}\n  report: {report}\n  metrics: {Path(report).parent/'metrics.json'}")

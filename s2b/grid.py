@@ -198,7 +198,7 @@ def run_local(runs: list[Run], force: bool = False, parallel_gpus: bool = True, 
         log(f"[{i}/{len(runs)}] running {r.label()}  ({time.time()-t_all:.0f}s so far)")
         t0 = time.time()
         try:
-            execute_stage(r.stage, r.out, r.params, force=force or stale)
+            execute_stage(r.stage, r.out, r.params, force=force or stale, stream=True)   # the stage's own progress, live
             status[r.key] = "done"; log(f"[{i}/{len(runs)}] done in {time.time()-t0:.0f}s: {r.out}")
         except StageFailed as e:
             status[r.key] = f"failed: {e}"; log(f"[{i}/{len(runs)}] FAILED {r.label()}\n{e}")
@@ -209,7 +209,7 @@ def run_local(runs: list[Run], force: bool = False, parallel_gpus: bool = True, 
 # %% ../nbs/08_grid.ipynb #64d5f287
 def _job(stage: str, out: str, params: dict, force: bool) -> str:
     "What a SLURM job runs: one stage notebook."
-    return str(execute_stage(stage, out, params, force=force, progress=False))
+    return str(execute_stage(stage, out, params, force=force, progress=False, stream=True))   # into the job's log
 
 def run_slurm(runs: list[Run], slurm: dict | None = None, force: bool = False, folder=None, cluster: str | None = None, log=print) -> dict:
     "Submit the plan through submitit; returns {key: job id}. `cluster`: None (auto: slurm), 'local' or 'debug'."

@@ -8,7 +8,7 @@ import math, re, time
 from collections import Counter
 from pathlib import Path
 import numpy as np, pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm      # text bars: they also stream from a papermill kernel
 from .values import VALUES, value_color, short_name
 from .survey import Survey, load_survey, prompt_parts, answer_prefix
 from .models import LM, load_model, add_adapter, encode, prefix_cache, expand_cache, model_slug

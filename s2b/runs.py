@@ -168,10 +168,12 @@ def stage_copy(nb_path, examples: bool = False):
     return nb
 
 def execute_stage(stage: str, out_dir, params: dict, *, force: bool = False, progress: bool = True,
-                  log_output: bool = False, examples: bool = False) -> Path:
+                  log_output: bool = False, examples: bool = False, stream: bool = False) -> Path:
     """Run a stage notebook with papermill into `out_dir/report.ipynb` (skipped when already done); return that path.
-    The notebook's examples are left out of the run (`stage_copy`) unless `examples`."""
-    import papermill as pm
+    The notebook's examples are left out of the run (`stage_copy`) unless `examples`. `progress` shows papermill's
+    bar of cells; `stream` instead passes the notebook's own output (its messages and progress bars) to this
+    process's stdout and stderr as it runs."""
+    import papermill as pm, sys
     out_dir = Path(out_dir).resolve(); out_dir.mkdir(parents=True, exist_ok=True)
     report = out_dir/"report.ipynb"
     params = {**params, "out": str(out_dir)}
@@ -181,8 +183,9 @@ def execute_stage(stage: str, out_dir, params: dict, *, force: bool = False, pro
     if force: params["force"] = True
     try:
         pm.execute_notebook(stage_copy(stage_notebook(stage), examples), str(report), parameters=params, cwd=str(out_dir),
-                            progress_bar=progress, log_output=log_output, kernel_name="python3",
-                            kernel_manager_class=_kernel_manager())
+                            progress_bar=progress and not stream, log_output=log_output, kernel_name="python3",
+                            kernel_manager_class=_kernel_manager(),
+                            stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
     except pm.PapermillExecutionError as e:
         raise StageFailed(f"stage {stage!r} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
                           f"  read the rendered notebook: {report}") from None

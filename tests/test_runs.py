@@ -28,7 +28,8 @@ def test_execute_stage_runs_the_stage_once(tmp_path, capsys):
     params = {"runs_dir": str(tmp_path/"runs"), "figures": str(tmp_path/"figures")}
     sockets = lambda: set(Path(tempfile.gettempdir()).glob("s2b-kernel-*"))
     before_run = sockets()
-    report = execute_stage("report", out, params, progress=False)
+    report = execute_stage("report", out, params, stream=True)
+    assert "figure files" in capsys.readouterr().out                         # the notebook's own output, live
     nb = json.loads(report.read_text())
     code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
     assert not any("assert parse_run_dir(" in c for c in code)                # the examples were left out
