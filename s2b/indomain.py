@@ -108,9 +108,10 @@ def run_indomain(model="embedded", survey="bundled", adapter=None, control=None,
     for role, ad in (("control", control), ("conditioned", adapter)):
         # the control is shared by many runs: its ratings are cached beside it and copied here
         cache = shared_ratings_path(ad, model, s) if role == "control" else out/f"ratings_{role}.parquet"
-        if role == "control" and cache.exists() and len(pd.read_parquet(cache)) == len(s) * s.n_variants:
+        done = pd.read_parquet(cache) if role == "control" and cache.exists() else None
+        if done is not None and len(done) == len(s) * s.n_variants:          # complete: no need to load the model
             print(f"s2b: control ratings reused from {cache}")
-            ratings[role] = pd.read_parquet(cache)
+            ratings[role] = done
         else:
             lm = load_model(model, adapter=ad, backend=backend)
             cache.parent.mkdir(parents=True, exist_ok=True)
