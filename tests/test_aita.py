@@ -273,20 +273,8 @@ def test_truncation_keeps_the_question(lm):
 
 
 @pytest.mark.model
-def test_end_to_end_with_random_adapters(lm, tmp_path, monkeypatch):
-    import torch
-    from peft import LoraConfig, get_peft_model
-    torch.manual_seed(0)
-    pm = get_peft_model(lm.model, LoraConfig(r=4, lora_alpha=8, init_lora_weights=False,
-                                             target_modules=["q_proj", "v_proj"]))
-    try:
-        pm.save_pretrained(tmp_path/"cond")
-        with torch.no_grad():                       # a different random adapter: shuffle the LoRA weights
-            for n, p in pm.named_parameters():
-                if "lora_" in n: p.copy_(p.flatten()[torch.randperm(p.numel())].view_as(p))
-        pm.save_pretrained(tmp_path/"ctrl")
-    finally:
-        lm.model = pm.unload()                      # the shared model without the LoRA layers again
+def test_end_to_end_with_random_adapters(lm, tmp_path, monkeypatch, random_adapters):
+    random_adapters(tmp_path/"cond", tmp_path/"ctrl")
     out = tmp_path/"run"
     m = aita.run_aita("embedded", adapter=str(tmp_path/"cond"), control=str(tmp_path/"ctrl"),
                       placebo=str(tmp_path/"cond"), posts="bundled", limit=2, out=out, n_boot=200,

@@ -31,21 +31,10 @@ def test_profile_target_drop_counts_every_target():
     assert m["target_drop"] == 1.5 and m["per_target"]["Tradition"]["drop"] == 1.0 and m["n_other_items"] == 0
 
 @pytest.mark.model
-def test_runs_with_one_control_rate_it_once(lm, tmp_path, capsys):
-    import torch
-    from peft import LoraConfig, get_peft_model
+def test_runs_with_one_control_rate_it_once(tmp_path, capsys, random_adapters):
     from s2b.indomain import run_indomain, shared_ratings_path
     from s2b.profile import prepare_survey
-    torch.manual_seed(0)
-    pm = get_peft_model(lm.model, LoraConfig(r=2, lora_alpha=4, init_lora_weights=False, target_modules=["q_proj"]))
-    try:
-        pm.save_pretrained(tmp_path/"ctrl")
-        with torch.no_grad():
-            for n, p in pm.named_parameters():
-                if "lora_" in n: p.mul_(3.0)
-        pm.save_pretrained(tmp_path/"cond")
-    finally:
-        lm.model = pm.unload()
+    random_adapters(tmp_path/"ctrl", tmp_path/"cond")
     kw = dict(adapter=str(tmp_path/"cond"), control=str(tmp_path/"ctrl"), limit=3, templates="0", instructions="0")
     a = run_indomain("embedded", "bundled", target="Hedonism", out=tmp_path/"a", **kw)
     shared = shared_ratings_path(tmp_path/"ctrl", "embedded", prepare_survey("bundled", "test", 3, "0", instructions="0"))
