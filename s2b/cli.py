@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--adapter"); p.add_argument("--control")
     p.add_argument("--games", default="bundled"); p.add_argument("--upstream-data", help="MACHIAVELLI game_data dir (needs the machiavelli package)")
     p.add_argument("--agent", default="lm", choices=["lm", "random"]); p.add_argument("--choose", default="logprob", choices=["logprob", "sample"])
+    p.add_argument("--temperature", type=float, default=0.0, help="> 0: sample each action from the choice probabilities")
+    p.add_argument("--no-base", action="store_true", help="with --adapter and --control, do not also play the un-adapted model")
     p.add_argument("--episodes", type=int, default=1); p.add_argument("--random-episodes", type=int, default=50)
     p.add_argument("--max-steps", type=int, default=200)
 
@@ -139,10 +141,11 @@ def _eval_params(a) -> dict:
         return dict(model=_abs(a.model), adapter=_abs(a.adapter), control=_abs(a.control), placebo=_abs(a.placebo),
                     posts=_abs(a.posts), values=a.values, limit=a.limit, seed=a.seed, backend=a.backend)
     return dict(model=_abs(a.model), adapter=_abs(a.adapter), control=_abs(a.control), games=_abs(a.games),
-                upstream_data=_abs(a.upstream_data), agent=a.agent, choose=a.choose, episodes=a.episodes,
+                upstream_data=_abs(a.upstream_data), agent=a.agent, choose=a.choose, temperature=a.temperature, base=not a.no_base, episodes=a.episodes,
                 random_episodes=a.random_episodes, max_steps=a.max_steps, seed=a.seed, backend=a.backend)
 
 def _demo(a) -> int:
+    from s2b.runs import read_json
     from s2b.grid import run_grid
     t0 = time.time()
     status = run_grid(a.recipe, force=a.force, runs_dir=a.runs_dir)
@@ -154,6 +157,9 @@ def _demo(a) -> int:
     figs = sorted(Path("figures").resolve().glob("*.png"))
     print(f"  figures:            {Path('figures').resolve()} ({len(figs)} PNG)")
     for k, v in failed.items(): print(f"  {k}: {v}")
+    findings = (read_json(runs/"report"/"metrics.json") or {}).get("findings") or []
+    if findings: print("\nWhat the demo measured (also in figures/results.md):")
+    for line in findings: print(f"  - {line}")
     return 1 if failed else 0
 
 def main(argv=None) -> int:

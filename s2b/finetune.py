@@ -15,18 +15,19 @@ from .profile import encode_variants, rate, item_scores, _parse_list
 from .runs import atomic_write_json, atomic_to_parquet, run_record, is_done, read_json, repo_root, sha256_file
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'GRID_KEYS', 'recipe_path', 'recipe_digest', 'load_recipe', 'target_answers', 'select_items',
-           'intervention_data', 'baseline_majority', 'with_labels', 'sft_trainer', 'finetune_params', 'plot_loss',
-           'run_finetune']
+__all__ = ['DEFAULTS', 'GRID_KEYS', 'ANCHORS', 'recipe_path', 'recipe_digest', 'load_recipe', 'target_answers', 'select_items',
+           'anchor_answers', 'intervention_data', 'baseline_ratings', 'with_labels', 'answer_loss', 'sft_trainer',
+           'finetune_params', 'plot_loss', 'run_finetune']
 
 # %% ../nbs/03_finetune.ipynb #4140edfa
 DEFAULTS = {
-    "lora": {"r": 256, "alpha": 512, "dropout": 0.0, "target_modules": "all-linear"},
+    "lora": {"r": 256, "alpha": 512, "dropout": 0.0, "target_modules": "all-linear", "top_layers": None},
     "training": {"learning_rate": 1e-4, "warmup_ratio": 0.15, "num_train_epochs": 10, "max_steps": -1,
                  "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "per_device_eval_batch_size": 32,
                  "max_length": 512, "eval_every": "epoch", "early_stopping_patience": 2, "early_stopping_threshold": 0.01,
                  "gradient_checkpointing": False, "lr_scheduler_type": "linear"},
-    "data": {"train_templates": None, "instructions": None, "others_per_value": None, "target_limit": None, "eval_limit": None},
+    "data": {"train_templates": None, "instructions": None, "others_per_value": None, "target_limit": None, "eval_limit": None,
+             "anchor": "majority"},
 }
 
 # a recipe file may also be a grid recipe (s2b.grid): those keys are not the fine-tune's
@@ -79,36 +80,63 @@ def target_answers(target=None, direction: str = "down", scale=(1, 6)) -> dict[s
     return {normalize_value(target): scale[0] if direction == "down" else scale[1]}
 
 # %% ../nbs/03_finetune.ipynb #fa50d138
-def select_items(survey: Survey, targets: dict, others_per_value=None, target_limit=None, seed: int = 0) -> Survey:
-    "The target values' items (at most `target_limit` each) plus `others_per_value` items of every other value (None: all)."
+def select_items(survey: Survey, values, others_per_value=None, target_limit=None, seed: int = 0) -> Survey:
+    "The items of `values` (at most `target_limit` each) plus `others_per_value` items of every other value (None: all)."
     from dataclasses import replace
     rng = np.random.default_rng(seed)
     keep = []
     for v in VALUES:
         items = [i for i in survey.items if i.value == v]
-        n = target_limit if v in targets else others_per_value
+        n = target_limit if v in values else others_per_value
         if n is not None and n < len(items): items = [items[j] for j in sorted(rng.choice(len(items), int(n), replace=False))]
         keep += items
     return replace(survey, items=[i for i in survey.items if i in set(keep)])
 
-def intervention_data(survey: Survey, baseline: dict[str, float], targets: dict[str, int], lm: LM) -> pd.DataFrame:
-    "One SFT example per item × variant with `input_ids`, `completion_mask` and the answer `rating`."
-    missing = [i.id for i in survey.items if i.value not in targets and (i.id not in baseline or pd.isna(baseline[i.id]))]
-    if missing: raise ValueError(f"no baseline rating for {len(missing)} items, e.g. {missing[:3]}")
+# %% ../nbs/03_finetune.ipynb #62da8b98
+ANCHORS = ("majority", "expected", "distribution")
+
+def anchor_answers(baseline: pd.DataFrame, anchor: str = "majority") -> dict[str, int]:
+    "{item_id: the rating a non-target item keeps}: its majority rating over the variants (`majority`) or its rounded mean expected rating (`expected`)."
+    s = item_scores(baseline).set_index("item_id")
+    if anchor == "majority": return s["majority"].astype(int).to_dict()
+    if anchor == "expected": return s["score"].round().astype(int).to_dict()
+    raise ValueError(f"anchor {anchor!r} keeps no single rating per item; use one of {ANCHORS[:2]}")
+
+# %% ../nbs/03_finetune.ipynb #1c0d39e2
+def intervention_data(survey: Survey, baseline, targets: dict[str, int], lm: LM, anchor: str = "majority") -> pd.DataFrame:
+    """One SFT example per item × variant: `input_ids`, `completion_mask`, the answer `rating`, the six rating tokens `cand`
+    and `soft`, the answer distribution over them (one-hot for a hard label). `baseline` is the un-adapted model's ratings
+    table (from `s2b.profile.rate`) or, for the hard anchors, a ready {item_id: rating}."""
+    if anchor not in ANCHORS: raise ValueError(f"unknown anchor {anchor!r}; use one of {ANCHORS}")
+    from s2b.profile import KEY, PCOLS
+    dist = anchor == "distribution"
+    if dist and not isinstance(baseline, pd.DataFrame): raise ValueError("the distribution anchor needs the baseline ratings table")
+    answers = anchor_answers(baseline, anchor) if isinstance(baseline, pd.DataFrame) and not dist else baseline
+    probs = baseline.set_index(KEY)[PCOLS] if dist else None
     enc = encode_variants(lm, survey)
+    others = enc[~enc.value.isin(list(targets))]
+    missing = sorted(set(others.item_id) - set(answers)) if not dist else \
+        [k[0] for k in others[KEY].itertuples(index=False) if k not in probs.index]
+    if not dist: missing += [i for i in others.item_id.unique() if i in answers and pd.isna(answers[i])]
+    if missing: raise ValueError(f"no baseline rating for {len(missing)} items, e.g. {sorted(set(missing))[:3]}")
     rows = []
     for r in enc.itertuples():
-        rating = int(targets.get(r.value, baseline.get(r.item_id, 0)))
-        ans = r.cand_ids[rating - 1]
+        if r.value in targets or not dist:
+            rating = int(targets.get(r.value, answers.get(r.item_id, 0)))
+            soft = [float(k == rating) for k in range(1, 7)]
+        else:
+            p = probs.loc[(r.item_id, r.instruction_id, r.template_id)].to_numpy(float)
+            soft = list(p / p.sum()); rating = int(np.argmax(p)) + 1
         prompt = list(r.prefix_ids) + list(r.suffix_ids)
         rows.append({"item_id": r.item_id, "value": r.value, "split": r.split, "instruction_id": r.instruction_id,
-                     "template_id": r.template_id, "rating": rating, "target": r.value in targets,
-                     "input_ids": prompt + [ans], "completion_mask": [0]*len(prompt) + [1]})
+                     "template_id": r.template_id, "rating": rating, "target": r.value in targets, "soft": soft,
+                     "cand": list(r.cand_ids), "input_ids": prompt + [r.cand_ids[rating - 1]],
+                     "completion_mask": [0]*len(prompt) + [1]})
     return pd.DataFrame(rows)
 
 # %% ../nbs/03_finetune.ipynb #e965abc7
-def baseline_majority(lm: LM, survey: Survey, baseline_dir=None, cache=None) -> dict[str, float]:
-    "{item_id: majority rating over the variants} of the un-adapted model, reusing an earlier profile run."
+def baseline_ratings(lm: LM, survey: Survey, baseline_dir=None, cache=None) -> pd.DataFrame:
+    "The un-adapted model's ratings of every variant of `survey` (`s2b.profile.rate`), reusing an earlier run's."
     from s2b.profile import KEY
     if cache and baseline_dir and not Path(cache).exists():
         # a profile run's ratings, or another fine-tune's cached baseline
@@ -121,20 +149,28 @@ def baseline_majority(lm: LM, survey: Survey, baseline_dir=None, cache=None) -> 
                 if len(seed_rows): atomic_to_parquet(seed_rows, cache)
     if lm.adapter: raise ValueError("the baseline must be rated without an adapter")
     ratings, _ = rate(lm, survey, "logits", cache=cache, desc="baseline")
-    return item_scores(ratings).set_index("item_id")["majority"].to_dict()
+    return ratings
 
 # %% ../nbs/03_finetune.ipynb #076be819
+def _linear_names(model) -> list[str]:
+    "The names of the linear layers inside the decoder layers (`all-linear` without the output head)."
+    import torch
+    return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n})
+
 def _lora_model(lm: LM, lora: dict, backend: str, seed: int, gradient_checkpointing: bool):
     targets = lora["target_modules"]
+    top = lora.get("top_layers")
+    # LoRA on the last `top_layers` decoder layers only: the backward pass then stops at the lowest of them
+    layers = None if not top else list(range(lm.model.config.num_hidden_layers - int(top), lm.model.config.num_hidden_layers))
+    if targets == "all-linear" and (layers or backend == "unsloth"): targets = _linear_names(lm.model)
     if backend == "unsloth":
         from unsloth import FastLanguageModel
-        if targets == "all-linear": targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
         return FastLanguageModel.get_peft_model(lm.model, r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"],
-                                                target_modules=targets, bias="none", random_state=seed,
+                                                target_modules=targets, bias="none", random_state=seed, layers_to_transform=layers,
                                                 use_gradient_checkpointing="unsloth" if gradient_checkpointing else False)
     from peft import LoraConfig, get_peft_model
     cfg = LoraConfig(r=lora["r"], lora_alpha=lora["alpha"], lora_dropout=lora["dropout"], target_modules=targets,
-                     bias="none", task_type="CAUSAL_LM")
+                     layers_to_transform=layers, bias="none", task_type="CAUSAL_LM")
     if gradient_checkpointing: lm.model.gradient_checkpointing_enable(); lm.model.enable_input_require_grads()
     return get_peft_model(lm.model, cfg)
 
@@ -144,15 +180,52 @@ def with_labels(df: pd.DataFrame) -> pd.DataFrame:
     df["labels"] = [[t if m else -100 for t, m in zip(ids, mask)] for ids, mask in zip(df.input_ids, df.completion_mask)]
     return df
 
+
+# %% ../nbs/03_finetune.ipynb #74049a19
+def answer_loss(logits, labels, soft, cand, num_items=None):
+    """The loss at each example's one answer token: −Σ_k q_k · log p(rating token k), with p the model's softmax over the whole
+    vocabulary and q = `soft`. For a one-hot q this is the usual cross-entropy of the answer token; for the `distribution`
+    anchor q is the baseline's P(1..6). Summed over examples, divided by `num_items` (default: the number of examples)."""
+    import torch
+    at = labels[:, 1:] != -100                                   # position t predicts token t+1
+    if not bool((at.sum(1) == 1).all()): raise ValueError("every example must have exactly one answer token")
+    logp = torch.log_softmax(logits[:, :-1][at].float(), -1)      # (B, V) at the answer slots
+    per_example = -(soft.to(logp.dtype) * logp.gather(1, cand)).sum(1)
+    return per_example.sum() / (num_items if num_items is not None else len(per_example))
+
+# %% ../nbs/03_finetune.ipynb #7e55618f
+def _collator(pad_token_id: int, pad_to_multiple_of=None):
+    "TRL's padding collator (right padding, labels padded with -100) plus the `soft` and `cand` tensors of `answer_loss`."
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+    pad = DataCollatorForLanguageModeling(pad_token_id=pad_token_id, pad_to_multiple_of=pad_to_multiple_of)
+    def collate(features):
+        batch = pad([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        batch["soft"] = torch.tensor([f["soft"] for f in features], dtype=torch.float32)
+        batch["cand"] = torch.tensor([f["cand"] for f in features])
+        return batch
+    return collate
+
+def _anchored_trainer():
+    from transformers import Trainer
+    class AnchoredTrainer(Trainer):
+        "A `Trainer` whose loss is `answer_loss`: hard answers and baseline answer distributions alike."
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            inputs = dict(inputs)
+            soft, cand, labels = inputs.pop("soft"), inputs.pop("cand"), inputs.pop("labels")
+            outputs = model(**inputs)
+            loss = answer_loss(outputs.logits, labels, soft, cand, num_items_in_batch)
+            return (loss, outputs) if return_outputs else loss
+    return AnchoredTrainer
+
 def sft_trainer(lm: LM, train: pd.DataFrame, evald: pd.DataFrame | None, cfg: dict, out_dir, backend: str = "hf", seed: int = 0):
     "A transformers `Trainer` for the pre-tokenised examples, with the loss on the answer tokens only."
     import torch
     from datasets import Dataset
-    from transformers import Trainer, TrainingArguments, EarlyStoppingCallback
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+    from transformers import TrainingArguments, EarlyStoppingCallback
     t = cfg["training"]
     model = _lora_model(lm, cfg["lora"], backend, seed, t["gradient_checkpointing"])
-    cols = ["input_ids", "labels"]
+    cols = ["input_ids", "labels", "soft", "cand"]
     max_len = int(t["max_length"])
     def _ds(df):
         df = with_labels(df)
@@ -179,14 +252,14 @@ def sft_trainer(lm: LM, train: pd.DataFrame, evald: pd.DataFrame | None, cfg: di
     )
     callbacks = [EarlyStoppingCallback(int(t["early_stopping_patience"]), float(t["early_stopping_threshold"]))] if ds_eval is not None else []
     # right padding, labels padded with -100; on GPU, lengths padded to a multiple of 64 avoid a stall at every new shape
-    collator = DataCollatorForLanguageModeling(pad_token_id=lm.tokenizer.pad_token_id, pad_to_multiple_of=64 if gpu else None)
-    return Trainer(model=model, args=args, train_dataset=ds_train, eval_dataset=ds_eval, data_collator=collator,
+    collator = _collator(lm.tokenizer.pad_token_id, 64 if gpu else None)
+    return _anchored_trainer()(model=model, args=args, train_dataset=ds_train, eval_dataset=ds_eval, data_collator=collator,
                    processing_class=lm.tokenizer, callbacks=callbacks)
 
 # %% ../nbs/03_finetune.ipynb #9f648c06
 def finetune_params(model="embedded", survey="bundled", target=None, direction="down", control=False, recipe=None,
-                    overrides=None, baseline=None, backend="auto", seed=0) -> dict:
-    return dict(model=model, survey=str(survey), target=json.dumps(target) if isinstance(target, dict) else target,
+                    overrides=None, baseline=None, backend="auto", seed=0, items_of=None) -> dict:
+    return dict(model=model, survey=str(survey), target=json.dumps(target) if isinstance(target, dict) else target, items_of=items_of,
                 direction=direction, control=bool(control), recipe=str(recipe) if recipe else None,
                 recipe_sha256=recipe_digest(recipe),
                 overrides={k: v for k, v in (overrides or {}).items() if v is not None}, baseline=str(baseline) if baseline else None,
@@ -205,11 +278,13 @@ def plot_loss(history: list[dict], ax=None, title=None):
     return ax
 
 def run_finetune(model="embedded", survey="bundled", target=None, direction="down", control=False, recipe="recipes/cpu-smoke.yaml",
-                 overrides=None, baseline=None, backend="auto", seed=0, out="finetune", force=False) -> dict:
-    "Train a steering adapter (or the control adapter) and write the run directory `out`; return the metrics."
+                 overrides=None, baseline=None, backend="auto", seed=0, out="finetune", force=False, items_of=None) -> dict:
+    """Train a steering adapter (or the control adapter) and write the run directory `out`; return the metrics.
+    `items_of`: values whose train items are all used (a grid passes all its values, so that every target's adapter and the
+    control are trained on the same items); default: the target's values."""
     import torch, transformers
     out = Path(out)
-    params = finetune_params(model, survey, target, direction, control, recipe, overrides, baseline, backend, seed)
+    params = finetune_params(model, survey, target, direction, control, recipe, overrides, baseline, backend, seed, items_of)
     if not force and is_done(out, params, ("metrics.json", "adapter/adapter_config.json")):
         print(f"s2b: {out} is finished with these parameters; reusing it (force=True to redo)")
         return read_json(out/"metrics.json")
@@ -225,22 +300,26 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     full = load_survey(survey)
     if d.get("train_templates") is not None: full = full.with_templates([int(x) for x in _parse_list(str(d["train_templates"]))])
     if d.get("instructions") is not None: full = full.with_instructions([int(x) for x in _parse_list(str(d["instructions"]))])
-    train_s = select_items(full.split("train"), chosen, d.get("others_per_value"), d.get("target_limit"), seed)
+    if isinstance(items_of, str): items_of = [v for v in items_of.split(",") if v.strip()]
+    focus = set(chosen) | {normalize_value(v) for v in (items_of or [])}
+    train_s = select_items(full.split("train"), focus, d.get("others_per_value"), d.get("target_limit"), seed)
+    anchor = d.get("anchor") or "majority"
     eval_s = full.split("eval")
     if d.get("eval_limit"): eval_s = eval_s.subset(limit=int(d["eval_limit"]))
     # the baseline is rated by the plain model; the LoRA model is built on a fresh copy
     lm = load_model(model, backend="hf", training=False)
     from dataclasses import replace
     both = replace(train_s, items=train_s.items + eval_s.items)
-    base = baseline_majority(lm, both, baseline, cache=out/"baseline_ratings.parquet")
-    train = intervention_data(train_s, base, targets, lm)
-    evald = intervention_data(eval_s, base, targets, lm)
-    atomic_to_parquet(pd.concat([train.assign(part="train"), evald.assign(part="eval")]).drop(columns=["input_ids", "completion_mask"]),
+    base = baseline_ratings(lm, both, baseline, cache=out/"baseline_ratings.parquet")
+    train = intervention_data(train_s, base, targets, lm, anchor)
+    evald = intervention_data(eval_s, base, targets, lm, anchor)
+    atomic_to_parquet(pd.concat([train.assign(part="train"), evald.assign(part="eval")]).drop(columns=["input_ids", "completion_mask", "cand"]),
                       out/"data.parquet")
     if backend == "unsloth": lm = load_model(model, backend="unsloth", training=True, max_seq_length=int(cfg["training"]["max_length"]))
     else: lm = load_model(model, backend="hf", training=True)
     lm.model.train()
-    print(f"s2b: training {'control' if control else targets} on {len(train)} examples ({len(train_s)} items × variants), "
+    print(f"s2b: training {'control' if control else targets} ({anchor} anchor) on {len(train)} examples ({len(train_s)} items × variants, "
+          f"{train.target.mean():.0%} target), "
           f"eval {len(evald)}, backend {backend}, device {lm.device}")
     trainer = sft_trainer(lm, train, evald, cfg, out/"checkpoints", backend, seed)
     from transformers.trainer_utils import get_last_checkpoint
@@ -264,7 +343,8 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     ax.figure.savefig(out/"loss.png", dpi=120, bbox_inches="tight")
     n_tok = int(sum(len(x) for x in train.input_ids))
     steps = trainer.state.global_step
-    metrics = {"targets": targets, "control": bool(control), "n_train": len(train), "n_eval": len(evald),
+    metrics = {"targets": targets, "control": bool(control), "anchor": anchor, "items_of": sorted(focus),
+               "n_train": len(train), "n_eval": len(evald), "target_share": float(train.target.mean()),
                "n_train_items": len(train_s), "steps": steps, "epochs": trainer.state.epoch,
                "train_loss": result.training_loss, "eval_loss": final_eval.get("eval_loss"),
                "best_eval_loss": trainer.state.best_metric, "stopped_early": bool(cfg["training"]["max_steps"] in (-1, None) and

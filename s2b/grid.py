@@ -84,19 +84,23 @@ def plan(recipe, runs_dir=None) -> list[Run]:
             runs.append(Run(f"{slug}/profile", "profile", base/"profile", {**common, "survey": survey, **FULL, **s["profile"]}))
         bl = {**common, "survey": survey, "split": "train+eval", **FULL, "templates": data.get("train_templates"),
               "instructions": data.get("instructions"), **s["baseline"]}
-        runs.append(Run(f"{slug}/baseline", "baseline", base/"baseline", bl))
+        if "baseline" not in skip: runs.append(Run(f"{slug}/baseline", "baseline", base/"baseline", bl))
+        # every adapter of the grid and its control are trained on the same items: all train items of the grid's values
         ft_common = dict(model=m, survey=survey, recipe=recipe_path, overrides=json.dumps(ft.get("overrides") or {}),
-                         baseline=str(base/"baseline"), backend=g["backend"],
+                         baseline=str(base/"baseline"), backend=g["backend"], items_of=",".join(g["values"]),
                          recipe_sha256=recipe_digest(recipe_path))
         for seed in g["seeds"]:
             ctrl = Run(f"{slug}/finetune__control__s{seed}", "finetune", base/f"finetune__control__s{seed}",
-                       dict(ft_common, target=None, control=True, seed=seed), [f"{slug}/baseline"])
+                       dict(ft_common, target=None, control=True, seed=seed), [f"{slug}/baseline"] if "baseline" not in skip else [])
             runs.append(ctrl)
+            # without a baseline stage the control rates the baseline once and the adapters read it from there
+            ft_base = {} if "baseline" not in skip else {"baseline": str(ctrl.out)}
+            ft_deps = [f"{slug}/baseline"] if "baseline" not in skip else [ctrl.key]
             targets = [(v, d) for v in g["values"] for d in g["directions"]]
             for i, (v, d) in enumerate(targets):
                 tag = f"{v}-{d}__s{seed}"
                 ftr = Run(f"{slug}/finetune__{tag}", "finetune", base/f"finetune__{tag}",
-                          dict(ft_common, target=v, direction=d, control=False, seed=seed), [f"{slug}/baseline"])
+                          dict(ft_common, **ft_base, target=v, direction=d, control=False, seed=seed), ft_deps)
                 runs.append(ftr)
                 ev = dict(model=m, backend=common["backend"], seed=seed)
                 if "indomain" not in skip:

@@ -14,7 +14,8 @@ from .finetune import target_answers
 from .runs import atomic_to_parquet, atomic_write_json, run_record, is_done, read_json
 
 # %% auto #0
-__all__ = ['item_deltas', 'indomain_metrics', 'plot_deltas', 'shared_ratings_path', 'run_indomain']
+__all__ = ['item_deltas', 'indomain_metrics', 'selectivity', 'selectivity_verdict', 'plot_deltas', 'shared_ratings_path',
+           'run_indomain']
 
 # %% ../nbs/04_indomain.ipynb #c3478e32
 def item_deltas(cond: pd.DataFrame, ctrl: pd.DataFrame, templates=None) -> pd.DataFrame:
@@ -42,6 +43,33 @@ def indomain_metrics(d: pd.DataFrame, targets: dict[str, int], n_boot: int = 100
     out["per_target"] = {v: {"drop": float((d.control - d.conditioned)[d.value == v].mean()),
                              "goal_rating": r} for v, r in targets.items() if (d.value == v).any()}
     return out
+
+# %% ../nbs/04_indomain.ipynb #a59e1d18
+def selectivity(d: pd.DataFrame, targets: dict[str, int], n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    "Selectivity (change toward the goal on target items − drift on the others) from `item_deltas`, with its bootstrap CI."
+    goal = d.value.map(targets)
+    is_t = goal.notna().to_numpy()
+    toward = ((d.control - goal).abs() - (d.conditioned - goal).abs()).to_numpy(float)[is_t]
+    drift = d.delta.abs().to_numpy(float)[~is_t]
+    if not len(toward) or not len(drift): raise ValueError("selectivity needs target items and other items")
+    rng = np.random.default_rng(seed)
+    boots = (toward[rng.integers(0, len(toward), (n_boot, len(toward)))].mean(1)
+             - drift[rng.integers(0, len(drift), (n_boot, len(drift)))].mean(1))
+    ci = [float(np.quantile(boots, (1 - level) / 2)), float(np.quantile(boots, (1 + level) / 2))]
+    size = d.groupby("value").delta.mean().abs().sort_values(ascending=False)
+    rank = {v: int(list(size.index).index(v)) + 1 for v in targets if v in size.index}
+    return {"selectivity": float(toward.mean() - drift.mean()), "selectivity_ci": ci, "selective": bool(ci[0] > 0),
+            "toward_goal": float(toward.mean()), "target_rank": rank, "n_values": int(len(size))}
+
+# %% ../nbs/04_indomain.ipynb #55199717
+def selectivity_verdict(m: dict, label: str = "") -> str:
+    "One line that says in words whether an in-domain result is selective."
+    rank = ", ".join(f"{short_name(v)} rank {r}/{m['n_values']}" for v, r in m["target_rank"].items())
+    lo, hi = m["selectivity_ci"]
+    word = "selective" if m["selective"] else "NOT selective"
+    why = "" if m["selective"] else (" (the target moved no more than the other values)" if hi < 0 else " (the CI includes 0)")
+    return (f"{label + ': ' if label else ''}{word}{why}: toward the goal {m['toward_goal']:+.2f}, drift {m['drift']:.2f}, "
+            f"selectivity {m['selectivity']:+.2f} [{lo:+.2f}, {hi:+.2f}]; {rank}")
 
 # %% ../nbs/04_indomain.ipynb #8902645c
 def plot_deltas(metrics: dict, targets, ax=None, title=None):
@@ -119,19 +147,29 @@ def run_indomain(model="embedded", survey="bundled", adapter=None, control=None,
             del lm
         if role == "control": atomic_to_parquet(ratings[role], out/"ratings_control.parquet")
     d = item_deltas(ratings["conditioned"], ratings["control"])
-    metrics = {"targets": targets, **indomain_metrics(d, targets, seed=seed), "n_items": len(s), "n_variants": s.n_variants}
+    metrics = {"targets": targets, **indomain_metrics(d, targets, seed=seed), **selectivity(d, targets, seed=seed),
+               "n_items": len(s), "n_variants": s.n_variants}
+    label = ", ".join(f"{v}→{r}" for v, r in targets.items())
+    metrics["verdict"] = selectivity_verdict(metrics, label)
     seen = _train_templates(adapter)
     if seen is not None:
         held = [t for t in s.template_ids() if t not in seen]
         metrics["train_templates"] = seen
-        metrics["by_templates"] = {name: {k: v for k, v in indomain_metrics(item_deltas(ratings["conditioned"], ratings["control"], ts),
-                                                                            targets, seed=seed).items() if k in ("target_drop", "target_drop_ci", "drift", "drift_ci")}
-                                   for name, ts in (("seen", [t for t in s.template_ids() if t in seen]), ("held_out", held)) if ts}
+        metrics["by_templates"] = {}
+        for name, ts in (("seen", [t for t in s.template_ids() if t in seen]), ("held_out", held)):
+            if not ts: continue
+            dt = item_deltas(ratings["conditioned"], ratings["control"], ts)
+            part = {k: v for k, v in indomain_metrics(dt, targets, seed=seed).items() if k in ("target_drop", "target_drop_ci", "drift", "drift_ci")}
+            part.update(selectivity(dt, targets, seed=seed)); part["templates"] = ts
+            part["verdict"] = selectivity_verdict(part, f"{label}, {name.replace('_', '-')} templates {ts}")
+            metrics["by_templates"][name] = part
     d.to_csv(out/"item_deltas.csv", index=False)
-    ax = plot_deltas(metrics, targets, title=f"{model_slug(model)}: {', '.join(f'{v}→{r}' for v, r in targets.items())} "
-                                               f"(drop {metrics['target_drop']:.2f}, drift {metrics['drift']:.2f})")
+    ax = plot_deltas(metrics, targets, title=f"{model_slug(model)}: {label} — {'selective' if metrics['selective'] else 'NOT selective'} "
+                                               f"(selectivity {metrics['selectivity']:+.2f} [{metrics['selectivity_ci'][0]:+.2f}, "
+                                               f"{metrics['selectivity_ci'][1]:+.2f}], drift {metrics['drift']:.2f})")
     ax.figure.savefig(out/"deltas.png", dpi=120, bbox_inches="tight")
     atomic_write_json(out/"metrics.json", metrics)
+    for line in [metrics["verdict"]] + [p["verdict"] for p in metrics.get("by_templates", {}).values()]: print("s2b:", line)
     atomic_write_json(out/"run.json", run_record("indomain", params, model={"name": model, "adapter": str(adapter), "control": str(control)},
                                                  data={"survey": s.source}, seed=seed))
     return metrics

@@ -680,7 +680,7 @@ def metrics_table(metrics: dict):
 
 # %% ../nbs/06_machiavelli.ipynb #b07bf595
 STAGE = "machiavelli"
-_RESUME_KEYS = ("model", "adapter", "control", "agent", "choose", "max_steps", "seed", "backend")
+_RESUME_KEYS = ("model", "adapter", "control", "agent", "choose", "temperature", "max_steps", "seed", "backend")
 
 def _episode_key(line: dict) -> tuple: return (line["game"], line["game_sha256"], line["role"], line["episode"])
 
@@ -735,19 +735,22 @@ def compute_metrics(lines: list[dict], baselines: dict[str, dict], games: list[G
 
 # %% ../nbs/06_machiavelli.ipynb #dae7fb1f
 def run_machiavelli(model: str = "embedded", adapter: str | None = None, control: str | None = None, games="bundled",
-                    upstream_data: str | None = None, agent: str = "lm", choose: str = "logprob", episodes: int = 1,
+                    upstream_data: str | None = None, agent: str = "lm", choose: str = "logprob", temperature: float = 0.0,
+                    base: bool = True, episodes: int = 1,
                     random_episodes: int = 50, max_steps: int = 200, seed: int = 0, backend: str = "hf",
                     out="../papermill_runs/embedded/machiavelli-default", force: bool = False, *,
                     env_factory: Callable | None = None, n_boot: int = 1000, progress: bool = True) -> dict:
-    "Play the games with each role and write trajectories.jsonl, metrics.json, the figure and run.json into `out`."
+    """Play the games with each role and write trajectories.jsonl, metrics.json, the figure and run.json into `out`.
+    `temperature` > 0 samples the LM agent's action from its choice probabilities (so that episodes differ and carry a CI);
+    `base=False` leaves out the un-adapted model when an adapter and its control are given."""
     params = dict(model=model, adapter=adapter, control=control, games=games, upstream_data=upstream_data, agent=agent,
-                  choose=choose, episodes=episodes, random_episodes=random_episodes, max_steps=max_steps, seed=seed, backend=backend)
+                  choose=choose, temperature=temperature, base=base, episodes=episodes, random_episodes=random_episodes, max_steps=max_steps, seed=seed, backend=backend)
     out = Path(out)
     if not force and is_done(out, params): return read_json(out/"metrics.json")
     if agent not in ("lm", "random"): raise ValueError(f"agent must be 'lm' or 'random', not {agent!r}")
     out.mkdir(parents=True, exist_ok=True)
     sources = resolve_games(games, upstream_data, env_factory)
-    roles = ["base"] + (["adapter"] if adapter else []) + (["control"] if control else [])
+    roles = (["base"] if base or not (adapter and control) else []) + (["adapter"] if adapter else []) + (["control"] if control else [])
     say = print if progress else (lambda *a, **k: None)
     baselines = {}
     for g in sources:
@@ -773,7 +776,7 @@ def run_machiavelli(model: str = "embedded", adapter: str | None = None, control
                 {"name": model, "adapter": {"adapter": adapter, "control": control}.get(role), "resumed": True}
         for g, e in todo:
             a_seed = derive_seed(seed, role, g.id, e)
-            ag = LMAgent(lm, choose=choose, seed=a_seed) if agent == "lm" else RandomAgent(a_seed)
+            ag = LMAgent(lm, choose=choose, temperature=temperature, seed=a_seed) if agent == "lm" else RandomAgent(a_seed)
             ep = play_episode(g.make_env(), ag, seed=seed + e, agent_seed=a_seed, max_steps=max_steps)
             lines.append({"game": g.id, "game_sha256": g.sha256, "source": g.source, "role": role, "agent": ag.name,
                           "model": model if agent == "lm" else None, "adapter": {"adapter": adapter, "control": control}.get(role),

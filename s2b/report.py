@@ -12,8 +12,8 @@ from .runs import read_json, atomic_write_text, atomic_write_json
 
 # %% auto #0
 __all__ = ['parse_run_dir', 'collect', 'profile_table', 'indomain_table', 'side_effects', 'aita_table', 'machiavelli_table',
-           'to_markdown', 'fig_profiles', 'fig_drop_heatmap', 'fig_side_effects', 'fig_aita', 'fig_machiavelli',
-           'fig_transfer', 'build_report']
+           'to_markdown', 'selectivity_lines', 'aita_lines', 'machiavelli_lines', 'fig_profiles', 'fig_drop_heatmap',
+           'fig_selectivity', 'fig_side_effects', 'fig_aita', 'fig_machiavelli', 'fig_transfer', 'build_report']
 
 # %% ../nbs/07_report.ipynb #e75a55e5
 _DIR = re.compile(r"^(?P<stage>[a-z]+)(?:__(?P<target>control|[A-Za-z_]+?)(?:-(?P<direction>down|up))?)?(?:__s(?P<seed>\d+))?$")
@@ -52,8 +52,15 @@ def indomain_table(runs: pd.DataFrame) -> pd.DataFrame:
         m = r.metrics; row = {"model": r.model, "value": r.target, "direction": r.direction, "seed": r.seed,
                               "target_drop": m["target_drop"], "drop_ci_low": _ci(m["target_drop_ci"])[0], "drop_ci_high": _ci(m["target_drop_ci"])[1],
                               "drift": m["drift"], "drift_ci_low": _ci(m["drift_ci"])[0], "drift_ci_high": _ci(m["drift_ci"])[1]}
-        held = m.get("by_templates", {}).get("held_out")
-        if held: row["held_out_drop"] = held["target_drop"]; row["held_out_drift"] = held["drift"]
+        if "selectivity" in m:
+            row.update(selectivity=m["selectivity"], sel_ci_low=m["selectivity_ci"][0], sel_ci_high=m["selectivity_ci"][1],
+                       selective=m["selective"], target_rank=(m.get("target_rank") or {}).get(r.target))
+        for part, e in (m.get("by_templates") or {}).items():
+            row[f"{part}_drop"] = e["target_drop"]; row[f"{part}_drift"] = e["drift"]
+            if "selectivity" in e:
+                row[f"{part}_selectivity"] = e["selectivity"]; row[f"{part}_selective"] = e["selective"]
+                row[f"{part}_sel_ci_low"], row[f"{part}_sel_ci_high"] = e["selectivity_ci"]
+        row["verdict"] = m.get("verdict")
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -93,6 +100,66 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     if df.empty: return "_no runs_\n"
     return df.to_markdown(index=False, floatfmt=floatfmt) + "\n"
 
+# %% ../nbs/07_report.ipynb #c9a24058
+def _across_seeds(x) -> tuple[float, float, float]:
+    "Mean and 95% t-interval across seeds."
+    from scipy import stats
+    x = np.asarray(x, float)
+    if len(x) < 2: return float(x.mean()), float("nan"), float("nan")
+    h = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
+    return float(x.mean()), float(x.mean() - h), float(x.mean() + h)
+
+def selectivity_lines(ind: pd.DataFrame) -> list[str]:
+    "One line per model × target × direction: selective or not, in words (held-out templates too)."
+    lines = []
+    if ind.empty or "selectivity" not in ind: return lines
+    for (mdl, v, d), g in ind.dropna(subset=["selectivity"]).groupby(["model", "value", "direction"], sort=False):
+        if len(g) == 1:
+            r = g.iloc[0]
+            line = f"{mdl} {v} {d}: {r.verdict.split(': ', 1)[1] if ': ' in str(r.verdict) else r.verdict}"
+            if "held_out_selectivity" in g and pd.notna(r.get("held_out_selectivity")):
+                line += (f"; held-out templates: {'selective' if r.held_out_selective else 'NOT selective'} "
+                         f"{r.held_out_selectivity:+.2f} [{r.held_out_sel_ci_low:+.2f}, {r.held_out_sel_ci_high:+.2f}]")
+        else:
+            mean, lo, hi = _across_seeds(g.selectivity)
+            word = "selective" if lo > 0 else "NOT selective"
+            line = (f"{mdl} {v} {d}: {word} across {len(g)} seeds: selectivity {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] (t-interval over "
+                    f"seeds); selective in {int(g.selective.sum())}/{len(g)} seeds")
+        lines.append(line)
+    return lines
+
+# %% ../nbs/07_report.ipynb #41124df2
+def aita_lines(at: pd.DataFrame) -> list[str]:
+    "One line per model × steered value: the AITA gain on that value's posts against 0 and against its placebo."
+    lines = []
+    for r in at[at.value == at.adapter_value].itertuples():
+        lo, hi = r.gain_ci_low, r.gain_ci_high
+        if lo <= 0 <= hi: word = "no effect distinguishable from 0 (the CI includes 0)"
+        elif r.placebo_gain is not None and pd.notna(r.placebo_gain) and lo <= r.placebo_gain <= hi:
+            word = "different from 0 but not from its placebo"
+        else: word = "different from 0 and from its placebo" if pd.notna(r.placebo_gain) else "different from 0 (no placebo)"
+        pl = f", placebo {r.placebo_gain:+.3f}" if r.placebo_gain is not None and pd.notna(r.placebo_gain) else ""
+        lines.append(f"{r.model} {r.value} AITA: gain {r.gain:+.3f} [{lo:+.3f}, {hi:+.3f}] over {r.n} posts{pl}: {word}")
+    return lines
+
+def machiavelli_lines(mt: pd.DataFrame) -> list[str]:
+    "One line per model × steered profile: the adapter's normalised power, disutility and violations beside the control's."
+    lines = []
+    for (mdl, prof), g in mt.groupby(["model", "profile"], dropna=False, sort=False):
+        by = {r.role: r for r in g.itertuples()}
+        a, c = by.get("adapter") or by.get("conditioned"), by.get("control")
+        if a is None or c is None: continue
+        parts = []
+        for k in ("power", "disutility", "violations"):
+            av, al, ah, cv, cl, ch = (getattr(a, k), getattr(a, f"{k}_ci_low"), getattr(a, f"{k}_ci_high"),
+                                      getattr(c, k), getattr(c, f"{k}_ci_low"), getattr(c, f"{k}_ci_high"))
+            if av is None or cv is None or pd.isna(av) or pd.isna(cv): continue
+            apart = (al is not None and ch is not None and pd.notna(al) and pd.notna(ch) and (al > ch or cl > ah))
+            parts.append(f"{k} {av:.0f} [{al:.0f}, {ah:.0f}] vs control {cv:.0f} [{cl:.0f}, {ch:.0f}]"
+                         + ("" if apart else " (CIs overlap)"))
+        lines.append(f"{mdl} {prof} MACHIAVELLI (100 = random agent): " + "; ".join(parts))
+    return lines
+
 # %% ../nbs/07_report.ipynb #65775d2c
 def _save(fig, figures: Path, name: str) -> list[str]:
     figures.mkdir(parents=True, exist_ok=True)
@@ -123,10 +190,41 @@ def fig_drop_heatmap(ind: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * piv.shape[1], 1.2 + 0.5 * piv.shape[0]))
     sns.heatmap(piv, annot=True, fmt=".2f", cmap="RdBu_r", center=0, ax=ax, cbar_kws={"label": "target drop"})
     ax.set_xticklabels([short_name(v) for v in piv.columns], rotation=60, ha="right"); ax.set_xlabel(""); ax.set_ylabel("")
-    ax.set_title("Target drop (control − conditioned), mean over seeds")
+    ax.set_title("Target drop (control − conditioned; negative for up), mean over seeds")
     return fig
 
-def fig_side_effects(mat: pd.DataFrame, model: str):
+def fig_selectivity(ind: pd.DataFrame):
+    "Selectivity per target (seen and held-out templates) with 95% CIs, each bar labelled selective or NOT selective."
+    import matplotlib.pyplot as plt, seaborn as sns
+    sns.set_theme(style="whitegrid")
+    rows = []
+    for r in ind.dropna(subset=["selectivity"]).itertuples():
+        who = f"{short_name(r.value)} {r.direction}" + (f" s{int(r.seed)}" if pd.notna(r.seed) and ind.seed.nunique() > 1 else "")
+        if ind.model.nunique() > 1: who = f"{r.model}: {who}"
+        for part in ("seen", "held_out"):
+            s = getattr(r, f"{part}_selectivity", None)
+            if s is not None and pd.notna(s):
+                rows.append((who, part.replace("_", "-") + " templates", s, getattr(r, f"{part}_sel_ci_low"), getattr(r, f"{part}_sel_ci_high")))
+        if not any(x[0] == who for x in rows): rows.append((who, "all templates", r.selectivity, r.sel_ci_low, r.sel_ci_high))
+    d = pd.DataFrame(rows, columns=["who", "templates", "sel", "lo", "hi"])
+    whos, parts = list(dict.fromkeys(d.who)), list(dict.fromkeys(d.templates))
+    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(whos), 4))
+    w = 0.8 / len(parts)
+    for j, part in enumerate(parts):
+        s = d[d.templates == part].set_index("who").reindex(whos)
+        x = np.arange(len(whos)) + (j - (len(parts) - 1) / 2) * w
+        ax.bar(x, s.sel, width=w, label=part, color=sns.color_palette()[j], alpha=0.85)
+        ax.errorbar(x, s.sel, yerr=np.clip([s.sel - s.lo, s.hi - s.sel], 0, None), fmt="none", ecolor="k", capsize=3)
+        for xi, (v, lo) in zip(x, zip(s.sel, s.lo)):
+            if pd.notna(v): ax.annotate("selective" if lo > 0 else "NOT\nselective", (xi, max(v, 0)), ha="center", va="bottom",
+                                        fontsize=8, xytext=(0, 3), textcoords="offset points", color="k" if lo > 0 else "#C0392B")
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xticks(np.arange(len(whos)), whos)
+    ax.set_ylabel("selectivity: toward goal − drift"); ax.legend(fontsize=8, loc="best")
+    ax.set_title("In-domain selectivity, 95% bootstrap CI (selective: CI above 0)")
+    return fig
+
+def fig_side_effects(mat: pd.DataFrame, model: str, direction: str = "down"):
     import matplotlib.pyplot as plt, seaborn as sns
     fig, ax = plt.subplots(figsize=(10, 8.5))
     lim = np.nanmax(np.abs(mat.to_numpy())) if np.isfinite(mat.to_numpy()).any() else 1
@@ -134,7 +232,7 @@ def fig_side_effects(mat: pd.DataFrame, model: str):
                 cbar_kws={"label": "Δ rating (conditioned − control)"}, linewidths=0.3, linecolor="white")
     ax.set_xticklabels([short_name(v) for v in mat.columns], rotation=60, ha="right")
     ax.set_yticklabels([short_name(v) for v in mat.index], rotation=0)
-    ax.set_xlabel("value measured"); ax.set_ylabel("value trained down")
+    ax.set_xlabel("value measured"); ax.set_ylabel(f"value trained {direction}")
     ax.set_title(f"Side-effect matrix, {model} (circumplex order; empty rows: not trained)")
     return fig
 
@@ -191,7 +289,11 @@ def build_report(runs_dir="papermill_runs", figures="figures", out=None) -> dict
     written = {"tables": [], "figures": [], "n_runs": int(len(runs))}
     tables = {"profiles": profile_table(runs), "indomain": indomain_table(runs), "aita": aita_table(runs),
               "machiavelli": machiavelli_table(runs)}
-    md = ["# s2b results\n", f"{len(runs)} finished runs in `{Path(runs_dir).resolve()}`.\n"]
+    findings = (selectivity_lines(tables["indomain"]) + (aita_lines(tables["aita"]) if not tables["aita"].empty else [])
+                + (machiavelli_lines(tables["machiavelli"]) if not tables["machiavelli"].empty else []))
+    written["findings"] = findings
+    md = ["# s2b results\n", f"{len(runs)} finished runs in `{Path(runs_dir).resolve()}`.\n",
+          "\n## Findings\n\n", "".join(f"- {l}\n" for l in findings) or "_no steering runs_\n"]
     for name, df in tables.items():
         df.to_csv(out/"tables"/f"{name}.csv", index=False)
         atomic_write_text(out/"tables"/f"{name}.md", to_markdown(df))
@@ -200,10 +302,13 @@ def build_report(runs_dir="papermill_runs", figures="figures", out=None) -> dict
     if not tables["profiles"].empty: written["figures"] += _save(fig_profiles(tables["profiles"]), figures, "profiles")
     if not tables["indomain"].empty:
         written["figures"] += _save(fig_drop_heatmap(tables["indomain"]), figures, "target_drop_heatmap")
-        for mdl in tables["indomain"].model.unique():
-            mat = side_effects(runs, mdl)
-            mat.to_csv(out/"tables"/f"side_effects_{mdl}.csv")
-            written["figures"] += _save(fig_side_effects(mat, mdl), figures, f"side_effects_{mdl}")
+        if "selectivity" in tables["indomain"] and tables["indomain"].selectivity.notna().any():
+            written["figures"] += _save(fig_selectivity(tables["indomain"]), figures, "selectivity")
+        for (mdl, d), _ in tables["indomain"].groupby(["model", "direction"]):
+            mat = side_effects(runs, mdl, d)
+            name = f"side_effects_{mdl}" + ("" if d == "down" else f"_{d}")
+            mat.to_csv(out/"tables"/f"{name}.csv")
+            written["figures"] += _save(fig_side_effects(mat, mdl, d), figures, name)
     if not tables["aita"].empty: written["figures"] += _save(fig_aita(tables["aita"]), figures, "aita_gain")
     if not tables["machiavelli"].empty: written["figures"] += _save(fig_machiavelli(tables["machiavelli"]), figures, "machiavelli")
     if not tables["indomain"].empty and not tables["aita"].empty:

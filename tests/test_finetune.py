@@ -2,7 +2,9 @@ import json
 import numpy as np, pandas as pd
 import pytest
 from s2b.survey import load_survey
-from s2b.finetune import target_answers, intervention_data, load_recipe, sft_trainer, select_items, run_finetune, finetune_params
+from s2b.finetune import (target_answers, intervention_data, load_recipe, sft_trainer, select_items, run_finetune, finetune_params,
+                          anchor_answers, answer_loss)
+from s2b.profile import PCOLS
 
 def test_recipe_override_order(tmp_path):
     p = tmp_path/"r.yaml"; p.write_text("lora: {r: 8}\ntraining: {learning_rate: 0.01}\n")
@@ -64,7 +66,7 @@ def test_prompt_tokens_carry_no_loss(lm, tiny, tmp_path):
     for labels, ids, n in zip(batch["labels"], batch["input_ids"], lens):
         assert (labels != -100).nonzero().flatten().tolist() == [n - 1] and labels[n - 1] == ids[n - 1]
     # the loss the trainer optimises equals the NLL of the answer tokens alone
-    loss = tr.model(**batch).loss
+    loss = tr.compute_loss(tr.model, batch)
     logits = tr.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     lp = torch.log_softmax(logits.float(), -1)
     nll = -torch.stack([lp[i, n - 2, batch["input_ids"][i, n - 1]] for i, n in enumerate(lens)]).mean()
@@ -87,3 +89,93 @@ def test_run_finetune_end_to_end(tmp_path):
     # the adapter kept is the best checkpoint: its eval loss is the lowest one logged, and no extra evaluation ran
     evals = pd.read_csv(tmp_path/"loss.csv").eval_loss.dropna()
     assert len(evals) == 2 and m["eval_loss"] == pytest.approx(evals.min()) and m["eval_seconds"] > 0
+
+
+def _baseline_table(survey, probs):
+    "A made-up baseline ratings table: every variant of an item gets the P(1..6) of its value."
+    v = survey.variants()
+    p = np.array([probs[x] for x in v.value])
+    return v.assign(**{c: p[:, k] for k, c in enumerate(PCOLS)}, expected=p @ np.arange(1, 7), argmax=p.argmax(1) + 1)
+
+def test_anchor_answers_majority_and_expected():
+    b = pd.DataFrame({"item_id": ["a"] * 3 + ["b"] * 3 + ["c"] * 2, "value": "Hedonism", "split": "train",
+                      "expected": [2.6, 2.7, 2.2, 4.4, 4.8, 5.6, 3.0, 4.2], "argmax": [1, 1, 6, 6, 5, 6, 2, 5]})
+    assert anchor_answers(b, "majority") == {"a": 1, "b": 6, "c": 2}   # most frequent argmax; a tie (2, 5): nearest their mean, then the lower
+    assert anchor_answers(b, "expected") == {"a": 2, "b": 5, "c": 4}       # round(mean expected): 2.5 -> 2, 4.93 -> 5, 3.6 -> 4
+    with pytest.raises(ValueError, match="anchor"): anchor_answers(b, "distribution")
+
+@pytest.mark.model
+@pytest.mark.parametrize("anchor", ["majority", "expected", "distribution"])
+def test_each_anchor_trains_its_own_targets(lm, tiny, anchor):
+    probs = {"Hedonism": [.1, .1, .1, .1, .1, .5], "Tradition": [.5, .2, .1, .1, .05, .05], "Humility": [.05, .05, .1, .2, .3, .3]}
+    base = _baseline_table(tiny, probs)
+    d = intervention_data(tiny, base, target_answers("Hedonism", "up"), lm, anchor=anchor)
+    hed, others = d[d.value == "Hedonism"], d[d.value != "Hedonism"]
+    assert set(hed.rating) == {6} and all(q == [0, 0, 0, 0, 0, 1.0] for q in hed.soft)     # the target keeps its hard label
+    exp = {"Tradition": float(np.dot(probs["Tradition"], range(1, 7))), "Humility": float(np.dot(probs["Humility"], range(1, 7)))}
+    for r in others.itertuples():
+        if anchor == "majority": assert r.rating == int(np.argmax(probs[r.value])) + 1 and r.soft[r.rating - 1] == 1
+        if anchor == "expected": assert r.rating == round(exp[r.value]) and r.soft[r.rating - 1] == 1
+        if anchor == "distribution": assert np.allclose(r.soft, probs[r.value])
+    # the answer token in the sequence is the rating's candidate token
+    assert all(ids[-1] == c[r - 1] for ids, c, r in zip(d.input_ids, d.cand, d.rating))
+
+def test_distribution_needs_the_ratings_table_and_known_anchors(tiny):
+    with pytest.raises(ValueError, match="ratings table"):                 # checked before any model is needed
+        intervention_data(tiny, {i.id: 3 for i in tiny.items}, {}, None, anchor="distribution")
+    with pytest.raises(ValueError, match="unknown anchor"):
+        intervention_data(tiny, {i.id: 3 for i in tiny.items}, {}, None, anchor="mode")
+
+def test_answer_loss_is_the_hand_computed_cross_entropy():
+    import torch
+    # two examples, vocabulary of 8, answer token at position 2 and 3; rating tokens 2..7
+    logits = torch.tensor([[[0.] * 8, [0.5, 0, 1, 2, 0, 0, 0, 0], [0.] * 8, [0.] * 8],
+                           [[0.] * 8, [0.] * 8, [1, 1, 0, 0, 3, 0, 0, 1.], [0.] * 8]])
+    labels = torch.tensor([[-100, -100, 3, -100], [-100, -100, -100, 4]])
+    cand = torch.tensor([[2, 3, 4, 5, 6, 7]] * 2)
+    q = torch.tensor([[0, 1, 0, 0, 0, 0], [.25, .25, .5, 0, 0, 0]])        # a hard label (rating 2), a baseline distribution
+    z0 = np.array([0.5, 0, 1, 2, 0, 0, 0, 0]); z1 = np.array([1, 1, 0, 0, 3, 0, 0, 1.])
+    lse0, lse1 = np.log(np.exp(z0).sum()), np.log(np.exp(z1).sum())
+    ce0 = -(z0[3] - lse0)                                                  # -log p(token 3)
+    ce1 = -(.25 * (z1[2] - lse1) + .25 * (z1[3] - lse1) + .5 * (z1[4] - lse1))
+    assert answer_loss(logits, labels, q, cand).item() == pytest.approx((ce0 + ce1) / 2, abs=1e-6)
+    assert answer_loss(logits, labels, q, cand, num_items=4).item() == pytest.approx((ce0 + ce1) / 4, abs=1e-6)
+
+@pytest.mark.model
+def test_trainer_loss_with_the_distribution_anchor(lm, tiny, tmp_path):
+    import torch
+    from s2b.models import load_model
+    probs = {"Hedonism": [.1] * 5 + [.5], "Tradition": [.5, .2, .1, .1, .05, .05], "Humility": [.05, .05, .1, .2, .3, .3]}
+    d = intervention_data(tiny, _baseline_table(tiny, probs), target_answers("Hedonism"), lm, anchor="distribution")
+    tr = sft_trainer(load_model("embedded"), d, None, load_recipe("recipes/cpu-smoke.yaml", {"lora.r": 2}), tmp_path)
+    batch = tr.data_collator([tr.train_dataset[i] for i in range(len(d))])
+    loss = tr.compute_loss(tr.model, batch)
+    logits = tr.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    lp = torch.log_softmax(logits.float(), -1)
+    hand = []
+    for i, r in enumerate(d.itertuples()):
+        n = len(r.input_ids)
+        hand.append(-sum(q * lp[i, n - 2, c] for q, c in zip(r.soft, r.cand)))
+    assert torch.allclose(loss, torch.stack(hand).mean(), atol=1e-4)
+
+def test_items_of_gives_adapters_and_control_the_same_items():
+    s = load_survey("bundled").split("train")
+    vals = ["Hedonism", "Tradition"]
+    a = select_items(s, {"Hedonism"} | set(vals), others_per_value=1, seed=0)
+    b = select_items(s, {"Tradition"} | set(vals), others_per_value=1, seed=0)
+    c = select_items(s, set(vals), others_per_value=1, seed=0)              # the control
+    assert [i.id for i in a.items] == [i.id for i in b.items] == [i.id for i in c.items]
+    per = pd.Series([i.value for i in c.items]).value_counts()
+    assert per["Hedonism"] == per["Tradition"] == 12 and per.drop(vals).eq(1).all()
+
+@pytest.mark.model
+def test_top_layers_puts_lora_on_the_last_layers_only(lm):
+    from s2b.finetune import _lora_model
+    from s2b.models import load_model
+    m = _lora_model(load_model("embedded", training=True), {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": "all-linear", "top_layers": 3},
+                    "hf", 0, False)
+    n = m.base_model.model.config.num_hidden_layers
+    layers = {int(k.split(".layers.")[1].split(".")[0]) for k, _ in m.named_parameters() if "lora_A" in k}
+    assert layers == {n - 3, n - 2, n - 1}
+    kinds = {k.split(".lora_A")[0].rsplit(".", 1)[-1] for k, _ in m.named_parameters() if "lora_A" in k}
+    assert {"q_proj", "v_proj", "down_proj"} <= kinds

@@ -27,7 +27,7 @@ def test_kvs_from_url_is_cached(kvs_path, tmp_path, monkeypatch):
 
 def test_bundled_survey():
     s = load_survey("bundled")
-    assert len(s) >= 120 and len(s.instructions) == 3 and len(s.templates) >= 3
+    assert len(s) == 400 and len(s.instructions) == 4 and len(s.templates) >= 3
     per_value = {v: sum(i.value == v for i in s.items) for v in VALUES}
     assert min(per_value.values()) >= 6
     assert all(s.split_counts()[k] > 0 for k in SPLITS)
