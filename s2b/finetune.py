@@ -233,8 +233,12 @@ def sft_trainer(lm: LM, train: pd.DataFrame, evald: pd.DataFrame | None, cfg: di
         if too_long: raise ValueError(f"{too_long} examples are longer than max_length={max_len}; raise training.max_length")
         return Dataset.from_pandas(df[cols], preserve_index=False)
     ds_train = _ds(train)
-    ds_eval = _ds(evald) if evald is not None and len(evald) else None
+    # eval_every: null trains a fixed number of steps with no evaluation, no early stopping and the last step kept (a control
+    # matched to its adapter step for step); checkpoints are then saved every 20 steps
+    no_eval = t["eval_every"] in (None, "none", 0)
+    ds_eval = _ds(evald) if evald is not None and len(evald) and not no_eval else None
     by_epoch = t["eval_every"] == "epoch"
+    every = 20 if no_eval else (None if by_epoch else int(t["eval_every"]))
     gpu = lm.device.startswith("cuda")
     args = TrainingArguments(
         output_dir=str(out_dir), seed=seed, data_seed=seed,
@@ -243,9 +247,8 @@ def sft_trainer(lm: LM, train: pd.DataFrame, evald: pd.DataFrame | None, cfg: di
         per_device_train_batch_size=int(t["per_device_train_batch_size"]), per_device_eval_batch_size=int(t["per_device_eval_batch_size"]),
         gradient_accumulation_steps=int(t["gradient_accumulation_steps"]),
         eval_strategy=("epoch" if by_epoch else "steps") if ds_eval is not None else "no",
-        eval_steps=None if by_epoch else int(t["eval_every"]),
-        save_strategy=("epoch" if by_epoch else "steps") if ds_eval is not None else "no",
-        save_steps=None if by_epoch else int(t["eval_every"]), save_total_limit=2,
+        eval_steps=every if ds_eval is not None else None,
+        save_strategy="epoch" if by_epoch else "steps", save_steps=every, save_total_limit=2,
         load_best_model_at_end=ds_eval is not None, metric_for_best_model="eval_loss", greater_is_better=False,
         logging_steps=1, report_to=[], bf16=gpu and torch.cuda.is_bf16_supported(),
         use_cpu=not gpu, dataloader_num_workers=0, remove_unused_columns=False,
@@ -306,13 +309,14 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     anchor = d.get("anchor") or "majority"
     eval_s = full.split("eval")
     if d.get("eval_limit"): eval_s = eval_s.subset(limit=int(d["eval_limit"]))
+    from dataclasses import replace
+    if cfg["training"]["eval_every"] in (None, "none", 0): eval_s = replace(eval_s, items=[])   # no evaluation: no eval items
     # the baseline is rated by the plain model; the LoRA model is built on a fresh copy
     lm = load_model(model, backend="hf", training=False)
-    from dataclasses import replace
     both = replace(train_s, items=train_s.items + eval_s.items)
     base = baseline_ratings(lm, both, baseline, cache=out/"baseline_ratings.parquet")
     train = intervention_data(train_s, base, targets, lm, anchor)
-    evald = intervention_data(eval_s, base, targets, lm, anchor)
+    evald = intervention_data(eval_s, base, targets, lm, anchor) if len(eval_s) else train.iloc[:0]
     atomic_to_parquet(pd.concat([train.assign(part="train"), evald.assign(part="eval")]).drop(columns=["input_ids", "completion_mask", "cand"]),
                       out/"data.parquet")
     if backend == "unsloth": lm = load_model(model, backend="unsloth", training=True, max_seq_length=int(cfg["training"]["max_length"]))
@@ -331,7 +335,7 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     hist = trainer.state.log_history
     # with load_best_model_at_end the model kept is the best checkpoint, whose eval loss is known: no second evaluation
     best = trainer.state.best_metric
-    final_eval = ({"eval_loss": best} if best is not None else trainer.evaluate()) if len(evald) else {}
+    final_eval = ({"eval_loss": best} if best is not None else trainer.evaluate()) if trainer.eval_dataset is not None else {}
     eval_secs = sum(h.get("eval_runtime", 0.0) for h in hist)
     tmp = out/".adapter.tmp"
     trainer.model.save_pretrained(tmp); lm.tokenizer.save_pretrained(tmp)

@@ -79,7 +79,7 @@ def aita_table(runs: pd.DataFrame) -> pd.DataFrame:
     for r in runs[runs.stage == "aita"].itertuples():
         for v, e in (r.metrics.get("values") or {}).items():
             if e.get("gain") is None: continue
-            rows.append({"model": r.model, "value": v, "adapter_value": r.target, "seed": r.seed, "n": e.get("n"),
+            rows.append({"model": r.model, "value": v, "adapter_value": r.target, "direction": r.direction, "seed": r.seed, "n": e.get("n"),
                          "gain": e["gain"], "gain_ci_low": _ci(e.get("gain_ci"))[0], "gain_ci_high": _ci(e.get("gain_ci"))[1],
                          "placebo_gain": e.get("placebo_gain"), "shift_low": e.get("shift_low")})
     return pd.DataFrame(rows)
@@ -130,16 +130,20 @@ def selectivity_lines(ind: pd.DataFrame) -> list[str]:
 
 # %% ../nbs/07_report.ipynb #41124df2
 def aita_lines(at: pd.DataFrame) -> list[str]:
-    "One line per model × steered value: the AITA gain on that value's posts against 0 and against its placebo."
+    """One line per model × steered value: the AITA gain on that value's posts against 0 and against its placebo. The gain
+    measures a shift toward the low-standard verdict, so a `down` adapter should raise it and an `up` adapter lower it."""
     lines = []
     for r in at[at.value == at.adapter_value].itertuples():
-        lo, hi = r.gain_ci_low, r.gain_ci_high
+        sign = -1 if getattr(r, "direction", "down") == "up" else 1
+        lo, hi = sorted((sign * r.gain_ci_low, sign * r.gain_ci_high))
+        pl = sign * r.placebo_gain if r.placebo_gain is not None and pd.notna(r.placebo_gain) else None
         if lo <= 0 <= hi: word = "no effect distinguishable from 0 (the CI includes 0)"
-        elif r.placebo_gain is not None and pd.notna(r.placebo_gain) and lo <= r.placebo_gain <= hi:
-            word = "different from 0 but not from its placebo"
-        else: word = "different from 0 and from its placebo" if pd.notna(r.placebo_gain) else "different from 0 (no placebo)"
-        pl = f", placebo {r.placebo_gain:+.3f}" if r.placebo_gain is not None and pd.notna(r.placebo_gain) else ""
-        lines.append(f"{r.model} {r.value} AITA: gain {r.gain:+.3f} [{lo:+.3f}, {hi:+.3f}] over {r.n} posts{pl}: {word}")
+        elif hi < 0: word = "a shift against the intended direction"
+        elif pl is not None and pl >= lo: word = "a shift in the intended direction, but not beyond its placebo"
+        else: word = "a shift in the intended direction, beyond its placebo" if pl is not None else "a shift in the intended direction (no placebo)"
+        plt_ = f", placebo {r.placebo_gain:+.3f}" if pl is not None else ""
+        lines.append(f"{r.model} {r.value} {getattr(r, 'direction', '')} AITA: gain {r.gain:+.3f} [{r.gain_ci_low:+.3f}, {r.gain_ci_high:+.3f}] "
+                     f"over {r.n} posts{plt_} (intended sign {'−' if sign < 0 else '+'}): {word}")
     return lines
 
 def machiavelli_lines(mt: pd.DataFrame) -> list[str]:

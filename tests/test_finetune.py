@@ -179,3 +179,15 @@ def test_top_layers_puts_lora_on_the_last_layers_only(lm):
     assert layers == {n - 3, n - 2, n - 1}
     kinds = {k.split(".lora_A")[0].rsplit(".", 1)[-1] for k, _ in m.named_parameters() if "lora_A" in k}
     assert {"q_proj", "v_proj", "down_proj"} <= kinds
+
+@pytest.mark.model
+def test_fixed_steps_without_evaluation_keep_the_last_step(lm, tiny, tmp_path):
+    "eval_every: null (the CPU recipes): no evaluation, no early stopping, no best-checkpoint reload: adapter and control match step for step."
+    from s2b.models import load_model
+    cfg = load_recipe("recipes/cpu-selective.yaml", {"lora.r": 2})
+    assert cfg["training"]["eval_every"] is None and cfg["data"]["anchor"] == "distribution"
+    d = intervention_data(tiny, {i.id: 3 for i in tiny.items}, target_answers("Hedonism"), lm)
+    tr = sft_trainer(load_model("embedded"), d, d, cfg, tmp_path)
+    assert tr.eval_dataset is None and not tr.args.load_best_model_at_end and tr.args.eval_strategy == "no"
+    assert not any(type(c).__name__ == "EarlyStoppingCallback" for c in tr.callback_handler.callbacks)
+    assert tr.args.save_strategy == "steps" and tr.args.save_steps == 20          # a killed run still resumes
