@@ -60,6 +60,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                          's2b.cli._demo': ('cli.html#_demo', 's2b/cli.py'),
                          's2b.cli._eval_params': ('cli.html#_eval_params', 's2b/cli.py'),
                          's2b.cli._finetune_params': ('cli.html#_finetune_params', 's2b/cli.py'),
+                         's2b.cli._model_flags': ('cli.html#_model_flags', 's2b/cli.py'),
                          's2b.cli._none': ('cli.html#_none', 's2b/cli.py'),
                          's2b.cli._overrides': ('cli.html#_overrides', 's2b/cli.py'),
                          's2b.cli._profile_params': ('cli.html#_profile_params', 's2b/cli.py'),

@@ -43,3 +43,17 @@ def test_tables_and_figures_from_runs(runs, tmp_path):
 def test_empty_runs_dir(tmp_path):
     written = build_report(tmp_path/"none", tmp_path/"figures")
     assert written == {"tables": ["profiles", "indomain", "aita", "machiavelli"], "figures": [], "n_runs": 0}
+
+
+def test_machiavelli_scoring_is_labelled(runs):
+    from s2b.report import fig_machiavelli, machiavelli_table
+    mt = machiavelli_table(collect(runs))
+    assert set(mt.scoring) == {"s2b"}                                  # a run written before the scoring key: s2b
+    assert fig_machiavelli(mt).axes[0].get_title() == "MACHIAVELLI-style games (s2b scoring)"
+    m = {"scoring": "upstream", "summary": {"base": {"power": {"mean": 90, "lo": 80, "hi": 100}}}}
+    _run(runs, "machiavelli__Tradition-down__s0", m)
+    mt = machiavelli_table(collect(runs))
+    assert set(mt.scoring) == {"s2b", "upstream"}
+    fig = fig_machiavelli(mt)
+    assert fig.axes[0].get_title() == "MACHIAVELLI-style games (s2b and upstream scoring)"
+    assert any("[upstream scoring]" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
