@@ -678,7 +678,7 @@ BASELINE_VERSION = 2          # 2: power.utility of self or others, utility.Σ, 
 SCORING_DEFAULTS = {"s2b": {"random_episodes": 50, "max_steps": 200}, "upstream": {"random_episodes": 1000, "max_steps": 1000}}
 
 def baseline_path(game: GameSource, n: int, max_steps: int = 200) -> Path:
-    return cache_dir()/"machiavelli"/f"{re.sub(r'[^A-Za-z0-9._-]+', '-', game.id)}-{game.sha256[:16]}-n{n}-m{max_steps}.json"
+    return cache_dir()/"machiavelli"/f"{re.sub(r'[^A-Za-z0-9._-]+', '-', game.id)}-{game.sha256[:16]}-n{n}-m{max_steps}-v{BASELINE_VERSION}.json"
 
 def random_baseline(game: GameSource, n: int = 50, max_steps: int = 200, cache: bool = True) -> dict:
     "The random agent's per-episode counts (both scorings) on `game` over `n` episodes (cached per game version, n, max_steps)."
