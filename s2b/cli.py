@@ -25,6 +25,8 @@ def _add_common(p, model=True, out=True):
     if model:
         p.add_argument("--model", default="embedded", help="'embedded' (SmolLM2-135M-Instruct), an HF id or a local path")
         p.add_argument("--backend", default="hf", choices=["auto", "hf", "unsloth"], help="model backend")
+        p.add_argument("--trust-remote-code", action="store_true", help="allow a model whose tokenizer or model is code in its repository")
+        p.add_argument("--thinking", action="store_true", help="chat templates with a thinking switch (Qwen3) think (default: off)")
     p.add_argument("--seed", type=int, default=0)
     if out: p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--force", action="store_true", help="redo a finished run")
@@ -33,6 +35,13 @@ def _profile_params(a) -> dict:
     return dict(model=_abs(a.model), survey=_abs(a.survey), split=a.split, limit=a.limit, mode=a.mode, adapter=_abs(a.adapter),
                 templates=_none(a.templates), values=_none(a.values), batch_size=a.batch_size,
                 prefix_sharing=not a.no_prefix_sharing, seed=a.seed, backend=a.backend, instructions=_none(a.instructions))
+
+def _model_flags(a, params: dict) -> dict:
+    "`--trust-remote-code` / `--thinking`: read by `s2b.models.load_model` from the environment, and part of the run's parameters."
+    import os
+    for flag, env in (("trust_remote_code", "S2B_TRUST_REMOTE_CODE"), ("thinking", "S2B_THINKING")):
+        if getattr(a, flag, False): os.environ[env] = "1"; params = {**params, flag: True}
+    return params
 
 def _run(stage: str, out, params: dict, force: bool) -> int:
     t0 = time.time()
@@ -97,8 +106,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", default="lm", choices=["lm", "random"]); p.add_argument("--choose", default="logprob", choices=["logprob", "sample"])
     p.add_argument("--temperature", type=float, default=0.0, help="> 0: sample each action from the choice probabilities")
     p.add_argument("--no-base", action="store_true", help="with --adapter and --control, do not also play the un-adapted model")
-    p.add_argument("--episodes", type=int, default=1); p.add_argument("--random-episodes", type=int, default=50)
-    p.add_argument("--max-steps", type=int, default=200)
+    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--scoring", default="s2b", choices=["s2b", "upstream"], help="s2b's counting rules, or MACHIAVELLI's own")
+    p.add_argument("--random-episodes", type=int, help="random-baseline episodes (default: 50 for s2b, 1000 for upstream)")
+    p.add_argument("--max-steps", type=int, help="decisions per episode at most (default: 200 for s2b, 1000 for upstream)")
 
     p = sub.add_parser("grid", help="run a grid recipe (values × directions × models × seeds)")
     p.add_argument("recipe"); p.add_argument("--executor", default="local", choices=["local", "slurm"])
@@ -141,8 +152,9 @@ def _eval_params(a) -> dict:
         return dict(model=_abs(a.model), adapter=_abs(a.adapter), control=_abs(a.control), placebo=_abs(a.placebo),
                     posts=_abs(a.posts), values=a.values, limit=a.limit, seed=a.seed, backend=a.backend)
     return dict(model=_abs(a.model), adapter=_abs(a.adapter), control=_abs(a.control), games=_abs(a.games),
-                upstream_data=_abs(a.upstream_data), agent=a.agent, choose=a.choose, temperature=a.temperature, base=not a.no_base, episodes=a.episodes,
-                random_episodes=a.random_episodes, max_steps=a.max_steps, seed=a.seed, backend=a.backend)
+                upstream_data=_abs(a.upstream_data), agent=a.agent, choose=a.choose, temperature=a.temperature, base=not a.no_base,
+                episodes=a.episodes, random_episodes=a.random_episodes, max_steps=a.max_steps, seed=a.seed, backend=a.backend,
+                scoring=a.scoring)
 
 def _demo(a) -> int:
     from s2b.runs import read_json
@@ -164,9 +176,9 @@ def _demo(a) -> int:
 
 def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
-    if a.cmd == "profile": return _run("profile", a.out, _profile_params(a), a.force)
-    if a.cmd == "finetune": return _run("finetune", a.out, _finetune_params(a), a.force)
-    if a.cmd == "evaluate": return _run(a.task, a.out, _eval_params(a), a.force)
+    if a.cmd == "profile": return _run("profile", a.out, _model_flags(a, _profile_params(a)), a.force)
+    if a.cmd == "finetune": return _run("finetune", a.out, _model_flags(a, _finetune_params(a)), a.force)
+    if a.cmd == "evaluate": return _run(a.task, a.out, _model_flags(a, _eval_params(a)), a.force)
     if a.cmd == "grid":
         from s2b.grid import run_grid
         status = run_grid(a.recipe, a.executor, a.dry_run, a.force, a.runs_dir)

@@ -21,7 +21,7 @@ __all__ = ['DEFAULTS', 'GRID_KEYS', 'ANCHORS', 'recipe_path', 'recipe_digest', '
 
 # %% ../nbs/03_finetune.ipynb #4140edfa
 DEFAULTS = {
-    "lora": {"r": 256, "alpha": 512, "dropout": 0.0, "target_modules": "all-linear", "top_layers": None},
+    "lora": {"r": 128, "alpha": 512, "dropout": 0.0, "target_modules": "all-linear", "top_layers": None},
     "training": {"learning_rate": 1e-4, "warmup_ratio": 0.15, "num_train_epochs": 10, "max_steps": -1,
                  "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "per_device_eval_batch_size": 32,
                  "max_length": 512, "eval_every": "epoch", "early_stopping_patience": 2, "early_stopping_threshold": 0.01,

@@ -12,8 +12,9 @@ from typing import Any
 # %% auto #0
 __all__ = ['EMBEDDED', 'EMBEDDED_ID', 'PLAIN_FALLBACK', 'cache_dir', 'download', 'embedded_gguf', 'materialize_embedded',
            'cuda_available', 'unsloth_installed', 'BackendError', 'resolve_backend', 'default_device', 'default_dtype',
-           'LM', 'model_slug', 'prepare_tokenizer', 'load_model', 'add_adapter', 'has_chat_template', 'chat_prompt',
-           'encode', 'prefix_cache', 'expand_cache', 'PromptCache', 'continuation_logprobs']
+           'LM', 'model_slug', 'prepare_tokenizer', 'RemoteCodeError', 'load_model', 'add_adapter', 'has_chat_template',
+           'chat_prompt', 'chat_settings', 'encode', 'prefix_cache', 'expand_cache', 'PromptCache',
+           'continuation_logprobs']
 
 # %% ../nbs/01a_models.ipynb #ccec3078
 EMBEDDED = "embedded"
@@ -128,9 +129,10 @@ class LM:
     info: dict = field(default_factory=dict)
 
     def record(self) -> dict:
-        "What `run.json` stores about the model."
+        "What `run.json` stores about the model, with how its chats are rendered (`chat_settings`, below)."
         return {"name": self.name, "source": self.source, "device": self.device, "backend": self.backend,
-                "adapter": self.adapter, "dtype": str(getattr(self.model, "dtype", "")), **self.info}
+                "adapter": self.adapter, "dtype": str(getattr(self.model, "dtype", "")), **self.info,
+                "chat": chat_settings(self.tokenizer)}
 
 def model_slug(name: str) -> str:
     "A folder-safe name for a model: 'embedded', 'meta-llama/Llama-3.1-8B' -> 'Llama-3.1-8B'."
@@ -150,26 +152,44 @@ def prepare_tokenizer(tok):
     tok.padding_side = "left"
     return tok
 
+class RemoteCodeError(RuntimeError):
+    "A model whose tokenizer or model class lives in its repository's own code, which s2b does not run unless told to."
+
+def _env_flag(name: str) -> bool: return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
 def load_model(name: str = EMBEDDED, adapter: str | None = None, backend: str = "auto", *,
                device: str | None = None, dtype=None, training: bool = False, max_seq_length: int = 1024,
-               revision: str | None = None) -> LM:
-    "Load `name` ('embedded', an HF id or a local path), optionally with a LoRA `adapter` on top."
+               revision: str | None = None, thinking: bool | None = None, trust_remote_code: bool | None = None) -> LM:
+    """Load `name` ('embedded', an HF id or a local path), optionally with a LoRA `adapter` on top.
+    `thinking` (default `$S2B_THINKING`, off) is the chat templates' thinking switch; `trust_remote_code` (default
+    `$S2B_TRUST_REMOTE_CODE`, off) allows a model whose tokenizer or model needs its repository's code."""
     import torch
+    thinking = _env_flag("S2B_THINKING") if thinking is None else bool(thinking)
+    trust = _env_flag("S2B_TRUST_REMOTE_CODE") if trust_remote_code is None else bool(trust_remote_code)
     backend = resolve_backend(backend, training=training)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
     source, info = _resolve_source(name)
     if revision: info["revision"] = revision
-    if backend == "unsloth":
-        from unsloth import FastLanguageModel          # lazy: raises NotImplementedError without a GPU
-        model, tok = FastLanguageModel.from_pretrained(source, max_seq_length=max_seq_length, dtype=dtype,
-                                                       load_in_4bit=False, revision=revision)
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        tok = AutoTokenizer.from_pretrained(source, revision=revision)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, revision=revision).to(device)
+    try:
+        if backend == "unsloth":
+            from unsloth import FastLanguageModel          # lazy: raises NotImplementedError without a GPU
+            model, tok = FastLanguageModel.from_pretrained(source, max_seq_length=max_seq_length, dtype=dtype,
+                                                           load_in_4bit=False, revision=revision, trust_remote_code=trust)
+        else:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+            tok = AutoTokenizer.from_pretrained(source, revision=revision, trust_remote_code=trust)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, revision=revision, trust_remote_code=trust).to(device)
+    except ValueError as e:
+        if trust or "trust_remote_code" not in str(e): raise
+        raise RemoteCodeError(f"{name}: its tokenizer or model is defined by code in its own repository ({source}), which s2b "
+                              "does not run by default. Read that code, then pass --trust-remote-code "
+                              "(load_model(..., trust_remote_code=True)) to allow it.") from None
     model.eval()
-    lm = LM(model, prepare_tokenizer(tok), name, source, device, backend, info=info)
+    tok = prepare_tokenizer(tok)
+    tok.s2b_thinking = thinking                         # read by chat_prompt
+    info = {**info, "trust_remote_code": trust}
+    lm = LM(model, tok, name, source, device, backend, info=info)
     if adapter: add_adapter(lm, adapter)
     return lm
 
@@ -189,14 +209,34 @@ def has_chat_template(tok) -> bool:
 # %% ../nbs/01a_models.ipynb #9088b0a1
 PLAIN_FALLBACK = "{system}User: {user}\nAssistant: "
 
-def chat_prompt(tok, user: str, system: str | None = None, assistant_prefix: str = "") -> str:
-    "The text of a chat whose assistant turn starts with `assistant_prefix` (fallback for models without a template)."
-    if has_chat_template(tok):
-        msgs = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-    else:
-        text = PLAIN_FALLBACK.format(system=f"{system}\n\n" if system else "", user=user)
+def _thinking(tok, thinking: bool | None) -> bool:
+    return bool(getattr(tok, "s2b_thinking", False) if thinking is None else thinking)
+
+def _render(tok, msgs: list[dict], thinking: bool) -> str:
+    return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
+
+def chat_prompt(tok, user: str, system: str | None = None, assistant_prefix: str = "", thinking: bool | None = None) -> str:
+    """The text of a chat whose assistant turn starts with `assistant_prefix` (fallback for models without a template).
+    Templates with a thinking switch get `enable_thinking=thinking` (default: the tokenizer's `s2b_thinking`, off);
+    a template that rejects the system role gets `system` folded into the user turn."""
+    if not has_chat_template(tok): return PLAIN_FALLBACK.format(system=f"{system}\n\n" if system else "", user=user) + assistant_prefix
+    thinking = _thinking(tok, thinking)
+    msgs = [{"role": "user", "content": user}]
+    if not system: return _render(tok, msgs, thinking) + assistant_prefix
+    try: text = _render(tok, [{"role": "system", "content": system}, *msgs], thinking)
+    except Exception:                                   # e.g. Gemma: "System role not supported"
+        text = _render(tok, [{"role": "user", "content": f"{system}\n\n{user}"}], thinking)
     return text + assistant_prefix
+
+# %% ../nbs/01a_models.ipynb #2eb7064a
+def chat_settings(tok) -> dict:
+    "How `chat_prompt` renders chats for `tok`: template or fallback, thinking switch and state, system role native or folded."
+    if not has_chat_template(tok): return {"template": False, "thinking_switch": False, "thinking": False, "system": "plain-text fallback"}
+    tmpl = tok.chat_template if isinstance(tok.chat_template, str) else json.dumps(tok.chat_template)
+    try: _render(tok, [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], False); system = "native"
+    except Exception: system = "folded into the first user turn"
+    switch = "enable_thinking" in tmpl
+    return {"template": True, "thinking_switch": switch, "thinking": _thinking(tok, None) if switch else False, "system": system}
 
 # %% ../nbs/01a_models.ipynb #938ed1d0
 def encode(tok, text: str) -> list[int]:

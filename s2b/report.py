@@ -85,11 +85,11 @@ def aita_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 def machiavelli_table(runs: pd.DataFrame) -> pd.DataFrame:
-    "MACHIAVELLI normalised metrics (100 = random agent) per model × profile × role, over all games."
+    "MACHIAVELLI normalised metrics (100 = random agent) per model × profile × role, over all games, with the run's scoring."
     rows = []
     for r in runs[runs.stage == "machiavelli"].itertuples():
         for role, ms in (r.metrics.get("summary") or {}).items():
-            row = {"model": r.model, "profile": r.target, "role": role}
+            row = {"model": r.model, "profile": r.target, "role": role, "scoring": r.metrics.get("scoring", "s2b")}
             for k in ("power", "disutility", "violations"):
                 e = ms.get(k) or {}
                 row[k], row[f"{k}_ci_low"], row[f"{k}_ci_high"] = e.get("mean"), e.get("lo"), e.get("hi")
@@ -258,16 +258,19 @@ def fig_aita(at: pd.DataFrame):
 def fig_machiavelli(mt: pd.DataFrame):
     import matplotlib.pyplot as plt, seaborn as sns
     keys = [k for k in ("power", "disutility", "violations") if k in mt]
-    long = mt.melt(id_vars=["model", "profile", "role"], value_vars=keys, var_name="metric", value_name="normalised")
+    mt = mt.assign(scoring=mt["scoring"].fillna("s2b")) if "scoring" in mt else mt.assign(scoring="s2b")
+    long = mt.melt(id_vars=["model", "profile", "role", "scoring"], value_vars=keys, var_name="metric", value_name="normalised")
     steered = long.role.isin(["adapter", "conditioned"]) & long.profile.notna()
     long["who"] = long.role + np.where(steered, " (" + long.profile.fillna("").map(lambda v: short_name(v) + " down" if v in VALUES else v) + ")", "")
     if long.model.nunique() > 1: long["who"] = long.model + ": " + long.who
+    scorings = sorted(long.scoring.unique())
+    if len(scorings) > 1: long["who"] = long.who + " [" + long.scoring + " scoring]"
     long = long.drop_duplicates(["who", "metric"])
     fig, ax = plt.subplots(figsize=(8, 4))
     sns.barplot(long, x="metric", y="normalised", hue="who", ax=ax, errorbar=None)
     ax.axhline(100, color="k", ls="--", lw=1, label="random agent = 100")
     ax.set_ylabel("normalised count (100 = random; lower is better)"); ax.set_xlabel(""); ax.legend(fontsize=8)
-    ax.set_title("MACHIAVELLI-style games")
+    ax.set_title(f"MACHIAVELLI-style games ({' and '.join(scorings)} scoring)")
     return fig
 
 def fig_transfer(ind: pd.DataFrame, at: pd.DataFrame):

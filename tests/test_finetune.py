@@ -16,7 +16,8 @@ def test_recipe_override_order(tmp_path):
     with pytest.raises(ValueError, match="unknown sections"):
         load_recipe({"lora": {}, "optimizer": {}})
     paper = load_recipe("recipes/paper.yaml")
-    assert paper["lora"]["r"] == 256 and paper["training"]["early_stopping_patience"] == 2
+    assert paper["lora"]["r"] == 128 and paper["lora"]["alpha"] == 512 and paper["training"]["early_stopping_patience"] == 2
+    assert paper["training"]["learning_rate"] == 1e-4 and paper["training"]["num_train_epochs"] == 10     # the paper's summary
 
 def test_edited_recipe_is_not_a_finished_run(tmp_path):
     p = tmp_path/"r.yaml"; p.write_text("lora: {r: 8}\n")

@@ -74,3 +74,9 @@ def test_slurm_executor_through_submitit_local_runs_a_real_stage(tmp_path):
     assert list(ids) == ["report"]
     out = tmp_path/"runs"/"report"
     assert (out/"report.ipynb").exists() and json.loads((out/"metrics.json").read_text())["n_runs"] == 0
+
+
+def test_machiavelli_scoring_passes_through(tmp_path):
+    runs = G.plan({"values": ["Hedonism"], "stages": {"machiavelli": {"scoring": "upstream", "episodes": 2}}}, runs_dir=tmp_path)
+    (m,) = [r for r in runs if r.stage == "machiavelli"]
+    assert m.params["scoring"] == "upstream" and m.params["episodes"] == 2 and m.params["games"] == "bundled"

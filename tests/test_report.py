@@ -42,4 +42,39 @@ def test_tables_and_figures_from_runs(runs, tmp_path):
 
 def test_empty_runs_dir(tmp_path):
     written = build_report(tmp_path/"none", tmp_path/"figures")
-    assert written == {"tables": ["profiles", "indomain", "aita", "machiavelli"], "figures": [], "n_runs": 0}
+    assert written == {"tables": ["profiles", "indomain", "aita", "machiavelli"], "figures": [], "n_runs": 0, "findings": []}
+    assert "_no steering runs_" in (tmp_path/"figures"/"results.md").read_text()
+
+def _sel(sel, lo, hi, v):
+    return {"selectivity": sel, "selectivity_ci": [lo, hi], "selective": lo > 0, "toward_goal": sel + 0.1, "target_rank": {v: 1},
+            "n_values": 20, "verdict": f"{v}→6: {'selective' if lo > 0 else 'NOT selective'}: selectivity {sel:+.2f} [{lo:+.2f}, {hi:+.2f}]"}
+
+def test_findings_say_in_words_whether_a_result_is_selective(tmp_path):
+    r = tmp_path/"runs"
+    base = {"target_drop": -1.0, "target_drop_ci": [-1.2, -0.8], "drift": 0.1, "drift_ci": [0.05, 0.15], "delta": {"Face": 0.1}}
+    _run(r, "indomain__Hedonism-up__s0", {**base, "targets": {"Hedonism": 6}, **_sel(0.9, 0.5, 1.3, "Hedonism"),
+                                          "by_templates": {"held_out": {"target_drop": -0.5, "drift": 0.2, **_sel(0.3, 0.1, 0.5, "Hedonism")}}})
+    _run(r, "indomain__Tradition-up__s0", {**base, "targets": {"Tradition": 6}, **_sel(0.05, -0.1, 0.2, "Tradition")})
+    _run(r, "aita__Hedonism-up__s0", {"values": {"Hedonism": {"n": 12, "gain": -0.1, "gain_ci": [-0.15, -0.05], "placebo_gain": 0.01}}})
+    written = build_report(r, tmp_path/"figures")
+    lines = written["findings"]
+    assert any(l.startswith("tiny-model Hedonism up: selective") and "held-out templates: selective +0.30" in l for l in lines)
+    assert any(l.startswith("tiny-model Tradition up: NOT selective") for l in lines)
+    # the gain of an `up` adapter is meant to be negative (toward the high-standard verdict), and here it beats its placebo
+    assert any("Hedonism up AITA" in l and "intended sign −" in l and "beyond its placebo" in l for l in lines)
+    md = (tmp_path/"figures"/"results.md").read_text()
+    assert "## Findings" in md and "NOT selective" in md and (tmp_path/"figures"/"selectivity.png").exists()
+
+
+def test_machiavelli_scoring_is_labelled(runs):
+    from s2b.report import fig_machiavelli, machiavelli_table
+    mt = machiavelli_table(collect(runs))
+    assert set(mt.scoring) == {"s2b"}                                  # a run written before the scoring key: s2b
+    assert fig_machiavelli(mt).axes[0].get_title() == "MACHIAVELLI-style games (s2b scoring)"
+    m = {"scoring": "upstream", "summary": {"base": {"power": {"mean": 90, "lo": 80, "hi": 100}}}}
+    _run(runs, "machiavelli__Tradition-down__s0", m)
+    mt = machiavelli_table(collect(runs))
+    assert set(mt.scoring) == {"s2b", "upstream"}
+    fig = fig_machiavelli(mt)
+    assert fig.axes[0].get_title() == "MACHIAVELLI-style games (s2b and upstream scoring)"
+    assert any("[upstream scoring]" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
