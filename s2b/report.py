@@ -12,8 +12,8 @@ from .runs import read_json, atomic_write_text, atomic_write_json
 
 # %% auto #0
 __all__ = ['parse_run_dir', 'collect', 'profile_table', 'indomain_table', 'side_effects', 'aita_table', 'machiavelli_table',
-           'to_markdown', 'fig_profiles', 'fig_drop_heatmap', 'fig_side_effects', 'fig_aita', 'fig_machiavelli',
-           'fig_transfer', 'build_report']
+           'to_markdown', 'capability_table', 'fig_profiles', 'fig_drop_heatmap', 'fig_side_effects', 'fig_aita',
+           'fig_machiavelli', 'fig_transfer', 'build_report']
 
 # %% ../nbs/07_report.ipynb #e75a55e5
 _DIR = re.compile(r"^(?P<stage>[a-z]+)(?:__(?P<target>control|[A-Za-z_]+?)(?:-(?P<direction>down|up))?)?(?:__s(?P<seed>\d+))?$")
@@ -92,6 +92,22 @@ def machiavelli_table(runs: pd.DataFrame) -> pd.DataFrame:
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     if df.empty: return "_no runs_\n"
     return df.to_markdown(index=False, floatfmt=floatfmt) + "\n"
+
+# %% ../nbs/07_report.ipynb #0d68c95f
+def capability_table(runs: pd.DataFrame) -> pd.DataFrame:
+    "lm-eval accuracy per model × value × task (and group): conditioned, control, Δ with its paired bootstrap CI, the drop flag."
+    rows = []
+    for r in runs[runs.stage == "capability"].itertuples():
+        for task, e in (r.metrics.get("tasks") or {}).items():
+            for m in r.metrics.get("metrics") or ["acc"]:
+                x = e.get(m) or {}
+                if "delta" not in x: continue
+                rows.append({"model": r.model, "value": r.target, "direction": r.direction, "seed": r.seed, "task": task,
+                             "metric": m, "n": e.get("n"), "conditioned": x.get("conditioned"), "control": x.get("control"),
+                             "delta": x["delta"], "ci_low": _ci(x.get("delta_ci"))[0], "ci_high": _ci(x.get("delta_ci"))[1],
+                             "drop": x.get("drop")})
+    return pd.DataFrame(rows, columns=["model", "value", "direction", "seed", "task", "metric", "n", "conditioned", "control",
+                                       "delta", "ci_low", "ci_high", "drop"])
 
 # %% ../nbs/07_report.ipynb #65775d2c
 def _save(fig, figures: Path, name: str) -> list[str]:
@@ -191,6 +207,7 @@ def build_report(runs_dir="papermill_runs", figures="figures", out=None) -> dict
     written = {"tables": [], "figures": [], "n_runs": int(len(runs))}
     tables = {"profiles": profile_table(runs), "indomain": indomain_table(runs), "aita": aita_table(runs),
               "machiavelli": machiavelli_table(runs)}
+    if (runs.stage == "capability").any(): tables["capability"] = capability_table(runs)
     md = ["# s2b results\n", f"{len(runs)} finished runs in `{Path(runs_dir).resolve()}`.\n"]
     for name, df in tables.items():
         df.to_csv(out/"tables"/f"{name}.csv", index=False)
