@@ -168,3 +168,24 @@ def test_stage_end_to_end_from_the_cli(lm, random_adapters, tmp_path, capsys):
     assert main(["evaluate", "capability", "--adapter", cond, "--control", ctrl, "--tasks", "bundled", "--limit", "12",
                  "--out", str(out)]) == 0
     assert "already finished" in capsys.readouterr().out                    # the same parameters: skipped
+
+
+def test_report_table_and_grid_stage(tmp_path):
+    "The report collects capability runs into a table; the grid plans the stage only when a recipe lists it."
+    from s2b.report import build_report
+    from s2b.runs import atomic_write_json
+    import s2b.grid as G
+    d = tmp_path/"runs"/"m"/"capability__Hedonism-down__s0"
+    atomic_write_json(d/"metrics.json", {"metrics": ["acc"], "tasks": {"s2b_general": {"kind": "task", "n": 40, "acc": {
+        "conditioned": 0.8, "control": 0.9, "delta": -0.1, "delta_ci": [-0.2, -0.025], "drop": True}}}})
+    atomic_write_json(d/"run.json", {})
+    written = build_report(tmp_path/"runs", tmp_path/"figures")
+    assert written["tables"][-1] == "capability"
+    t = pd.read_csv(tmp_path/"runs"/"report"/"tables"/"capability.csv")
+    assert t.loc[0, "value"] == "Hedonism" and t.loc[0, "delta"] == -0.1 and bool(t.loc[0, "drop"])
+    assert not any(r.stage == "capability" for r in G.plan({"values": ["Hedonism"]}, runs_dir=tmp_path/"p"))
+    runs = G.plan({"values": ["Hedonism", "Tradition"], "stages": {"capability": {"first_value_only": True}}}, runs_dir=tmp_path/"p")
+    cap = [r for r in runs if r.stage == "capability"]
+    assert [r.key for r in cap] == ["embedded/capability__Hedonism-down__s0"] and cap[0].params["limit"] == 40
+    assert not any(r.stage == "capability" for r in G.plan({"values": ["Hedonism"], "stages": {"capability": {}}, "skip": ["capability"]},
+                                                          runs_dir=tmp_path/"p"))
