@@ -405,8 +405,8 @@ def run_capability(model: str = "embedded", adapter=None, control=None, tasks=BU
     data = {n: bundled_data_files(n)[0] for n in names if n in bundled_tasks()}
     rec = run_record("capability", params, model={**mrec, "adapter": None}, data=data, seed=seed,
                      adapters={r: str(adapter_dir(a)) for r, a in adapters.items()},
-                     lm_eval={"version": lm_eval_version(), "tasks": task_rec,
-                              "config": {k: first.get("config", {}).get(k) for k in ("batch_size", "limit", "bootstrap_iters",
+                     lm_eval={"version": lm_eval_version(), "tasks": task_rec, "batch_size": getattr(h, "batch_size", batch_size),
+                              "config": {k: first.get("config", {}).get(k) for k in ("limit", "bootstrap_iters",
                                          "random_seed", "numpy_seed", "torch_seed", "fewshot_seed")}})
     atomic_write_json(out/"run.json", rec)                           # last: it marks the run as done
     return metrics
