@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, help="= --set training.max_steps=N")
     p.add_argument("--rank", type=int, help="= --set lora.r=R")
 
-    ev = sub.add_parser("evaluate", help="measure an adapter: indomain, aita or machiavelli").add_subparsers(dest="task", required=True)
+    ev = sub.add_parser("evaluate", help="measure an adapter: indomain, aita, machiavelli or capability").add_subparsers(dest="task", required=True)
     p = ev.add_parser("indomain", help="target drop, drift and side effects on held-out statements")
     _add_common(p)
     p.add_argument("--survey", default="bundled"); p.add_argument("--adapter", required=True); p.add_argument("--control", required=True)
@@ -110,6 +110,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scoring", default="s2b", choices=["s2b", "upstream"], help="s2b's counting rules, or MACHIAVELLI's own")
     p.add_argument("--random-episodes", type=int, help="random-baseline episodes (default: 50 for s2b, 1000 for upstream)")
     p.add_argument("--max-steps", type=int, help="decisions per episode at most (default: 200 for s2b, 1000 for upstream)")
+
+    p = ev.add_parser("capability", help="lm-evaluation-harness accuracy under the adapter and the control, Δ with a CI")
+    _add_common(p)
+    p.add_argument("--adapter", required=True); p.add_argument("--control", required=True)
+    p.add_argument("--tasks", default="default", help="comma-separated lm-eval tasks, groups or task YAML paths; 'default': "
+                   "mmlu,arc_easy,hellaswag (from the Hugging Face hub); 'bundled': s2b_general (offline, 120 questions)")
+    p.add_argument("--limit", type=float, help="the first N items of each task (a fraction when < 1; default: all)")
+    p.add_argument("--num-fewshot", type=int); p.add_argument("--batch-size", type=int)
+    p.add_argument("--base", action="store_true", help="score the model without adapter too")
 
     p = sub.add_parser("grid", help="run a grid recipe (values × directions × models × seeds)")
     p.add_argument("recipe"); p.add_argument("--executor", default="local", choices=["local", "slurm"])
@@ -148,6 +157,11 @@ def _eval_params(a) -> dict:
         return dict(model=_abs(a.model), survey=_abs(a.survey), adapter=_abs(a.adapter), control=_abs(a.control), target=a.target,
                     direction=a.direction, split=a.split, limit=a.limit, templates=a.templates, instructions=a.instructions,
                     batch_size=a.batch_size, seed=a.seed, backend=a.backend)
+    if a.task == "capability":
+        lim = None if a.limit is None else int(a.limit) if a.limit >= 1 else a.limit
+        tasks = ",".join(_abs(t.strip()) if t.strip().endswith((".yaml", ".yml")) else t.strip() for t in a.tasks.split(","))
+        return dict(model=_abs(a.model), adapter=_abs(a.adapter), control=_abs(a.control), tasks=tasks, limit=lim,
+                    num_fewshot=a.num_fewshot, batch_size=a.batch_size, base=a.base or None, seed=a.seed, backend=a.backend)
     if a.task == "aita":
         return dict(model=_abs(a.model), adapter=_abs(a.adapter), control=_abs(a.control), placebo=_abs(a.placebo),
                     posts=_abs(a.posts), values=a.values, limit=a.limit, seed=a.seed, backend=a.backend)
@@ -178,6 +192,10 @@ def main(argv=None) -> int:
     a = build_parser().parse_args(argv)
     if a.cmd == "profile": return _run("profile", a.out, _model_flags(a, _profile_params(a)), a.force)
     if a.cmd == "finetune": return _run("finetune", a.out, _model_flags(a, _finetune_params(a)), a.force)
+    if a.cmd == "evaluate" and a.task == "capability":             # a task name lm-eval does not know: one line, no notebook
+        from s2b.capability import TaskError, check_tasks
+        try: check_tasks(_eval_params(a)["tasks"])
+        except TaskError as e: print(f"s2b: {e}", file=sys.stderr); return 2
     if a.cmd == "evaluate": return _run(a.task, a.out, _model_flags(a, _eval_params(a)), a.force)
     if a.cmd == "grid":
         from s2b.grid import run_grid

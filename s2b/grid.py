@@ -14,7 +14,8 @@ from .runs import execute_stage, stage_done, StageFailed, repo_root
 from .finetune import _merge, recipe_digest          # the same nested-dict merge as recipes
 
 # %% auto #0
-__all__ = ['GRID_DEFAULTS', 'FULL', 'load_grid', 'Run', 'plan', 'describe', 'run_local', 'run_slurm', 'run_grid']
+__all__ = ['GRID_DEFAULTS', 'CAPABILITY_DEFAULTS', 'FULL', 'load_grid', 'Run', 'plan', 'describe', 'run_local', 'run_slurm',
+           'run_grid']
 
 # %% ../nbs/08_grid.ipynb #3970d1c8
 GRID_DEFAULTS = {
@@ -25,6 +26,9 @@ GRID_DEFAULTS = {
                "report": {}},
     "skip": [], "model_overrides": {}, "slurm": {},
 }
+
+# the capability stage runs only when a recipe's `stages` lists it; its settings go over these
+CAPABILITY_DEFAULTS = {"tasks": "s2b_general", "limit": 40}
 
 def load_grid(recipe) -> dict:
     "A grid recipe (path or dict) merged over the defaults, with value names checked."
@@ -122,6 +126,11 @@ def plan(recipe, runs_dir=None) -> list[Run]:
                         runs.append(Run(f"{slug}/machiavelli__{tag}", "machiavelli", base/f"machiavelli__{tag}",
                                         dict(ev, adapter=str(ftr.out), control=str(ctrl.out), games=_abs(root, mc.pop("games", "bundled")), **mc),
                                         [ftr.key, ctrl.key]))
+                if "capability" in s and "capability" not in skip:       # opt-in: only recipes that list it
+                    cp = {**CAPABILITY_DEFAULTS, **(s["capability"] or {})}
+                    if not cp.pop("first_value_only", False) or i == 0:
+                        runs.append(Run(f"{slug}/capability__{tag}", "capability", base/f"capability__{tag}",
+                                        dict(ev, adapter=str(ftr.out), control=str(ctrl.out), **cp), [ftr.key, ctrl.key]))
     if "report" not in skip:
         runs.append(Run("report", "report", runs_dir/"report",
                         dict(runs_dir=str(runs_dir), figures=str(Path(g["figures_dir"]).resolve()), **st.get("report", {})),

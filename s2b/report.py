@@ -12,8 +12,9 @@ from .runs import read_json, atomic_write_text, atomic_write_json
 
 # %% auto #0
 __all__ = ['parse_run_dir', 'collect', 'profile_table', 'indomain_table', 'side_effects', 'aita_table', 'machiavelli_table',
-           'to_markdown', 'selectivity_lines', 'aita_lines', 'machiavelli_lines', 'fig_profiles', 'fig_drop_heatmap',
-           'fig_selectivity', 'fig_side_effects', 'fig_aita', 'fig_machiavelli', 'fig_transfer', 'build_report']
+           'to_markdown', 'capability_table', 'selectivity_lines', 'aita_lines', 'machiavelli_lines',
+           'capability_lines', 'fig_profiles', 'fig_drop_heatmap', 'fig_selectivity', 'fig_side_effects', 'fig_aita',
+           'fig_machiavelli', 'fig_transfer', 'build_report']
 
 # %% ../nbs/07_report.ipynb #e75a55e5
 _DIR = re.compile(r"^(?P<stage>[a-z]+)(?:__(?P<target>control|[A-Za-z_]+?)(?:-(?P<direction>down|up))?)?(?:__s(?P<seed>\d+))?$")
@@ -100,6 +101,22 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
     if df.empty: return "_no runs_\n"
     return df.to_markdown(index=False, floatfmt=floatfmt) + "\n"
 
+# %% ../nbs/07_report.ipynb #0d68c95f
+def capability_table(runs: pd.DataFrame) -> pd.DataFrame:
+    "lm-eval accuracy per model × value × task (and group): conditioned, control, Δ with its paired bootstrap CI, the drop flag."
+    rows = []
+    for r in runs[runs.stage == "capability"].itertuples():
+        for task, e in (r.metrics.get("tasks") or {}).items():
+            for m in r.metrics.get("metrics") or ["acc"]:
+                x = e.get(m) or {}
+                if "delta" not in x: continue
+                rows.append({"model": r.model, "value": r.target, "direction": r.direction, "seed": r.seed, "task": task,
+                             "metric": m, "n": e.get("n"), "conditioned": x.get("conditioned"), "control": x.get("control"),
+                             "delta": x["delta"], "ci_low": _ci(x.get("delta_ci"))[0], "ci_high": _ci(x.get("delta_ci"))[1],
+                             "drop": x.get("drop")})
+    return pd.DataFrame(rows, columns=["model", "value", "direction", "seed", "task", "metric", "n", "conditioned", "control",
+                                       "delta", "ci_low", "ci_high", "drop"])
+
 # %% ../nbs/07_report.ipynb #c9a24058
 def _across_seeds(x) -> tuple[float, float, float]:
     "Mean and 95% t-interval across seeds."
@@ -162,6 +179,15 @@ def machiavelli_lines(mt: pd.DataFrame) -> list[str]:
             parts.append(f"{k} {av:.0f} [{al:.0f}, {ah:.0f}] vs control {cv:.0f} [{cl:.0f}, {ch:.0f}]"
                          + ("" if apart else " (CIs overlap)"))
         lines.append(f"{mdl} {prof} MACHIAVELLI (100 = random agent): " + "; ".join(parts))
+    return lines
+
+def capability_lines(ct: pd.DataFrame) -> list[str]:
+    "One line per model × steered value × task: the adapter's accuracy against the control's, and whether it dropped."
+    lines = []
+    for r in ct.itertuples():
+        word = "a drop (the CI excludes 0)" if r.drop else "no drop distinguishable from 0"
+        lines.append(f"{r.model} {r.value} {r.direction} capability {r.task} {r.metric}: {r.conditioned:.3f} vs control {r.control:.3f}, "
+                     f"Δ {r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] over {r.n} items: {word}")
     return lines
 
 # %% ../nbs/07_report.ipynb #65775d2c
@@ -296,8 +322,10 @@ def build_report(runs_dir="papermill_runs", figures="figures", out=None) -> dict
     written = {"tables": [], "figures": [], "n_runs": int(len(runs))}
     tables = {"profiles": profile_table(runs), "indomain": indomain_table(runs), "aita": aita_table(runs),
               "machiavelli": machiavelli_table(runs)}
+    if (runs.stage == "capability").any(): tables["capability"] = capability_table(runs)
     findings = (selectivity_lines(tables["indomain"]) + (aita_lines(tables["aita"]) if not tables["aita"].empty else [])
-                + (machiavelli_lines(tables["machiavelli"]) if not tables["machiavelli"].empty else []))
+                + (machiavelli_lines(tables["machiavelli"]) if not tables["machiavelli"].empty else [])
+                + (capability_lines(tables["capability"]) if "capability" in tables else []))
     written["findings"] = findings
     md = ["# s2b results\n", f"{len(runs)} finished runs in `{Path(runs_dir).resolve()}`.\n",
           "\n## Findings\n\n", "".join(f"- {l}\n" for l in findings) or "_no steering runs_\n"]

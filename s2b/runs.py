@@ -116,6 +116,7 @@ STAGES = {"values": "00_values.ipynb", "survey": "01_survey.ipynb", "models": "0
           "profile": "02_profile.ipynb", "finetune": "03_finetune.ipynb", "indomain": "04_indomain.ipynb",
           "aita": "05_aita.ipynb", "machiavelli": "06_machiavelli.ipynb", "report": "07_report.ipynb"}
 STAGES["baseline"] = STAGES["profile"]     # a baseline is a profile run of the un-adapted model
+STAGES["capability"] = "10_capability.ipynb"   # lm-evaluation-harness accuracy under the conditioned and control adapters
 
 def stage_notebook(stage: str) -> Path:
     "The path of a stage's notebook in the s2b checkout."
