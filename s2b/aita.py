@@ -79,7 +79,7 @@ def posts_frame(posts: Iterable[Post]) -> pd.DataFrame:
 
 # %% ../nbs/05_aita.ipynb #90690a95
 def bundled_posts_path() -> Path:
-    "The bundled scenarios: `data/aita/scenarios.json` in the s2b checkout (60 posts, 20 values)."
+    "The bundled scenarios: `data/aita/scenarios.json` in the s2b checkout (240 posts, 12 per value)."
     p = repo_root()/"data"/"aita"/"scenarios.json"
     if not p.exists(): raise FileNotFoundError(f"{p} not found: the bundled AITA posts live in the s2b source checkout")
     return p
