@@ -132,7 +132,7 @@ def run_indomain(model="embedded", survey="bundled", adapter=None, control=None,
     if not targets: raise ValueError(f"no target given and none recorded with the adapter {adapter}")
     s = prepare_survey(survey, split, limit, templates, instructions=instructions)
     out.mkdir(parents=True, exist_ok=True)
-    ratings = {}
+    ratings, records = {}, {}
     for role, ad in (("control", control), ("conditioned", adapter)):
         # the control is shared by many runs: its ratings are cached beside it and copied here
         cache = shared_ratings_path(ad, model, s) if role == "control" else out/f"ratings_{role}.parquet"
@@ -142,6 +142,7 @@ def run_indomain(model="embedded", survey="bundled", adapter=None, control=None,
             ratings[role] = done
         else:
             lm = load_model(model, adapter=ad, backend=backend)
+            records[role] = lm.record()
             cache.parent.mkdir(parents=True, exist_ok=True)
             ratings[role], _ = rate(lm, s, "logits", cache=cache, batch_size=batch_size, seed=seed, desc=role)
             del lm
@@ -170,6 +171,7 @@ def run_indomain(model="embedded", survey="bundled", adapter=None, control=None,
     ax.figure.savefig(out/"deltas.png", dpi=120, bbox_inches="tight")
     atomic_write_json(out/"metrics.json", metrics)
     for line in [metrics["verdict"]] + [p["verdict"] for p in metrics.get("by_templates", {}).values()]: print("s2b:", line)
-    atomic_write_json(out/"run.json", run_record("indomain", params, model={"name": model, "adapter": str(adapter), "control": str(control)},
+    atomic_write_json(out/"run.json", run_record("indomain", params, model={"name": model, "adapter": str(adapter), "control": str(control), "roles": records,
+                                                                        "chat": records["conditioned"]["chat"]},
                                                  data={"survey": s.source}, seed=seed))
     return metrics
