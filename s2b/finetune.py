@@ -96,10 +96,10 @@ def select_items(survey: Survey, values, others_per_value=None, target_limit=Non
 ANCHORS = ("majority", "expected", "distribution")
 
 def anchor_answers(baseline: pd.DataFrame, anchor: str = "majority") -> dict[str, int]:
-    "{item_id: the rating a non-target item keeps}: its majority rating over the variants (`majority`) or its rounded mean expected rating (`expected`)."
+    "{item_id: the rating a non-target item keeps}: its majority rating over the variants (`majority`) or its mean expected rating rounded half up (`expected`)."
     s = item_scores(baseline).set_index("item_id")
     if anchor == "majority": return s["majority"].astype(int).to_dict()
-    if anchor == "expected": return s["score"].round().astype(int).to_dict()
+    if anchor == "expected": return np.floor(s["score"] + 0.5).astype(int).to_dict()
     raise ValueError(f"anchor {anchor!r} keeps no single rating per item; use one of {ANCHORS[:2]}")
 
 # %% ../nbs/03_finetune.ipynb #1c0d39e2

@@ -102,7 +102,7 @@ def test_anchor_answers_majority_and_expected():
     b = pd.DataFrame({"item_id": ["a"] * 3 + ["b"] * 3 + ["c"] * 2, "value": "Hedonism", "split": "train",
                       "expected": [2.6, 2.7, 2.2, 4.4, 4.8, 5.6, 3.0, 4.2], "argmax": [1, 1, 6, 6, 5, 6, 2, 5]})
     assert anchor_answers(b, "majority") == {"a": 1, "b": 6, "c": 2}   # most frequent argmax; a tie (2, 5): nearest their mean, then the lower
-    assert anchor_answers(b, "expected") == {"a": 2, "b": 5, "c": 4}       # round(mean expected): 2.5 -> 2, 4.93 -> 5, 3.6 -> 4
+    assert anchor_answers(b, "expected") == {"a": 3, "b": 5, "c": 4}       # mean expected rounded half up: 2.5 -> 3, 4.93 -> 5, 3.6 -> 4
     with pytest.raises(ValueError, match="anchor"): anchor_answers(b, "distribution")
 
 @pytest.mark.model
