@@ -51,12 +51,15 @@ def selectivity(d: pd.DataFrame, targets: dict[str, int], n_boot: int = 1000, se
     is_t = goal.notna().to_numpy()
     toward = ((d.control - goal).abs() - (d.conditioned - goal).abs()).to_numpy(float)[is_t]
     drift = d.delta.abs().to_numpy(float)[~is_t]
-    if not len(toward) or not len(drift): raise ValueError("selectivity needs target items and other items")
+    size = d.groupby("value").delta.mean().abs().sort_values(ascending=False)
+    if not len(toward) or not len(drift):                 # e.g. a --limit that leaves the target without test items
+        return {"selectivity": float("nan"), "selectivity_ci": [float("nan")] * 2, "selective": False, "toward_goal": float("nan"),
+                "target_rank": {}, "n_values": int(len(size)), "undefined": "no test items of the target" if not len(toward)
+                else "no test items of the other values"}
     rng = np.random.default_rng(seed)
     boots = (toward[rng.integers(0, len(toward), (n_boot, len(toward)))].mean(1)
              - drift[rng.integers(0, len(drift), (n_boot, len(drift)))].mean(1))
     ci = [float(np.quantile(boots, (1 - level) / 2)), float(np.quantile(boots, (1 + level) / 2))]
-    size = d.groupby("value").delta.mean().abs().sort_values(ascending=False)
     rank = {v: int(list(size.index).index(v)) + 1 for v in targets if v in size.index}
     return {"selectivity": float(toward.mean() - drift.mean()), "selectivity_ci": ci, "selective": bool(ci[0] > 0),
             "toward_goal": float(toward.mean()), "target_rank": rank, "n_values": int(len(size))}
@@ -64,6 +67,7 @@ def selectivity(d: pd.DataFrame, targets: dict[str, int], n_boot: int = 1000, se
 # %% ../nbs/04_indomain.ipynb #55199717
 def selectivity_verdict(m: dict, label: str = "") -> str:
     "One line that says in words whether an in-domain result is selective."
+    if m.get("undefined"): return f"{label + ': ' if label else ''}NOT selective: selectivity undefined ({m['undefined']})"
     rank = ", ".join(f"{short_name(v)} rank {r}/{m['n_values']}" for v, r in m["target_rank"].items())
     lo, hi = m["selectivity_ci"]
     word = "selective" if m["selective"] else "NOT selective"

@@ -130,7 +130,8 @@ def selectivity_lines(ind: pd.DataFrame) -> list[str]:
     "One line per model × target × direction: selective or not, in words (held-out templates too)."
     lines = []
     if ind.empty or "selectivity" not in ind: return lines
-    for (mdl, v, d), g in ind.dropna(subset=["selectivity"]).groupby(["model", "value", "direction"], sort=False):
+    for (mdl, v, d), g in ind.groupby(["model", "value", "direction"], sort=False):
+        if len(g.dropna(subset=["selectivity"])) > 1: g = g.dropna(subset=["selectivity"])
         if len(g) == 1:
             r = g.iloc[0]
             line = f"{mdl} {v} {d}: {r.verdict.split(': ', 1)[1] if ': ' in str(r.verdict) else r.verdict}"

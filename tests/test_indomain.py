@@ -64,8 +64,9 @@ def test_selectivity_resamples_target_and_other_items_independently():
     s = selectivity(item_deltas(cond, ctrl), {"Hedonism": 1}, n_boot=2000)
     assert s["selectivity"] == pytest.approx(2.5 - 0.1)
     assert s["selectivity_ci"][0] >= 2.0 - 0.2 and s["selectivity_ci"][1] <= 3.0           # bounded by the two parts' ranges
-    with pytest.raises(ValueError, match="target items"):
-        selectivity(item_deltas(cond, ctrl), {"Face": 1})
+    none = selectivity(item_deltas(cond, ctrl), {"Face": 1})             # no test item of the target: undefined, and said so
+    assert np.isnan(none["selectivity"]) and not none["selective"]
+    assert selectivity_verdict(none) == "NOT selective: selectivity undefined (no test items of the target)"
 
 @pytest.mark.model
 def test_runs_with_one_control_rate_it_once(tmp_path, capsys, random_adapters):
