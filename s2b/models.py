@@ -12,8 +12,9 @@ from typing import Any
 # %% auto #0
 __all__ = ['EMBEDDED', 'EMBEDDED_ID', 'PLAIN_FALLBACK', 'cache_dir', 'download', 'embedded_gguf', 'materialize_embedded',
            'cuda_available', 'unsloth_installed', 'BackendError', 'resolve_backend', 'default_device', 'default_dtype',
-           'LM', 'model_slug', 'prepare_tokenizer', 'load_model', 'add_adapter', 'has_chat_template', 'chat_prompt',
-           'encode', 'prefix_cache', 'expand_cache', 'PromptCache', 'continuation_logprobs']
+           'LM', 'model_slug', 'prepare_tokenizer', 'load_model', 'add_adapter', 'has_chat_template', 'check_model',
+           'adapter_path', 'check_adapter', 'chat_prompt', 'encode', 'prefix_cache', 'expand_cache', 'PromptCache',
+           'continuation_logprobs']
 
 # %% ../nbs/01a_models.ipynb #ccec3078
 EMBEDDED = "embedded"
@@ -137,9 +138,10 @@ def model_slug(name: str) -> str:
     name = str(name).rstrip("/")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name.split("/")[-1]) or "model"
 
-def _resolve_source(name: str) -> tuple[str, dict]:
+def _resolve_source(name: str, revision: str | None = None) -> tuple[str, dict]:
     if name == EMBEDDED:
         return str(materialize_embedded()), {"hf_id": EMBEDDED_ID, "gguf": _GGUF}
+    check_model(name, revision)                       # a missing folder, a folder without a model, an offline hub id: named now
     p = Path(name).expanduser()
     if p.exists(): return str(p.resolve()), {}
     return name, {"hf_id": name}                      # a Hugging Face hub id
@@ -158,7 +160,7 @@ def load_model(name: str = EMBEDDED, adapter: str | None = None, backend: str = 
     backend = resolve_backend(backend, training=training)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    source, info = _resolve_source(name)
+    source, info = _resolve_source(name, revision)
     if revision: info["revision"] = revision
     if backend == "unsloth":
         from unsloth import FastLanguageModel          # lazy: raises NotImplementedError without a GPU
@@ -173,18 +175,96 @@ def load_model(name: str = EMBEDDED, adapter: str | None = None, backend: str = 
     if adapter: add_adapter(lm, adapter)
     return lm
 
-def add_adapter(lm: LM, adapter: str) -> LM:
-    "Put the LoRA adapter saved in `adapter` (a directory, or a stage run directory holding `adapter/`) on `lm`."
+def add_adapter(lm: LM, adapter: str, allow_other_base: bool | None = None) -> LM:
+    """Put the LoRA adapter saved in `adapter` (a directory, or a stage run directory holding `adapter/`) on `lm`.
+    An adapter trained on another base model is refused unless `allow_other_base` (default: `$S2B_ALLOW_OTHER_BASE`)."""
     from peft import PeftModel
-    p = Path(adapter)
-    if (p/"adapter"/"adapter_config.json").exists(): p = p/"adapter"
-    if not (p/"adapter_config.json").exists(): raise FileNotFoundError(f"No LoRA adapter (adapter_config.json) in {adapter}")
-    lm.model = PeftModel.from_pretrained(lm.model, str(p)).to(lm.device)
+    p = check_adapter(adapter, lm.name, allow_other_base)
+    try: lm.model = PeftModel.from_pretrained(lm.model, str(p)).to(lm.device)
+    except RuntimeError as e:
+        if "size mismatch" not in str(e): raise
+        first = next((l.strip() for l in str(e).splitlines() if "size mismatch" in l), "")
+        raise ValueError(f"adapter {p} does not fit model {lm.name}: its weights have other shapes ({first[:160]})") from None
     lm.model.eval(); lm.adapter = str(p.resolve())
     return lm
 
 def has_chat_template(tok) -> bool:
     return bool(getattr(tok, "chat_template", None))
+
+# %% ../nbs/01a_models.ipynb #707a14fd
+def _hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or name.endswith("/")
+
+def _model_config(name: str, revision: str | None = None) -> dict | None:
+    "The model's config.json, when it can be read without downloading (the embedded cache, a folder, the hub cache)."
+    if name == EMBEDDED: f = cache_dir()/"models"/"SmolLM2-135M-Instruct"/"config.json"
+    elif Path(name).expanduser().is_dir(): f = Path(name).expanduser()/"config.json"
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            f = try_to_load_from_cache(name, "config.json", revision=revision)
+        except Exception: f = None
+        if not isinstance(f, str): return None
+    try: return json.loads(Path(f).read_text())
+    except (OSError, ValueError): return None
+
+def check_model(name: str, revision: str | None = None) -> None:
+    "Raise a one-line error naming `name` when it cannot be a model: the checks of files that need no download."
+    if name == EMBEDDED: return
+    p = Path(name).expanduser()
+    if p.exists() or _looks_like_path(name):
+        if not p.exists(): raise FileNotFoundError(f"model {name}: no such folder (a local model path, or an HF id like org/name)")
+        if not p.is_dir() or not (p/"config.json").is_file():
+            raise ValueError(f"model {name}: not a model folder (it has no config.json)")
+        return
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name):
+        raise ValueError(f"model {name!r}: neither a local folder nor a Hugging Face id (org/name)")
+    if _hf_offline() and _model_config(name, revision) is None:
+        raise FileNotFoundError(f"model {name}: HF_HUB_OFFLINE is set and the model is not in the local Hugging Face cache")
+
+def _base_names(model: str) -> set[str]:
+    names = {model_slug(model)}
+    if model == EMBEDDED: names.add(model_slug(EMBEDDED_ID))
+    cfg = _model_config(model) or {}
+    if cfg.get("_name_or_path"): names.add(model_slug(cfg["_name_or_path"]))
+    return names
+
+def adapter_path(adapter) -> Path:
+    "The folder holding `adapter_config.json`: `adapter` itself or its `adapter/` (a fine-tune run folder)."
+    p = Path(adapter).expanduser()
+    if (p/"adapter"/"adapter_config.json").is_file(): return p/"adapter"
+    if (p/"adapter_config.json").is_file(): return p
+    if not p.exists(): raise FileNotFoundError(f"adapter {adapter}: no such folder")
+    raise FileNotFoundError(f"adapter {adapter}: no LoRA adapter in it (no adapter_config.json, nor adapter/adapter_config.json)")
+
+def check_adapter(adapter, model: str | None = None, allow_other_base: bool | None = None) -> Path:
+    "The adapter's folder, after checking its files (and, given `model`, its base model and shapes); one-line errors."
+    p = adapter_path(adapter)
+    try: cfg = json.loads((p/"adapter_config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"adapter {p/'adapter_config.json'}: not valid JSON ({e})") from None
+    shapes, w = {}, p/"adapter_model.safetensors"
+    if w.exists():
+        try:
+            from safetensors import safe_open
+            with safe_open(str(w), "pt") as f: shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+        except Exception as e:
+            raise ValueError(f"adapter {w}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+    elif not (p/"adapter_model.bin").exists(): raise FileNotFoundError(f"adapter {p}: no adapter_model.safetensors")
+    if model is None: return p
+    if allow_other_base is None: allow_other_base = os.environ.get("S2B_ALLOW_OTHER_BASE", "") == "1"
+    base = cfg.get("base_model_name_or_path")
+    if base and not allow_other_base and model_slug(base) not in _base_names(model):
+        raise ValueError(f"adapter {p} was trained on {base}, not on {model}; pass --allow-other-base to use it anyway")
+    mc = _model_config(model) or {}
+    hidden = mc.get("hidden_size") or (mc.get("text_config") or {}).get("hidden_size")
+    for k, s in shapes.items():
+        if hidden and "lora_A" in k and re.search(r"\.(q_proj|k_proj|v_proj|gate_proj|up_proj)\.", k) and s[-1] != hidden:
+            raise ValueError(f"adapter {p} does not fit model {model}: its {k.split('.lora_A')[0].split('.')[-1]} matrices "
+                             f"take inputs of size {s[-1]}, the model's hidden size is {hidden}")
+    return p
 
 # %% ../nbs/01a_models.ipynb #9088b0a1
 PLAIN_FALLBACK = "{system}User: {user}\nAssistant: "
