@@ -40,6 +40,8 @@ def _add_common(p, model=True, out=True):
         p.add_argument("--model", default="embedded", help="'embedded' (SmolLM2-135M-Instruct), an HF id or a local path")
         p.add_argument("--backend", default="hf", choices=["auto", "hf", "unsloth"], help="model backend")
         p.add_argument("--allow-other-base", action="store_true", help="use an adapter trained on another base model")
+        p.add_argument("--revision", help="the hub model's revision (branch, tag or commit), recorded in run.json")
+    p.add_argument("--refresh", action="store_true", help="download survey and post URLs again (url#sha256=HEX pins them)")
     p.add_argument("--seed", type=int, default=0)
     if out: p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--force", action="store_true", help="redo a finished run")
@@ -49,7 +51,8 @@ def _profile_params(a) -> dict:
                 templates=_none(a.templates), values=_none(a.values), batch_size=a.batch_size,
                 prefix_sharing=not a.no_prefix_sharing, seed=a.seed, backend=a.backend, instructions=_none(a.instructions))
 
-def _run(stage: str, out, params: dict, force: bool) -> int:
+def _run(stage: str, out, params: dict, force: bool, a=None) -> int:
+    if a is not None and getattr(a, "revision", None): params = {**params, "revision": a.revision}   # a new revision is a new run
     t0 = time.time()
     try: report = execute_stage(stage, out, params, force=force, stream=True)   # the notebook's own messages and progress, live
     except StageFailed as e:
@@ -178,8 +181,10 @@ def _check(stage: str, a) -> None:
     "Everything that can be checked without loading a model, named: out folder, model, adapters, survey, recipe, target, posts, games."
     from s2b.models import check_model, check_adapter
     from s2b.runs import check_out_dir
-    if getattr(a, "allow_other_base", False): os.environ["S2B_ALLOW_OTHER_BASE"] = "1"   # the stage kernel inherits it
-    if getattr(a, "model", None): check_model(a.model)
+    if getattr(a, "allow_other_base", False): os.environ["S2B_ALLOW_OTHER_BASE"] = "1"   # the stage kernel inherits these
+    if getattr(a, "refresh", False): os.environ["S2B_REFRESH"] = "1"
+    if getattr(a, "revision", None): os.environ["S2B_MODEL_REVISION"] = a.revision
+    if getattr(a, "model", None): check_model(a.model, getattr(a, "revision", None))
     for k in ("adapter", "control"):
         v = getattr(a, k, None)
         if isinstance(v, str) and _none(v): check_adapter(v, a.model, a.allow_other_base)
@@ -204,7 +209,7 @@ def _main(a) -> int:
         stage = a.task if a.cmd == "evaluate" else a.cmd
         _check(stage, a)
         params = {"profile": _profile_params, "finetune": _finetune_params}.get(a.cmd, _eval_params)(a)
-        return _run(stage, a.out, params, a.force)
+        return _run(stage, a.out, params, a.force, a)
     if a.cmd == "grid":
         from s2b.grid import run_grid
         status = run_grid(a.recipe, a.executor, a.dry_run, a.force, a.runs_dir)

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['EMBEDDED', 'EMBEDDED_ID', 'PLAIN_FALLBACK', 'cache_dir', 'download', 'embedded_gguf', 'materialize_embedded',
-           'cuda_available', 'unsloth_installed', 'BackendError', 'resolve_backend', 'default_device', 'default_dtype',
-           'LM', 'model_slug', 'prepare_tokenizer', 'load_model', 'add_adapter', 'has_chat_template', 'check_model',
-           'adapter_path', 'check_adapter', 'chat_prompt', 'encode', 'prefix_cache', 'expand_cache', 'PromptCache',
-           'continuation_logprobs']
+__all__ = ['EMBEDDED', 'EMBEDDED_ID', 'MAX_DOWNLOAD', 'PLAIN_FALLBACK', 'cache_dir', 'download', 'embedded_gguf',
+           'materialize_embedded', 'cuda_available', 'unsloth_installed', 'BackendError', 'resolve_backend',
+           'default_device', 'default_dtype', 'LM', 'model_slug', 'prepare_tokenizer', 'load_model', 'add_adapter',
+           'has_chat_template', 'check_model', 'adapter_path', 'check_adapter', 'chat_prompt', 'encode', 'prefix_cache',
+           'expand_cache', 'PromptCache', 'continuation_logprobs']
 
 # %% ../nbs/01a_models.ipynb #ccec3078
 EMBEDDED = "embedded"
@@ -28,16 +28,41 @@ def cache_dir() -> Path:
     d.mkdir(parents=True, exist_ok=True)
     return d
 
-def download(url: str, dest_dir=None, force: bool = False) -> Path:
-    "Download `url` once into `cache_dir()/'downloads'` (a temporary file, then a rename); return the local path."
+MAX_DOWNLOAD = 1 << 30      # bytes; $S2B_MAX_DOWNLOAD overrides
+
+def download(url: str, dest_dir=None, force: bool | None = None, sha256: str | None = None, max_bytes: int | None = None) -> Path:
+    """Download `url` once into `cache_dir()/'downloads'` (a temporary file, then a rename); return the local path.
+    `url#sha256=HEX` (or `sha256`) pins the content: a mismatch is refused, a cached copy that does not match is fetched
+    again. Files over `max_bytes` (`$S2B_MAX_DOWNLOAD`, default 1 GiB) are refused; `force` (default `$S2B_REFRESH`,
+    set by `--refresh`) fetches again."""
     import hashlib, urllib.parse, urllib.request
+    url, _, frag = url.partition("#")
+    if frag.startswith("sha256="): sha256 = sha256 or frag[len("sha256="):]
+    if sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256): raise ValueError(f"{url}: sha256={sha256!r} is not 64 hex digits")
+    sha256 = sha256.lower() if sha256 else None
+    if force is None: force = os.environ.get("S2B_REFRESH", "") == "1"
+    max_bytes = int(max_bytes or os.environ.get("S2B_MAX_DOWNLOAD") or MAX_DOWNLOAD)
     dest_dir = Path(dest_dir or cache_dir()/"downloads"); dest_dir.mkdir(parents=True, exist_ok=True)
     fname = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(urllib.parse.urlparse(url).path).name) or "download"
     dest = dest_dir/f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{fname}"
-    if dest.exists() and not force: return dest
+    def digest(p):
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
+        return h.hexdigest()
+    if dest.exists() and not force and (sha256 is None or digest(dest) == sha256): return dest
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{dest.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r: shutil.copyfileobj(r, f)
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
+            size = int(r.headers.get("Content-Length") or 0)
+            if size > max_bytes: raise ValueError(f"{url}: {size} bytes, over the download limit of {max_bytes} (S2B_MAX_DOWNLOAD)")
+            n = 0
+            for chunk in iter(lambda: r.read(1 << 20), b""):
+                n += len(chunk)
+                if n > max_bytes: raise ValueError(f"{url}: over the download limit of {max_bytes} bytes (S2B_MAX_DOWNLOAD)")
+                f.write(chunk)
+        got = digest(tmp)
+        if sha256 and got != sha256: raise ValueError(f"{url}: sha256 {got} does not match the expected {sha256}; not used")
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
@@ -160,6 +185,8 @@ def load_model(name: str = EMBEDDED, adapter: str | None = None, backend: str = 
     backend = resolve_backend(backend, training=training)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
+    if revision is None and name != EMBEDDED and not Path(name).expanduser().exists():
+        revision = os.environ.get("S2B_MODEL_REVISION") or None      # `--revision` of the CLI, for the stage kernel
     source, info = _resolve_source(name, revision)
     if revision: info["revision"] = revision
     if backend == "unsloth":

@@ -123,6 +123,15 @@ def test_allow_other_base_lets_the_adapter_through(folder, monkeypatch):
     monkeypatch.setenv("S2B_ALLOW_OTHER_BASE", "1")                  # what --allow-other-base sets for the stage kernel
     assert check_adapter(ad, "embedded") == Path(ad)
 
+def test_revision_and_refresh_reach_the_stage(folder, monkeypatch):
+    "--revision is a run parameter (so recorded and compared) and, like --refresh, reaches the stage kernel's environment."
+    import s2b.cli
+    seen = {}
+    monkeypatch.setattr(s2b.cli, "execute_stage", lambda stage, out, params, **k: seen.update(params) or Path(out)/"report.ipynb")
+    for k in ("S2B_MODEL_REVISION", "S2B_REFRESH"): monkeypatch.delenv(k, raising=False)
+    assert main(["profile", "--out", str(folder/"rev"), "--revision", "abc123", "--refresh", "--limit", "2"]) == 0
+    assert seen["revision"] == "abc123" and os.environ["S2B_MODEL_REVISION"] == "abc123" and os.environ["S2B_REFRESH"] == "1"
+
 if __name__ == "__main__":
     import tempfile
     os.environ["HF_HUB_OFFLINE"] = "1"
