@@ -267,6 +267,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                           's2b.runs.StageFailed': ('runs.html#stagefailed', 's2b/runs.py'),
                           's2b.runs._adapter_dir': ('runs.html#_adapter_dir', 's2b/runs.py'),
                           's2b.runs._alive': ('runs.html#_alive', 's2b/runs.py'),
+                          's2b.runs._end_kernels': ('runs.html#_end_kernels', 's2b/runs.py'),
                           's2b.runs._jsonable': ('runs.html#_jsonable', 's2b/runs.py'),
                           's2b.runs._kernel_manager': ('runs.html#_kernel_manager', 's2b/runs.py'),
                           's2b.runs._move_run': ('runs.html#_move_run', 's2b/runs.py'),

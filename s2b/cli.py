@@ -226,6 +226,10 @@ def main(argv=None) -> int:
     debug = "--debug" in argv
     if debug: argv.remove("--debug")
     a = build_parser().parse_args(argv)
+    import signal, threading
+    def _term(signum, frame): raise KeyboardInterrupt("terminated")
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _term) if main_thread else None   # a kill ends the stage kernel and removes its files
     try: return _main(a)
     except StageFailed as e: print(f"s2b: {e}", file=sys.stderr); return 1
     except KeyboardInterrupt: print("s2b: interrupted", file=sys.stderr); return 130
@@ -233,6 +237,8 @@ def main(argv=None) -> int:
         if debug: raise
         print(f"s2b: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
         return 1
+    finally:
+        if main_thread: signal.signal(signal.SIGTERM, old)
 
 # %% ../nbs/09_cli.ipynb #6384f8f9
 if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())   # `python -m s2b.cli`, not this notebook

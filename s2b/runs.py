@@ -213,23 +213,36 @@ def _alive(pid: int) -> bool:
     except PermissionError: return True
     return True
 
-def clean_kernel_files() -> list[Path]:
-    "Remove the IPC sockets and connection files of stage kernels whose s2b process is gone (a killed run); return them."
+def clean_kernel_files(pid: int | None = None) -> list[Path]:
+    """Remove the IPC sockets and connection files of stage kernels whose s2b process is gone (a killed run), or of the
+    process `pid`; return them."""
     import glob
-    gone = []
+    gone = lambda m: int(m.group(1)) == pid if pid is not None else not _alive(int(m.group(1)))
+    files = []
     for f in glob.glob(os.path.join(tempfile.gettempdir(), "s2b-kernel-*")):
         m = re.match(r"s2b-kernel-(\d+)-", os.path.basename(f))
-        if m and not _alive(int(m.group(1))): gone.append(Path(f))
+        if m and gone(m): files.append(Path(f))
     try:
         from jupyter_core.paths import jupyter_runtime_dir
         for f in glob.glob(os.path.join(jupyter_runtime_dir(), "kernel-*.json")):
             try: ip = json.loads(Path(f).read_text()).get("ip", "")
             except (OSError, ValueError): continue
             m = re.search(r"s2b-kernel-(\d+)-", ip)
-            if m and not _alive(int(m.group(1))): gone.append(Path(f))
+            if m and gone(m): files.append(Path(f))
     except ImportError: pass
-    for f in gone: f.unlink(missing_ok=True)
-    return gone
+    for f in files: f.unlink(missing_ok=True)
+    return files
+
+def _end_kernels():
+    "Stop this process's kernels (an interrupted papermill leaves them running) and remove their files."
+    import glob, signal
+    me = os.getpid()
+    for st in glob.glob("/proc/[0-9]*/stat"):                # Linux; elsewhere the files are removed by the next run
+        try:
+            if int(Path(st).read_text().rsplit(")", 1)[1].split()[1]) == me and b"ipykernel" in Path(st).with_name("cmdline").read_bytes():
+                os.kill(int(Path(st).parent.name), signal.SIGKILL)
+        except (OSError, ValueError, IndexError): pass
+    clean_kernel_files(me)
 
 def _kernel_manager():
     "Stage kernels talk to papermill over local (IPC) sockets where the OS has them, not unencrypted TCP."
@@ -300,6 +313,7 @@ def execute_stage(stage: str, out_dir, params: dict, *, force: bool = False, pro
                             progress_bar=progress and not stream, log_output=log_output, kernel_name="python3",
                             kernel_manager_class=_kernel_manager(),
                             stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
+    except KeyboardInterrupt: _end_kernels(); raise
     except pm.PapermillExecutionError as e:
         if running.exists(): os.replace(running, failed)
         kept = f"\n  the finished run in {out_dir} is kept as it was" if finished else ""

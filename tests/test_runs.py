@@ -110,3 +110,26 @@ def test_kernel_files_of_a_killed_run_are_removed(tmp_path):
         gone = clean_kernel_files()
         assert f in gone and not f.exists() and mine.exists()                       # a live process's files stay
     finally: mine.unlink(missing_ok=True); f.unlink(missing_ok=True)
+
+@pytest.mark.slow
+def test_a_terminated_run_leaves_no_kernel_files(tmp_path):
+    "SIGTERM to `s2b` ends the stage kernel and removes its sockets and connection file."
+    import nbformat, signal, subprocess, sys, time
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time"),
+                                         nbformat.v4.new_code_cell('out = runs_dir = figures = "x"', metadata={"tags": ["parameters"]}),
+                                         nbformat.v4.new_code_cell("time.sleep(120)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path/"sleep.ipynb")
+    code = ("import pathlib, sys, s2b.runs as R, s2b.cli as C; R.stage_notebook = lambda s: pathlib.Path(sys.argv[1]); "
+            "sys.exit(C.main(['report', '--runs-dir', sys.argv[2], '--figures', sys.argv[3]]))")
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path/"sleep.ipynb"), str(tmp_path/"runs"), str(tmp_path/"figs")],
+                         cwd=repo_root(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    files = lambda: list(Path(tempfile.gettempdir()).glob(f"s2b-kernel-{p.pid}-*"))
+    t0 = time.time()
+    while not files() and time.time() - t0 < 120: time.sleep(0.5)
+    assert files(), "the stage kernel did not start"
+    time.sleep(3)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in out
+    assert not files()
