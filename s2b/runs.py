@@ -108,9 +108,21 @@ def run_record(stage: str, params: dict, *, model: dict | None = None, data: dic
 _FP: dict = {}
 _BIG = 64 << 20
 
+def _sha_store() -> Path:
+    "Where the sha256 of big files (adapter weights) is kept, by path, size and mtime: a grid plan hashes each once."
+    return Path(os.environ.get("S2B_CACHE", Path.home()/".cache"/"s2b")).expanduser()/"sha256.json"
+
 def _sha_cached(p: Path) -> str:
-    st = p.stat(); key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _FP: _FP[key] = sha256_file(p)
+    st = p.stat(); key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if not _FP:
+        try: _FP.update(read_json(_sha_store(), {}) or {})
+        except (OSError, ValueError): pass
+        _FP.setdefault("", "")
+    if key not in _FP:
+        _FP[key] = sha256_file(p)
+        if st.st_size > (16 << 20):
+            try: atomic_write_json(_sha_store(), {k: v for k, v in _FP.items() if k})
+            except OSError: pass
     return _FP[key]
 
 def _adapter_dir(p: Path) -> Path | None:
