@@ -285,6 +285,10 @@ def _parse_list(x):
 
 def prepare_survey(survey, split="test", limit=None, templates=None, values=None, instructions=None) -> Survey:
     "Load a survey and cut it to the split(s) ('train+eval' allowed), values, templates, instructions and limit of a run."
+    if limit is not None:
+        try: ok = not isinstance(limit, bool) and int(limit) > 0 and float(limit) == int(limit)
+        except (TypeError, ValueError): ok = False
+        if not ok: raise ValueError(f"limit must be a positive integer (or None: all items), got {limit!r}")
     s = load_survey(survey)
     s = s.split(*split.split("+")) if split not in (None, "all") else s
     if templates is not None: s = s.with_templates([int(t) for t in _parse_list(str(templates))])
