@@ -253,11 +253,12 @@ def check_model(name: str, revision: str | None = None) -> None:
         raise FileNotFoundError(f"model {name}: HF_HUB_OFFLINE is set and the model is not in the local Hugging Face cache")
 
 def _base_names(model: str) -> set[str]:
+    "The names a base model goes by, as folder-safe lower-case slugs (a hub id, its local copy and Unsloth's copy agree)."
     names = {model_slug(model)}
     if model == EMBEDDED: names.add(model_slug(EMBEDDED_ID))
     cfg = _model_config(model) or {}
     if cfg.get("_name_or_path"): names.add(model_slug(cfg["_name_or_path"]))
-    return names
+    return {n.lower() for n in names}
 
 def adapter_path(adapter) -> Path:
     "The folder holding `adapter_config.json`: `adapter` itself or its `adapter/` (a fine-tune run folder)."
@@ -283,7 +284,7 @@ def check_adapter(adapter, model: str | None = None, allow_other_base: bool | No
     if model is None: return p
     if allow_other_base is None: allow_other_base = os.environ.get("S2B_ALLOW_OTHER_BASE", "") == "1"
     base = cfg.get("base_model_name_or_path")
-    if base and not allow_other_base and model_slug(base) not in _base_names(model):
+    if base and not allow_other_base and model_slug(base).lower() not in _base_names(model):
         raise ValueError(f"adapter {p} was trained on {base}, not on {model}; pass --allow-other-base to use it anyway")
     mc = _model_config(model) or {}
     hidden = mc.get("hidden_size") or (mc.get("text_config") or {}).get("hidden_size")
