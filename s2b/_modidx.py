@@ -201,6 +201,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             's2b.models.PromptCache.run': ('models.html#promptcache.run', 's2b/models.py'),
                             's2b.models._base_names': ('models.html#_base_names', 's2b/models.py'),
                             's2b.models._hf_offline': ('models.html#_hf_offline', 's2b/models.py'),
+                            's2b.models._hub_reachable': ('models.html#_hub_reachable', 's2b/models.py'),
                             's2b.models._looks_like_path': ('models.html#_looks_like_path', 's2b/models.py'),
                             's2b.models._model_config': ('models.html#_model_config', 's2b/models.py'),
                             's2b.models._resolve_source': ('models.html#_resolve_source', 's2b/models.py'),

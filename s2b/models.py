@@ -222,6 +222,14 @@ def has_chat_template(tok) -> bool:
 def _hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    "Can the hub be reached (one TCP connection, `timeout` s)? Assumed so behind a proxy, which this cannot test."
+    import socket, urllib.parse
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")): return True
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try: socket.create_connection((host, 443), timeout=timeout).close(); return True
+    except OSError: return False
+
 def _looks_like_path(name: str) -> bool:
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or name.endswith("/")
 
@@ -249,8 +257,12 @@ def check_model(name: str, revision: str | None = None) -> None:
         return
     if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name):
         raise ValueError(f"model {name!r}: neither a local folder nor a Hugging Face id (org/name)")
-    if _hf_offline() and _model_config(name, revision) is None:
-        raise FileNotFoundError(f"model {name}: HF_HUB_OFFLINE is set and the model is not in the local Hugging Face cache")
+    if _model_config(name, revision) is None:
+        if _hf_offline():
+            raise FileNotFoundError(f"model {name}: HF_HUB_OFFLINE is set and the model is not in the local Hugging Face cache")
+        if not _hub_reachable():
+            raise ConnectionError(f"model {name}: not in the local Hugging Face cache and the hub cannot be reached "
+                                  "(no network?); download it where there is one, or give a local path")
 
 def _base_names(model: str) -> set[str]:
     "The names a base model goes by, as folder-safe lower-case slugs (a hub id, its local copy and Unsloth's copy agree)."

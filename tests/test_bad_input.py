@@ -132,6 +132,14 @@ def test_revision_and_refresh_reach_the_stage(folder, monkeypatch):
     assert main(["profile", "--out", str(folder/"rev"), "--revision", "abc123", "--refresh", "--limit", "2"]) == 0
     assert seen["revision"] == "abc123" and os.environ["S2B_MODEL_REVISION"] == "abc123" and os.environ["S2B_REFRESH"] == "1"
 
+def test_unreachable_hub_fails_fast(folder, monkeypatch):
+    import time, s2b.models as M
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(M, "_hub_reachable", lambda timeout=3.0: False)
+    t0 = time.time()
+    rc, text = run_case(["profile", "--out", str(folder/"hub"), "--model", "nobody-s2b/not-a-model"])
+    assert rc == 1 and "the hub cannot be reached" in text and len(text.strip().splitlines()) == 1 and time.time() - t0 < 10
+
 if __name__ == "__main__":
     import tempfile
     os.environ["HF_HUB_OFFLINE"] = "1"
