@@ -186,18 +186,22 @@ def rate(lm: LM, survey: Survey, mode: str = "logits", cache=None, batch_size: i
     parts = [done] if len(done) else []
     t0 = last = time.perf_counter(); pending = 0
     with tqdm(total=len(enc), initial=len(enc) - n_todo, desc=desc, unit="prompt") as bar:
-        for j, b in plan:
-            chunk = enc.iloc[b].reset_index(drop=True)
-            res = chunk[KEY + ["value", "split"]].copy()
-            if mode == "logits":
-                fn = score_shared if prefix_sharing else score_plain
-                P, M = fn(lm, chunk, len(b))                    # exactly this batch
-                res[PCOLS] = P; res["mass"] = M
-            else:
-                res["sampled"] = sample_ratings(lm, chunk, len(b), seed=seed + j)   # the batch's own seed
-            parts.append(res); bar.update(len(b)); pending += len(b)
-            if cache and (pending >= flush_every or time.perf_counter() - last >= flush_seconds):
-                atomic_to_parquet(pd.concat(parts, ignore_index=True), cache); last = time.perf_counter(); pending = 0
+        try:
+            for j, b in plan:
+                chunk = enc.iloc[b].reset_index(drop=True)
+                res = chunk[KEY + ["value", "split"]].copy()
+                if mode == "logits":
+                    fn = score_shared if prefix_sharing else score_plain
+                    P, M = fn(lm, chunk, len(b))                    # exactly this batch
+                    res[PCOLS] = P; res["mass"] = M
+                else:
+                    res["sampled"] = sample_ratings(lm, chunk, len(b), seed=seed + j)   # the batch's own seed
+                parts.append(res); bar.update(len(b)); pending += len(b)
+                if cache and (pending >= flush_every or time.perf_counter() - last >= flush_seconds):
+                    atomic_to_parquet(pd.concat(parts, ignore_index=True), cache); last = time.perf_counter(); pending = 0
+        except BaseException:                                   # interrupted: keep what is done
+            if cache and pending: atomic_to_parquet(pd.concat(parts, ignore_index=True), cache)
+            raise
     stats["seconds"] = time.perf_counter() - t0
     stats["prompts_per_s"] = stats["n_computed"] / stats["seconds"] if stats["n_computed"] else float("nan")
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
