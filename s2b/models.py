@@ -277,7 +277,7 @@ def adapter_path(adapter) -> Path:
     p = Path(adapter).expanduser()
     if (p/"adapter"/"adapter_config.json").is_file(): return p/"adapter"
     if (p/"adapter_config.json").is_file(): return p
-    if not p.exists(): raise FileNotFoundError(f"adapter {adapter}: no such folder")
+    if not p.exists(): raise FileNotFoundError(f"adapter {adapter}: no such folder (an adapter folder holds adapter_config.json)")
     raise FileNotFoundError(f"adapter {adapter}: no LoRA adapter in it (no adapter_config.json, nor adapter/adapter_config.json)")
 
 def check_adapter(adapter, model: str | None = None, allow_other_base: bool | None = None) -> Path:

@@ -99,7 +99,7 @@ def test_bad_input_is_named_in_one_line(name, folder, monkeypatch):
     def reached(*a, **k): raise AssertionError(f"{name}: the bad input reached a stage run")
     monkeypatch.setattr(s2b.cli, "execute_stage", reached); monkeypatch.setattr(s2b.grid, "execute_stage", reached)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("S2B_ALLOW_OTHER_BASE", raising=False)
+    monkeypatch.setenv("S2B_ALLOW_OTHER_BASE", "")
     argv, want = cases(folder)[name]
     rc, text = run_case(argv)
     assert rc not in (0, None), f"{name}: exit {rc}: {text}"
@@ -128,7 +128,7 @@ def test_revision_and_refresh_reach_the_stage(folder, monkeypatch):
     import s2b.cli
     seen = {}
     monkeypatch.setattr(s2b.cli, "execute_stage", lambda stage, out, params, **k: seen.update(params) or Path(out)/"report.ipynb")
-    for k in ("S2B_MODEL_REVISION", "S2B_REFRESH"): monkeypatch.delenv(k, raising=False)
+    for k in ("S2B_MODEL_REVISION", "S2B_REFRESH"): monkeypatch.setenv(k, "")   # recorded, so restored after the test
     assert main(["profile", "--out", str(folder/"rev"), "--revision", "abc123", "--refresh", "--limit", "2"]) == 0
     assert seen["revision"] == "abc123" and os.environ["S2B_MODEL_REVISION"] == "abc123" and os.environ["S2B_REFRESH"] == "1"
 
