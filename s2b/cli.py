@@ -32,8 +32,9 @@ def _pos_int(s):
     return v
 
 def _steps(s):
-    v = _pos_int(s) if str(s).strip() != "-1" else -1
-    return v
+    if str(s).strip() == "-1": return -1
+    try: return _pos_int(s)
+    except argparse.ArgumentTypeError: raise argparse.ArgumentTypeError(f"must be -1 (train by epochs) or a positive integer, got {s}") from None
 
 def _add_common(p, model=True, out=True):
     if model:

@@ -45,7 +45,7 @@ def cases(t: Path) -> dict:
         "--set of the wrong type": (ft("--set", "lora.r=big"), "lora.r must be an integer"),
         "--limit 0": (prof("--limit", "0"), "--limit: must be a positive integer"),
         "--limit -1": (prof("--limit", "-1"), "--limit: must be a positive integer"),
-        "--max-steps -5": (ft("--max-steps", "-5"), "--max-steps: must be a positive integer"),
+        "--max-steps -5": (ft("--max-steps", "-5"), "--max-steps: must be -1 (train by epochs) or a positive integer"),
         "survey file missing": (prof("--survey", str(t/"none.json")), "none.json not found"),
         "survey not UTF-8": (prof("--survey", _w(t/"latin.json", data=b'{"items": [], "name": "caf\xe9"}')), "latin.json: not UTF-8"),
         "survey not JSON": (prof("--survey", _w(t/"broken.json", "{items: ")), "broken.json: not valid JSON"),
