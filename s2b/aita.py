@@ -652,6 +652,9 @@ def run_aita(model: str = "embedded", adapter=None, control=None, placebo=None, 
     atomic_to_parquet(df, cache)                         # only this run's rows
     metrics = aita_metrics(df, n_boot=n_boot, seed=seed)
     metrics.update({"skipped": ps.skipped, "posts_file": str(ps.path)})
+    if metrics.get("n_truncated"):                       # said here, so the console and the rendered report show it
+        print(f"aita: {metrics['n_truncated']} of {metrics.get('n_posts', len(ps))} posts were cut to fit {max_length} tokens "
+              "(the middle of each left out); n_truncated in metrics.json")
     figs = {}
     if metrics["weighted_mean"]["gain"] is not None: figs["gain"] = plot_gain(metrics)
     figs["p_labels"] = plot_label_distributions(df)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_cli.ipynb #077d8ce7
 from __future__ import annotations
-import argparse, sys, time
+import argparse, os, sys, time
 from pathlib import Path
 from .runs import execute_stage, StageFailed
 
@@ -21,12 +21,30 @@ def _abs(x):
     p = Path(x).expanduser()
     return str(p.resolve()) if p.exists() else x
 
+class _Parser(argparse.ArgumentParser):
+    "argparse whose errors are one line (no usage block)."
+    def error(self, message): self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+def _pos_int(s):
+    try: v = int(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"must be a positive integer, got {s!r}") from None
+    if v <= 0: raise argparse.ArgumentTypeError(f"must be a positive integer, got {s}")
+    return v
+
+def _steps(s):
+    if str(s).strip() == "-1": return -1
+    try: return _pos_int(s)
+    except argparse.ArgumentTypeError: raise argparse.ArgumentTypeError(f"must be -1 (train by epochs) or a positive integer, got {s}") from None
+
 def _add_common(p, model=True, out=True):
     if model:
         p.add_argument("--model", default="embedded", help="'embedded' (SmolLM2-135M-Instruct), an HF id or a local path")
         p.add_argument("--backend", default="hf", choices=["auto", "hf", "unsloth"], help="model backend")
         p.add_argument("--trust-remote-code", action="store_true", help="allow a model whose tokenizer or model is code in its repository")
         p.add_argument("--thinking", action="store_true", help="chat templates with a thinking switch (Qwen3) think (default: off)")
+        p.add_argument("--allow-other-base", action="store_true", help="use an adapter trained on another base model")
+        p.add_argument("--revision", help="the hub model's revision (branch, tag or commit), recorded in run.json")
+    p.add_argument("--refresh", action="store_true", help="download survey and post URLs again (url#sha256=HEX pins them)")
     p.add_argument("--seed", type=int, default=0)
     if out: p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--force", action="store_true", help="redo a finished run")
@@ -43,7 +61,8 @@ def _model_flags(a, params: dict) -> dict:
         if getattr(a, flag, False): os.environ[env] = "1"; params = {**params, flag: True}
     return params
 
-def _run(stage: str, out, params: dict, force: bool) -> int:
+def _run(stage: str, out, params: dict, force: bool, a=None) -> int:
+    if a is not None and getattr(a, "revision", None): params = {**params, "revision": a.revision}   # a new revision is a new run
     t0 = time.time()
     try: report = execute_stage(stage, out, params, force=force, stream=True)   # the notebook's own messages and progress, live
     except StageFailed as e:
@@ -53,7 +72,8 @@ def _run(stage: str, out, params: dict, force: bool) -> int:
 
 # %% ../nbs/09_cli.ipynb #702443c8
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="s2b", description="Survey-to-Behavior: profile, steer and measure LLM values.")
+    ap = _Parser(prog="s2b", description="Survey-to-Behavior: profile, steer and measure LLM values. "
+                                        "Add --debug to see the traceback of an error.")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     p = sub.add_parser("profile", help="rate survey statements and write a value profile")
@@ -61,11 +81,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--survey", default="bundled", help="'bundled', a path (KVS json, s2b json, CSV) or an http(s) URL")
     p.add_argument("--adapter", help="LoRA adapter directory (or a finetune run directory)")
     p.add_argument("--split", default="test", help="train, eval, test, or e.g. train+eval")
-    p.add_argument("--limit", type=int, help="at most N items, spread over the values")
+    p.add_argument("--limit", type=_pos_int, help="at most N items, spread over the values")
     p.add_argument("--mode", default="logits", choices=["logits", "sample"])
     p.add_argument("--templates", help="comma-separated answer template ids to use (default: all)")
     p.add_argument("--values", help="comma-separated values to keep (default: all)")
-    p.add_argument("--batch-size", type=int, help="prompts per forward pass (default: 256 on a GPU, 16 on a CPU)")
+    p.add_argument("--batch-size", type=_pos_int, help="prompts per forward pass (default: 256 on a GPU, 16 on a CPU)")
     p.add_argument("--no-prefix-sharing", action="store_true", help="score full prompts (slower; for comparison)")
     p.add_argument("--instructions", help="comma-separated instruction ids to use (default: all)")
 
@@ -81,8 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe setting, e.g. --set lora.r=8 --set training.max_steps=20 (YAML values)")
     p.add_argument("--lr", type=float, help="= --set training.learning_rate=LR")
-    p.add_argument("--max-steps", type=int, help="= --set training.max_steps=N")
-    p.add_argument("--rank", type=int, help="= --set lora.r=R")
+    p.add_argument("--max-steps", type=_steps, help="= --set training.max_steps=N (-1: train by epochs)")
+    p.add_argument("--rank", type=_pos_int, help="= --set lora.r=R")
 
     ev = sub.add_parser("evaluate", help="measure an adapter: indomain, aita, machiavelli or capability").add_subparsers(dest="task", required=True)
     p = ev.add_parser("indomain", help="target drop, drift and side effects on held-out statements")
@@ -90,14 +110,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--survey", default="bundled"); p.add_argument("--adapter", required=True); p.add_argument("--control", required=True)
     p.add_argument("--target", help="the steered value (default: read from the adapter's run)")
     p.add_argument("--direction", default="down", choices=["down", "up"])
-    p.add_argument("--split", default="test"); p.add_argument("--limit", type=int)
-    p.add_argument("--templates"); p.add_argument("--instructions"); p.add_argument("--batch-size", type=int)
+    p.add_argument("--split", default="test"); p.add_argument("--limit", type=_pos_int)
+    p.add_argument("--templates"); p.add_argument("--instructions"); p.add_argument("--batch-size", type=_pos_int)
 
     p = ev.add_parser("aita", help="verdict probabilities on AITA posts and the probability gain")
     _add_common(p)
     p.add_argument("--adapter"); p.add_argument("--control"); p.add_argument("--placebo")
     p.add_argument("--posts", default="bundled", help="'bundled', the paper's AITA json, a Reddit CSV or Scruples JSONL")
-    p.add_argument("--values", help="comma-separated values"); p.add_argument("--limit", type=int)
+    p.add_argument("--values", help="comma-separated values"); p.add_argument("--limit", type=_pos_int)
 
     p = ev.add_parser("machiavelli", help="power, disutility and violations in text games against a random agent")
     _add_common(p)
@@ -106,10 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--agent", default="lm", choices=["lm", "random"]); p.add_argument("--choose", default="logprob", choices=["logprob", "sample"])
     p.add_argument("--temperature", type=float, default=0.0, help="> 0: sample each action from the choice probabilities")
     p.add_argument("--no-base", action="store_true", help="with --adapter and --control, do not also play the un-adapted model")
-    p.add_argument("--episodes", type=int, default=1)
+    p.add_argument("--episodes", type=_pos_int, default=1)
     p.add_argument("--scoring", default="s2b", choices=["s2b", "upstream"], help="s2b's counting rules, or MACHIAVELLI's own")
-    p.add_argument("--random-episodes", type=int, help="random-baseline episodes (default: 50 for s2b, 1000 for upstream)")
-    p.add_argument("--max-steps", type=int, help="decisions per episode at most (default: 200 for s2b, 1000 for upstream)")
+    p.add_argument("--random-episodes", type=_pos_int, help="random-baseline episodes (default: 50 for s2b, 1000 for upstream)")
+    p.add_argument("--max-steps", type=_pos_int, help="decisions per episode at most (default: 200 for s2b, 1000 for upstream)")
 
     p = ev.add_parser("capability", help="lm-evaluation-harness accuracy under the adapter and the control, Δ with a CI")
     _add_common(p)
@@ -138,8 +158,10 @@ def _overrides(a) -> dict:
     import yaml
     out = {}
     for kv in a.set:
-        if "=" not in kv: raise SystemExit(f"--set needs SECTION.KEY=VALUE, got {kv!r}")
-        k, v = kv.split("=", 1); out[k.strip()] = yaml.safe_load(v)
+        if "=" not in kv: raise ValueError(f"--set needs SECTION.KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        try: out[k.strip()] = yaml.safe_load(v)
+        except yaml.YAMLError: raise ValueError(f"--set {kv}: the value is not YAML") from None
     for k, v in (("training.learning_rate", a.lr), ("training.max_steps", a.max_steps), ("lora.r", a.rank)):
         if v is not None: out[k] = v
     return out
@@ -147,7 +169,7 @@ def _overrides(a) -> dict:
 def _finetune_params(a) -> dict:
     import json
     from s2b.finetune import recipe_digest
-    if not a.control and not a.target: raise SystemExit("s2b finetune: give --target VALUE (or --control)")
+    if not a.control and not a.target: raise ValueError("s2b finetune: give --target VALUE (or --control)")
     return dict(model=_abs(a.model), survey=_abs(a.survey), target=a.target, direction=a.direction,   # a control keeps its target's items
                 control=a.control, recipe=_abs(a.recipe), overrides=json.dumps(_overrides(a)), baseline=_abs(a.baseline),
                 backend=a.backend, seed=a.seed, recipe_sha256=recipe_digest(a.recipe))   # an edited recipe is not a finished run
@@ -188,15 +210,42 @@ def _demo(a) -> int:
     for line in findings: print(f"  - {line}")
     return 1 if failed else 0
 
-def main(argv=None) -> int:
-    a = build_parser().parse_args(argv)
-    if a.cmd == "profile": return _run("profile", a.out, _model_flags(a, _profile_params(a)), a.force)
-    if a.cmd == "finetune": return _run("finetune", a.out, _model_flags(a, _finetune_params(a)), a.force)
-    if a.cmd == "evaluate" and a.task == "capability":             # a task name lm-eval does not know: one line, no notebook
-        from s2b.capability import TaskError, check_tasks
-        try: check_tasks(_eval_params(a)["tasks"])
-        except TaskError as e: print(f"s2b: {e}", file=sys.stderr); return 2
-    if a.cmd == "evaluate": return _run(a.task, a.out, _model_flags(a, _eval_params(a)), a.force)
+def _check(stage: str, a) -> None:
+    "Everything that can be checked without loading a model, named: out folder, model, adapters, survey, recipe, target, posts, games."
+    from s2b.models import check_model, check_adapter
+    from s2b.runs import check_out_dir
+    if getattr(a, "allow_other_base", False): os.environ["S2B_ALLOW_OTHER_BASE"] = "1"   # the stage kernel inherits these
+    if getattr(a, "refresh", False): os.environ["S2B_REFRESH"] = "1"
+    if getattr(a, "revision", None): os.environ["S2B_MODEL_REVISION"] = a.revision
+    if getattr(a, "model", None): check_model(a.model, getattr(a, "revision", None))
+    for k in ("adapter", "control"):
+        v = getattr(a, k, None)
+        if isinstance(v, str) and _none(v): check_adapter(v, a.model, a.allow_other_base)
+    if stage in ("profile", "indomain"):
+        from s2b.profile import prepare_survey
+        prepare_survey(a.survey, a.split, a.limit, a.templates, getattr(a, "values", None), a.instructions)
+    if stage == "finetune":
+        from s2b.survey import load_survey
+        from s2b.finetune import load_recipe, target_answers
+        load_survey(a.survey); load_recipe(a.recipe, _overrides(a)); target_answers(a.target, a.direction)
+        if _none(a.baseline) and not Path(a.baseline).is_dir(): raise FileNotFoundError(f"baseline {a.baseline}: no such run folder")
+    if stage == "aita":
+        from s2b.aita import load_posts
+        load_posts(a.posts, a.values, a.limit)
+    if stage == "machiavelli" and not _none(a.upstream_data):
+        from s2b.machiavelli import resolve_games
+        resolve_games(a.games)
+    check_out_dir(stage, a.out)
+
+def _main(a) -> int:
+    if a.cmd in ("profile", "finetune", "evaluate"):
+        stage = a.task if a.cmd == "evaluate" else a.cmd
+        if stage == "capability":             # a task name lm-eval does not know: one line, no notebook
+            from s2b.capability import check_tasks
+            check_tasks(_eval_params(a)["tasks"])
+        _check(stage, a)
+        params = {"profile": _profile_params, "finetune": _finetune_params}.get(a.cmd, _eval_params)(a)
+        return _run(stage, a.out, _model_flags(a, params), a.force, a)
     if a.cmd == "grid":
         from s2b.grid import run_grid
         status = run_grid(a.recipe, a.executor, a.dry_run, a.force, a.runs_dir)
@@ -205,7 +254,27 @@ def main(argv=None) -> int:
         return _run("report", Path(a.runs_dir)/"report", dict(runs_dir=str(Path(a.runs_dir).resolve()),
                                                                 figures=str(Path(a.figures).resolve())), a.force)
     if a.cmd == "demo": return _demo(a)
-    raise SystemExit(f"unknown command {a.cmd}")
+    raise ValueError(f"unknown command {a.cmd}")
+
+def main(argv=None) -> int:
+    "The `s2b` command. An error is one line naming what is wrong (exit 1; a bad argument exits 2); `--debug` shows the traceback."
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    if debug: argv.remove("--debug")
+    a = build_parser().parse_args(argv)
+    import signal, threading
+    def _term(signum, frame): raise KeyboardInterrupt("terminated")
+    main_thread = threading.current_thread() is threading.main_thread()
+    old = signal.signal(signal.SIGTERM, _term) if main_thread else None   # a kill ends the stage kernel and removes its files
+    try: return _main(a)
+    except StageFailed as e: print(f"s2b: {e}", file=sys.stderr); return 1
+    except KeyboardInterrupt: print("s2b: interrupted", file=sys.stderr); return 130
+    except Exception as e:
+        if debug: raise
+        print(f"s2b: error: {' '.join(str(e).split()) or type(e).__name__}", file=sys.stderr)
+        return 1
+    finally:
+        if main_thread: signal.signal(signal.SIGTERM, old)
 
 # %% ../nbs/09_cli.ipynb #6384f8f9
 if __name__ == "__main__" and "__file__" in globals(): sys.exit(main())   # `python -m s2b.cli`, not this notebook

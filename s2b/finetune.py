@@ -15,9 +15,9 @@ from .profile import encode_variants, rate, item_scores, _parse_list
 from .runs import atomic_write_json, atomic_to_parquet, run_record, is_done, read_json, repo_root, sha256_file
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'GRID_KEYS', 'ANCHORS', 'recipe_path', 'recipe_digest', 'load_recipe', 'target_answers', 'select_items',
-           'anchor_answers', 'intervention_data', 'baseline_ratings', 'with_labels', 'answer_loss', 'sft_trainer',
-           'finetune_params', 'plot_loss', 'run_finetune']
+__all__ = ['DEFAULTS', 'GRID_KEYS', 'RULES', 'ANCHORS', 'recipe_path', 'recipe_digest', 'load_recipe', 'target_answers',
+           'select_items', 'anchor_answers', 'intervention_data', 'baseline_ratings', 'with_labels', 'answer_loss',
+           'sft_trainer', 'last_checkpoint', 'finetune_params', 'plot_loss', 'run_finetune']
 
 # %% ../nbs/03_finetune.ipynb #4140edfa
 DEFAULTS = {
@@ -51,19 +51,101 @@ def recipe_digest(recipe) -> str | None:
     "The sha256 of a recipe file (None for no recipe or a dict): part of a run's parameters, so an edited recipe is redone."
     return sha256_file(recipe_path(recipe)) if recipe and not isinstance(recipe, dict) else None
 
+# what a setting may hold, beyond the type of its default (`DEFAULTS` decides the keys and, unless listed here, the type)
+RULES = {"lora.r": "int>0", "lora.alpha": "num>0", "lora.dropout": "0<=num<1", "lora.target_modules": "str|list",
+         "training.learning_rate": "num>0", "training.warmup_ratio": "0<=num<=1", "training.num_train_epochs": "num>0",
+         "training.max_steps": "steps", "training.per_device_train_batch_size": "int>0",
+         "training.gradient_accumulation_steps": "int>0", "training.per_device_eval_batch_size": "int>0",
+         "training.max_length": "int>0", "training.eval_every": "epoch|int>0|None", "training.early_stopping_patience": "int>0",
+         "training.early_stopping_threshold": "num>=0", "data.others_per_value": "int>=0|None", "data.target_limit": "int>0|None",
+         "data.eval_limit": "int>=0|None", "lora.top_layers": "int>0|None", "data.anchor": "one of:majority,expected,distribution"}
+
+def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)
+def _num(v):
+    "A number, or a string YAML left unparsed ('1e-4'); else None."
+    if _is_int(v) or isinstance(v, float): return v
+    if isinstance(v, str):
+        try: return float(v)
+        except ValueError: return None
+    return None
+
+def _check_setting(key: str, v, default):
+    "The value, checked (numbers given as strings converted); a ValueError naming `key` otherwise."
+    rule = RULES.get(key)
+    if rule is None:                                   # a setting without a rule: the type of its default
+        if default is None or v is None and default is None: return v
+        if isinstance(default, bool): ok = isinstance(v, bool)
+        elif _is_int(default): ok = _is_int(v)
+        elif isinstance(default, float): v = _num(v) if _num(v) is not None else v; ok = _is_int(v) or isinstance(v, float)
+        else: ok = isinstance(v, type(default))
+        if not ok: raise ValueError(f"{key} must be {type(default).__name__}, got {v!r}")
+        return v
+    if "None" in rule and v is None: return v
+    if rule.startswith("one of:"):
+        if v in rule[7:].split(","): return v
+        raise ValueError(f"{key} must be one of {rule[7:].split(',')}, got {v!r}")
+    if rule == "str|list":
+        if isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)): return v
+        raise ValueError(f"{key} must be a string or a list of module names, got {v!r}")
+    if rule == "steps":
+        if _is_int(v) and (v == -1 or v > 0): return v
+        raise ValueError(f"{key} must be -1 (train by epochs) or a positive integer, got {v!r}")
+    if rule.startswith("epoch|"):
+        if v == "epoch": return v
+        if _is_int(v) and v > 0: return v
+        raise ValueError(f"{key} must be 'epoch', a positive integer or null (no evaluation), got {v!r}")
+    if "int" in rule:
+        if not _is_int(v): raise ValueError(f"{key} must be an integer, got {v!r}")
+        if (">0" in rule and v <= 0) or (">=0" in rule and v < 0):
+            raise ValueError(f"{key} must be {'positive' if '>0' in rule else 'zero or more'}, got {v}")
+        return v
+    x = _num(v)
+    if x is None: raise ValueError(f"{key} must be a number, got {v!r}")
+    bad = {"num>0": x <= 0, "num>=0": x < 0, "0<=num<1": not 0 <= x < 1, "0<=num<=1": not 0 <= x <= 1}[rule]
+    if bad: raise ValueError(f"{key} must be {rule.replace('num', 'x').replace('x>0', 'positive').replace('x>=0', 'zero or more')}, got {v!r}")
+    return x
+
+def _unknown(key: str, known) -> str:
+    import difflib
+    close = difflib.get_close_matches(key, known, n=1)
+    return f"unknown setting {key!r}" + (f"; did you mean {close[0]!r}?" if close else f"; settings: {', '.join(sorted(known))}")
+
+def _read_recipe(recipe) -> dict:
+    "The recipe file as a dict; a missing, non-UTF-8 or non-YAML file is named with the line at fault."
+    p = recipe_path(recipe)
+    try: data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e: raise ValueError(f"recipe {p}: not UTF-8 text (byte {e.object[e.start]:#04x} at position {e.start})") from None
+    except yaml.YAMLError as e:
+        m = getattr(e, "problem_mark", None)
+        raise ValueError(f"recipe {p}: not valid YAML" + (f" (line {m.line + 1}, column {m.column + 1}: {e.problem})" if m else f" ({e})")) from None
+    if data is None: return {}
+    if not isinstance(data, dict): raise ValueError(f"recipe {p}: must be a mapping of sections ({', '.join(DEFAULTS)}), got {type(data).__name__}")
+    return data
+
 def load_recipe(recipe=None, overrides: dict | None = None) -> dict:
-    "Defaults < recipe YAML (path or dict) < `overrides` ({'section.key': value}, None values ignored)."
+    """Defaults < recipe YAML (path or dict) < `overrides` ({'section.key': value}, None values ignored), validated against
+    `DEFAULTS` (its sections and keys, the types of its values) and `RULES` (ranges) before anything loads."""
     cfg = copy.deepcopy(DEFAULTS)
+    where = f"recipe {recipe}" if recipe is not None and not isinstance(recipe, dict) else "recipe"
+    known = [f"{s}.{k}" for s in DEFAULTS for k in DEFAULTS[s]]
     if recipe:
-        data = recipe if isinstance(recipe, dict) else (yaml.safe_load(recipe_path(recipe).read_text()) or {})
+        data = recipe if isinstance(recipe, dict) else _read_recipe(recipe)
         unknown = set(data) - set(DEFAULTS) - GRID_KEYS
-        if unknown: raise ValueError(f"recipe {recipe}: unknown sections {sorted(unknown)}; use {sorted(DEFAULTS)}")
-        cfg = _merge(cfg, {k: v for k, v in data.items() if k in DEFAULTS})
+        if unknown: raise ValueError(f"{where}: unknown sections {sorted(unknown)}; use {sorted(DEFAULTS)}")
+        for sec in DEFAULTS:
+            if sec not in data or data[sec] is None: continue
+            if not isinstance(data[sec], dict): raise ValueError(f"{where}: section {sec!r} must be a mapping, got {data[sec]!r}")
+            for k, v in data[sec].items():
+                if k not in DEFAULTS[sec]: raise ValueError(f"{where}: {_unknown(f'{sec}.{k}', known)}")
+                try: cfg[sec][k] = _check_setting(f"{sec}.{k}", v, DEFAULTS[sec][k])
+                except ValueError as e: raise ValueError(f"{where}: {e}") from None
     for key, v in (overrides or {}).items():
         if v is None: continue
         sec, _, name = key.partition(".")
         if sec not in cfg or not name: raise ValueError(f"override {key!r} must look like 'lora.r' or 'training.learning_rate'")
-        cfg[sec][name] = v
+        if name not in DEFAULTS[sec]: raise ValueError(f"override {key}: {_unknown(key, known)}")
+        try: cfg[sec][name] = _check_setting(key, v, DEFAULTS[sec][name])
+        except ValueError as e: raise ValueError(f"override {e}") from None
     return cfg
 
 # %% ../nbs/03_finetune.ipynb #dc58145f
@@ -260,6 +342,38 @@ def sft_trainer(lm: LM, train: pd.DataFrame, evald: pd.DataFrame | None, cfg: di
                    processing_class=lm.tokenizer, callbacks=callbacks)
 
 # %% ../nbs/03_finetune.ipynb #9f648c06
+def _checkpoint_ok(d: Path) -> bool:
+    "A checkpoint written to the end: its trainer state parses, its weights open, its torch files are whole zip archives."
+    import zipfile
+    try:
+        json.loads((d/"trainer_state.json").read_text())
+        from safetensors import safe_open
+        weights = list(d.glob("*.safetensors"))
+        for w in weights:
+            with safe_open(str(w), "pt") as f: [f.get_slice(k) for k in f.keys()]
+        return bool(weights or list(d.glob("*.bin"))) and all(zipfile.is_zipfile(p) for p in d.glob("*.pt*"))
+    except Exception: return False
+
+def last_checkpoint(ckpt_dir) -> str | None:
+    "The newest complete checkpoint in `ckpt_dir`; a half-written one (killed during a save) is removed, and the one before used."
+    import shutil
+    step = lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1
+    for d in sorted(Path(ckpt_dir).glob("checkpoint-*"), key=step, reverse=True):
+        if _checkpoint_ok(d): return str(d)
+        print(f"s2b: skipping the incomplete checkpoint {d}"); shutil.rmtree(d, ignore_errors=True)
+    return None
+
+def _clock():
+    "A callback that stamps each log entry with the training seconds so far, summed over the sessions of a resumed run."
+    from transformers import TrainerCallback
+    class Clock(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kw):
+            self.offset = max((h.get("s2b_seconds", 0.0) for h in state.log_history), default=0.0)
+            self.t0 = time.perf_counter()
+        def on_log(self, args, state, control, logs=None, **kw):
+            if state.log_history: state.log_history[-1]["s2b_seconds"] = self.offset + time.perf_counter() - self.t0
+    return Clock()
+
 def finetune_params(model="embedded", survey="bundled", target=None, direction="down", control=False, recipe=None,
                     overrides=None, baseline=None, backend="auto", seed=0, items_of=None) -> dict:
     return dict(model=model, survey=str(survey), target=json.dumps(target) if isinstance(target, dict) else target, items_of=items_of,
@@ -292,6 +406,19 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
         print(f"s2b: {out} is finished with these parameters; reusing it (force=True to redo)")
         return read_json(out/"metrics.json")
     cfg = load_recipe(recipe, overrides)
+    # checkpoints and the cached baseline belong to the parameters and inputs that made them
+    import hashlib, shutil
+    from s2b.runs import inputs_fingerprint
+    inputs = inputs_fingerprint(params)
+    key = hashlib.sha256(json.dumps({"params": params, "inputs": inputs}, sort_keys=True, default=str).encode()).hexdigest()
+    made = read_json(out/"checkpoints.json", {})
+    if (out/"checkpoints").exists() and (force or made.get("key") != key):
+        print(f"s2b: {'--force: clearing' if force else 'the checkpoints in'} {out/'checkpoints'}"
+              f"{'' if force else ' were made with other parameters or inputs; starting afresh'}")
+        shutil.rmtree(out/"checkpoints", ignore_errors=True)
+    if made and made.get("inputs") != inputs: (out/"baseline_ratings.parquet").unlink(missing_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out/"checkpoints.json", {"key": key, "params": params, "inputs": inputs})
     # a control given a target is trained on the same items as that target's adapter, with baseline answers only
     chosen = target_answers(target, direction) if target else {}
     targets = {} if control else chosen
@@ -326,13 +453,15 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
           f"{train.target.mean():.0%} target), "
           f"eval {len(evald)}, backend {backend}, device {lm.device}")
     trainer = sft_trainer(lm, train, evald, cfg, out/"checkpoints", backend, seed)
-    from transformers.trainer_utils import get_last_checkpoint
-    last = get_last_checkpoint(str(out/"checkpoints")) if (out/"checkpoints").exists() else None
-    if last: print(f"s2b: resuming from {last}")          # a killed run goes on from its last checkpoint
+    trainer.add_callback(_clock())
+    last = last_checkpoint(out/"checkpoints") if (out/"checkpoints").exists() else None
+    if last: print(f"s2b: resuming from {last}")          # a killed run goes on from its last complete checkpoint
     t0 = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)
-    secs = time.perf_counter() - t0
-    hist = trainer.state.log_history
+    session = time.perf_counter() - t0
+    hist = trainer.state.log_history                     # the whole run's, a resumed one's included
+    secs = max([h.get("s2b_seconds", 0.0) for h in hist] + [session])
+    losses = [h["loss"] for h in hist if "loss" in h]
     # with load_best_model_at_end the model kept is the best checkpoint, whose eval loss is known: no second evaluation
     best = trainer.state.best_metric
     final_eval = ({"eval_loss": best} if best is not None else trainer.evaluate()) if trainer.eval_dataset is not None else {}
@@ -341,7 +470,7 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     trainer.model.save_pretrained(tmp); lm.tokenizer.save_pretrained(tmp)
     if (out/"adapter").exists(): import shutil; shutil.rmtree(out/"adapter")
     os.replace(tmp, out/"adapter")
-    import shutil; shutil.rmtree(out/"checkpoints", ignore_errors=True)
+    shutil.rmtree(out/"checkpoints", ignore_errors=True); (out/"checkpoints.json").unlink(missing_ok=True)
     pd.DataFrame(hist).to_csv(out/"loss.csv", index=False)
     ax = plot_loss(hist, title=f"{model_slug(model)}: {'control' if control else ', '.join(f'{v}→{r}' for v, r in targets.items())}")
     ax.figure.savefig(out/"loss.png", dpi=120, bbox_inches="tight")
@@ -350,10 +479,10 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     metrics = {"targets": targets, "control": bool(control), "anchor": anchor, "items_of": sorted(focus),
                "n_train": len(train), "n_eval": len(evald), "target_share": float(train.target.mean()),
                "n_train_items": len(train_s), "steps": steps, "epochs": trainer.state.epoch,
-               "train_loss": result.training_loss, "eval_loss": final_eval.get("eval_loss"),
+               "train_loss": float(np.mean(losses)) if losses else result.training_loss, "eval_loss": final_eval.get("eval_loss"),
                "best_eval_loss": trainer.state.best_metric, "stopped_early": bool(cfg["training"]["max_steps"] in (-1, None) and
                    trainer.state.epoch < float(cfg["training"]["num_train_epochs"]) - 1e-6),
-               "seconds": secs, "eval_seconds": eval_secs, "seconds_per_step": (secs - eval_secs) / max(steps, 1),
+               "seconds": secs, "session_seconds": session, "resumed_from": Path(last).name if last else None, "eval_seconds": eval_secs, "seconds_per_step": (secs - eval_secs) / max(steps, 1),
                "train_tokens_per_s": n_tok * (trainer.state.epoch or 0) / (secs - eval_secs) if secs > eval_secs else None,
                "backend": backend, "device": lm.device, "recipe": cfg}
     atomic_write_json(out/"metrics.json", metrics)

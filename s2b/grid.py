@@ -31,19 +31,24 @@ GRID_DEFAULTS = {
 CAPABILITY_DEFAULTS = {"tasks": "s2b_general", "limit": 40}
 
 def load_grid(recipe) -> dict:
-    "A grid recipe (path or dict) merged over the defaults, with value names checked."
+    "A grid recipe (path or dict) merged over the defaults, with value names checked; errors name the file."
+    where = "grid recipe"
     if not isinstance(recipe, dict):
         p = Path(recipe)
         if not p.exists() and (repo_root()/p).exists(): p = repo_root()/p
         if not p.exists(): raise FileNotFoundError(f"grid recipe {recipe} not found")
-        recipe = yaml.safe_load(p.read_text()) or {}
+        where = f"grid recipe {p}"
+        try: recipe = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e: raise ValueError(f"{where}: not valid YAML text ({' '.join(str(e).split())})") from None
+    if not isinstance(recipe, dict): raise ValueError(f"{where}: must be a mapping of settings, got {type(recipe).__name__}")
     g = _merge(GRID_DEFAULTS, recipe)
     if g["values"] == "all":
         from s2b.values import VALUES
         g["values"] = list(VALUES)
-    g["values"] = [normalize_value(v) for v in g["values"]]
+    try: g["values"] = [normalize_value(v) for v in g["values"]]
+    except ValueError as e: raise ValueError(f"{where}: values: {e}") from None
     bad = [d for d in g["directions"] if d not in ("down", "up")]
-    if bad: raise ValueError(f"directions must be down/up, got {bad}")
+    if bad: raise ValueError(f"{where}: directions must be down/up, got {bad}")
     return g
 
 # %% ../nbs/08_grid.ipynb #a7829840

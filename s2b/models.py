@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 # %% auto #0
-__all__ = ['EMBEDDED', 'EMBEDDED_ID', 'PLAIN_FALLBACK', 'cache_dir', 'download', 'embedded_gguf', 'materialize_embedded',
-           'cuda_available', 'unsloth_installed', 'BackendError', 'resolve_backend', 'default_device', 'default_dtype',
-           'LM', 'model_slug', 'prepare_tokenizer', 'RemoteCodeError', 'load_model', 'add_adapter', 'has_chat_template',
-           'chat_prompt', 'chat_settings', 'encode', 'prefix_cache', 'expand_cache', 'PromptCache',
-           'continuation_logprobs']
+__all__ = ['EMBEDDED', 'EMBEDDED_ID', 'MAX_DOWNLOAD', 'PLAIN_FALLBACK', 'cache_dir', 'download', 'embedded_gguf',
+           'materialize_embedded', 'cuda_available', 'unsloth_installed', 'BackendError', 'resolve_backend',
+           'default_device', 'default_dtype', 'LM', 'model_slug', 'prepare_tokenizer', 'RemoteCodeError', 'load_model',
+           'add_adapter', 'has_chat_template', 'check_model', 'adapter_path', 'check_adapter', 'chat_prompt',
+           'chat_settings', 'encode', 'prefix_cache', 'expand_cache', 'PromptCache', 'continuation_logprobs']
 
 # %% ../nbs/01a_models.ipynb #ccec3078
 EMBEDDED = "embedded"
@@ -28,16 +28,41 @@ def cache_dir() -> Path:
     d.mkdir(parents=True, exist_ok=True)
     return d
 
-def download(url: str, dest_dir=None, force: bool = False) -> Path:
-    "Download `url` once into `cache_dir()/'downloads'` (a temporary file, then a rename); return the local path."
+MAX_DOWNLOAD = 1 << 30      # bytes; $S2B_MAX_DOWNLOAD overrides
+
+def download(url: str, dest_dir=None, force: bool | None = None, sha256: str | None = None, max_bytes: int | None = None) -> Path:
+    """Download `url` once into `cache_dir()/'downloads'` (a temporary file, then a rename); return the local path.
+    `url#sha256=HEX` (or `sha256`) pins the content: a mismatch is refused, a cached copy that does not match is fetched
+    again. Files over `max_bytes` (`$S2B_MAX_DOWNLOAD`, default 1 GiB) are refused; `force` (default `$S2B_REFRESH`,
+    set by `--refresh`) fetches again."""
     import hashlib, urllib.parse, urllib.request
+    url, _, frag = url.partition("#")
+    if frag.startswith("sha256="): sha256 = sha256 or frag[len("sha256="):]
+    if sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256): raise ValueError(f"{url}: sha256={sha256!r} is not 64 hex digits")
+    sha256 = sha256.lower() if sha256 else None
+    if force is None: force = os.environ.get("S2B_REFRESH", "") == "1"
+    max_bytes = int(max_bytes or os.environ.get("S2B_MAX_DOWNLOAD") or MAX_DOWNLOAD)
     dest_dir = Path(dest_dir or cache_dir()/"downloads"); dest_dir.mkdir(parents=True, exist_ok=True)
     fname = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(urllib.parse.urlparse(url).path).name) or "download"
     dest = dest_dir/f"{hashlib.sha256(url.encode()).hexdigest()[:12]}-{fname}"
-    if dest.exists() and not force: return dest
+    def digest(p):
+        h = hashlib.sha256()
+        with open(p, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
+        return h.hexdigest()
+    if dest.exists() and not force and (sha256 is None or digest(dest) == sha256): return dest
     fd, tmp = tempfile.mkstemp(dir=dest_dir, prefix=f".{dest.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r: shutil.copyfileobj(r, f)
+        with os.fdopen(fd, "wb") as f, urllib.request.urlopen(url, timeout=60) as r:
+            size = int(r.headers.get("Content-Length") or 0)
+            if size > max_bytes: raise ValueError(f"{url}: {size} bytes, over the download limit of {max_bytes} (S2B_MAX_DOWNLOAD)")
+            n = 0
+            for chunk in iter(lambda: r.read(1 << 20), b""):
+                n += len(chunk)
+                if n > max_bytes: raise ValueError(f"{url}: over the download limit of {max_bytes} bytes (S2B_MAX_DOWNLOAD)")
+                f.write(chunk)
+        got = digest(tmp)
+        if sha256 and got != sha256: raise ValueError(f"{url}: sha256 {got} does not match the expected {sha256}; not used")
         os.replace(tmp, dest)
     except BaseException:
         if os.path.exists(tmp): os.unlink(tmp)
@@ -139,9 +164,10 @@ def model_slug(name: str) -> str:
     name = str(name).rstrip("/")
     return re.sub(r"[^A-Za-z0-9._-]+", "-", name.split("/")[-1]) or "model"
 
-def _resolve_source(name: str) -> tuple[str, dict]:
+def _resolve_source(name: str, revision: str | None = None) -> tuple[str, dict]:
     if name == EMBEDDED:
         return str(materialize_embedded()), {"hf_id": EMBEDDED_ID, "gguf": _GGUF}
+    check_model(name, revision)                       # a missing folder, a folder without a model, an offline hub id: named now
     p = Path(name).expanduser()
     if p.exists(): return str(p.resolve()), {}
     return name, {"hf_id": name}                      # a Hugging Face hub id
@@ -169,7 +195,9 @@ def load_model(name: str = EMBEDDED, adapter: str | None = None, backend: str = 
     backend = resolve_backend(backend, training=training)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    source, info = _resolve_source(name)
+    if revision is None and name != EMBEDDED and not Path(name).expanduser().exists():
+        revision = os.environ.get("S2B_MODEL_REVISION") or None      # `--revision` of the CLI, for the stage kernel
+    source, info = _resolve_source(name, revision)
     if revision: info["revision"] = revision
     try:
         if backend == "unsloth":
@@ -193,18 +221,109 @@ def load_model(name: str = EMBEDDED, adapter: str | None = None, backend: str = 
     if adapter: add_adapter(lm, adapter)
     return lm
 
-def add_adapter(lm: LM, adapter: str) -> LM:
-    "Put the LoRA adapter saved in `adapter` (a directory, or a stage run directory holding `adapter/`) on `lm`."
+def add_adapter(lm: LM, adapter: str, allow_other_base: bool | None = None) -> LM:
+    """Put the LoRA adapter saved in `adapter` (a directory, or a stage run directory holding `adapter/`) on `lm`.
+    An adapter trained on another base model is refused unless `allow_other_base` (default: `$S2B_ALLOW_OTHER_BASE`)."""
     from peft import PeftModel
-    p = Path(adapter)
-    if (p/"adapter"/"adapter_config.json").exists(): p = p/"adapter"
-    if not (p/"adapter_config.json").exists(): raise FileNotFoundError(f"No LoRA adapter (adapter_config.json) in {adapter}")
-    lm.model = PeftModel.from_pretrained(lm.model, str(p)).to(lm.device)
+    p = check_adapter(adapter, lm.name, allow_other_base)
+    try: lm.model = PeftModel.from_pretrained(lm.model, str(p)).to(lm.device)
+    except RuntimeError as e:
+        if "size mismatch" not in str(e): raise
+        first = next((l.strip() for l in str(e).splitlines() if "size mismatch" in l), "")
+        raise ValueError(f"adapter {p} does not fit model {lm.name}: its weights have other shapes ({first[:160]})") from None
     lm.model.eval(); lm.adapter = str(p.resolve())
     return lm
 
 def has_chat_template(tok) -> bool:
     return bool(getattr(tok, "chat_template", None))
+
+# %% ../nbs/01a_models.ipynb #707a14fd
+def _hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    "Can the hub be reached (one TCP connection, `timeout` s)? Assumed so behind a proxy, which this cannot test."
+    import socket, urllib.parse
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")): return True
+    host = urllib.parse.urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try: socket.create_connection((host, 443), timeout=timeout).close(); return True
+    except OSError: return False
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name or name.endswith("/")
+
+def _model_config(name: str, revision: str | None = None) -> dict | None:
+    "The model's config.json, when it can be read without downloading (the embedded cache, a folder, the hub cache)."
+    if name == EMBEDDED: f = cache_dir()/"models"/"SmolLM2-135M-Instruct"/"config.json"
+    elif Path(name).expanduser().is_dir(): f = Path(name).expanduser()/"config.json"
+    else:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+            f = try_to_load_from_cache(name, "config.json", revision=revision)
+        except Exception: f = None
+        if not isinstance(f, str): return None
+    try: return json.loads(Path(f).read_text())
+    except (OSError, ValueError): return None
+
+def check_model(name: str, revision: str | None = None) -> None:
+    "Raise a one-line error naming `name` when it cannot be a model: the checks of files that need no download."
+    if name == EMBEDDED: return
+    p = Path(name).expanduser()
+    if p.exists() or _looks_like_path(name):
+        if not p.exists(): raise FileNotFoundError(f"model {name}: no such folder (a local model path, or an HF id like org/name)")
+        if not p.is_dir() or not (p/"config.json").is_file():
+            raise ValueError(f"model {name}: not a model folder (it has no config.json)")
+        return
+    if not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name):
+        raise ValueError(f"model {name!r}: neither a local folder nor a Hugging Face id (org/name)")
+    if _model_config(name, revision) is None:
+        if _hf_offline():
+            raise FileNotFoundError(f"model {name}: HF_HUB_OFFLINE is set and the model is not in the local Hugging Face cache")
+        if not _hub_reachable():
+            raise ConnectionError(f"model {name}: not in the local Hugging Face cache and the hub cannot be reached "
+                                  "(no network?); download it where there is one, or give a local path")
+
+def _base_names(model: str) -> set[str]:
+    "The names a base model goes by, as folder-safe lower-case slugs (a hub id, its local copy and Unsloth's copy agree)."
+    names = {model_slug(model)}
+    if model == EMBEDDED: names.add(model_slug(EMBEDDED_ID))
+    cfg = _model_config(model) or {}
+    if cfg.get("_name_or_path"): names.add(model_slug(cfg["_name_or_path"]))
+    return {n.lower() for n in names}
+
+def adapter_path(adapter) -> Path:
+    "The folder holding `adapter_config.json`: `adapter` itself or its `adapter/` (a fine-tune run folder)."
+    p = Path(adapter).expanduser()
+    if (p/"adapter"/"adapter_config.json").is_file(): return p/"adapter"
+    if (p/"adapter_config.json").is_file(): return p
+    if not p.exists(): raise FileNotFoundError(f"adapter {adapter}: no such folder (an adapter folder holds adapter_config.json)")
+    raise FileNotFoundError(f"adapter {adapter}: no LoRA adapter in it (no adapter_config.json, nor adapter/adapter_config.json)")
+
+def check_adapter(adapter, model: str | None = None, allow_other_base: bool | None = None) -> Path:
+    "The adapter's folder, after checking its files (and, given `model`, its base model and shapes); one-line errors."
+    p = adapter_path(adapter)
+    try: cfg = json.loads((p/"adapter_config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"adapter {p/'adapter_config.json'}: not valid JSON ({e})") from None
+    shapes, w = {}, p/"adapter_model.safetensors"
+    if w.exists():
+        try:
+            from safetensors import safe_open
+            with safe_open(str(w), "pt") as f: shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
+        except Exception as e:
+            raise ValueError(f"adapter {w}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
+    elif not (p/"adapter_model.bin").exists(): raise FileNotFoundError(f"adapter {p}: no adapter_model.safetensors")
+    if model is None: return p
+    if allow_other_base is None: allow_other_base = os.environ.get("S2B_ALLOW_OTHER_BASE", "") == "1"
+    base = cfg.get("base_model_name_or_path")
+    if base and not allow_other_base and model_slug(base).lower() not in _base_names(model):
+        raise ValueError(f"adapter {p} was trained on {base}, not on {model}; pass --allow-other-base to use it anyway")
+    mc = _model_config(model) or {}
+    hidden = mc.get("hidden_size") or (mc.get("text_config") or {}).get("hidden_size")
+    for k, s in shapes.items():
+        if hidden and "lora_A" in k and re.search(r"\.(q_proj|k_proj|v_proj|gate_proj|up_proj)\.", k) and s[-1] != hidden:
+            raise ValueError(f"adapter {p} does not fit model {model}: its {k.split('.lora_A')[0].split('.')[-1]} matrices "
+                             f"take inputs of size {s[-1]}, the model's hidden size is {hidden}")
+    return p
 
 # %% ../nbs/01a_models.ipynb #9088b0a1
 PLAIN_FALLBACK = "{system}User: {user}\nAssistant: "

@@ -12,12 +12,12 @@ from tqdm import tqdm      # text bars: they also stream from a papermill kernel
 from .values import VALUES, value_color, short_name
 from .survey import Survey, load_survey, prompt_parts, answer_prefix
 from .models import LM, load_model, add_adapter, encode, prefix_cache, expand_cache, model_slug
-from .runs import atomic_to_parquet, atomic_write_json, run_record, is_done, read_json
+from .runs import atomic_to_parquet, atomic_write_json, run_record, is_done, read_json, inputs_fingerprint
 
 # %% auto #0
 __all__ = ['RATINGS', 'PCOLS', 'KEY', 'rating_slot', 'encode_variants', 'score_plain', 'score_shared', 'parse_rating',
-           'sample_ratings', 'majority', 'rate', 'item_scores', 'bootstrap_ci', 'value_profile', 'consistency',
-           'plot_profile', 'profile_params', 'prepare_survey', 'run_profile']
+           'sample_ratings', 'majority', 'batch_plan', 'rate', 'item_scores', 'bootstrap_ci', 'value_profile',
+           'consistency', 'plot_profile', 'profile_params', 'prepare_survey', 'run_profile']
 
 # %% ../nbs/02_profile.ipynb #b65cb170
 RATINGS = (1, 2, 3, 4, 5, 6)
@@ -152,8 +152,22 @@ def _finish(df: pd.DataFrame) -> pd.DataFrame:
         df["entropy"] = -(p * np.log(np.clip(p, 1e-12, 1))).sum(1)
     return df
 
+def batch_plan(enc: pd.DataFrame, batch_size: int, mode: str = "logits", prefix_sharing: bool = True) -> list[np.ndarray]:
+    "The batches (row positions of `enc`) that `rate` scores: one prefix each (prefix sharing), short prompts together."
+    if mode == "logits" and prefix_sharing:
+        groups = {}
+        for i, ids in enumerate(enc.prefix_ids): groups.setdefault(tuple(ids), []).append(i)
+        out = []
+        for members in groups.values():
+            members = sorted(members, key=lambda i: len(enc.suffix_ids.iloc[i]))
+            out += [np.array(members[s:s+batch_size]) for s in range(0, len(members), batch_size)]
+        return out
+    order = np.argsort([len(p) + len(q) for p, q in zip(enc.prefix_ids, enc.suffix_ids)], kind="stable")
+    return [order[s:s+batch_size] for s in range(0, len(order), batch_size)]
+
 def rate(lm: LM, survey: Survey, mode: str = "logits", cache=None, batch_size: int | None = None, prefix_sharing: bool = True,
-         flush_every: int = 64, seed: int = 0, system: str | None = None, desc: str = "rating") -> tuple[pd.DataFrame, dict]:
+         flush_every: int = 512, seed: int = 0, system: str | None = None, desc: str = "rating",
+         flush_seconds: float = 30.0) -> tuple[pd.DataFrame, dict]:
     "Ratings of every variant of `survey` (resuming from `cache`), and timing stats of the work done now."
     if mode not in ("logits", "sample"): raise ValueError(f"mode must be 'logits' or 'sample', not {mode!r}")
     if batch_size is None: batch_size = 256 if str(lm.device).startswith("cuda") else 16   # measured best on an H100 / 2-core CPU
@@ -161,29 +175,33 @@ def rate(lm: LM, survey: Survey, mode: str = "logits", cache=None, batch_size: i
     cols = KEY + ["value", "split"] + (PCOLS + ["mass"] if mode == "logits" else ["sampled"])
     done = pd.read_parquet(cache) if cache and Path(cache).exists() else pd.DataFrame(columns=cols)
     done = done[[c for c in cols if c in done]]
-    if len(done):
-        have = set(map(tuple, done[KEY].astype(str).to_numpy()))
-        todo = enc[[tuple(map(str, k)) not in have for k in enc[KEY].to_numpy()]].reset_index(drop=True)
-    else: todo = enc
-    stats = {"n_prompts": len(enc), "n_cached": len(enc) - len(todo), "n_computed": len(todo), "seconds": 0.0,
-             "tokens": int(todo.n_tokens.sum()) if len(todo) else 0}
-    if mode == "logits" and prefix_sharing:              # whole prefix groups, short suffixes together
-        todo = todo.assign(_n=todo.suffix_ids.map(len)).sort_values(["instruction_id", "_n"], kind="stable").drop(columns="_n").reset_index(drop=True)
-    flush_every = max(flush_every, 8 * batch_size)       # a chunk must hold many full batches per prefix
+    keys = [tuple(map(str, k)) for k in enc[KEY].to_numpy()]
+    have = set(map(tuple, done[KEY].astype(str).to_numpy())) if len(done) else set()
+    plan = [(j, b) for j, b in enumerate(batch_plan(enc, batch_size, mode, prefix_sharing)) if any(keys[i] not in have for i in b)]
+    redo = {keys[i] for _, b in plan for i in b} & have        # a batch is scored whole: no cached row of it is kept
+    if redo: done = done[[k not in redo for k in map(tuple, done[KEY].astype(str).to_numpy())]]
+    n_todo = sum(len(b) for _, b in plan)
+    stats = {"n_prompts": len(enc), "n_cached": len(enc) - n_todo, "n_computed": n_todo, "seconds": 0.0,
+             "tokens": int(sum(enc.n_tokens.iloc[b].sum() for _, b in plan))}
     parts = [done] if len(done) else []
-    t0 = time.perf_counter()
-    with tqdm(total=len(enc), initial=len(enc) - len(todo), desc=desc, unit="prompt") as bar:
-        for s in range(0, len(todo), flush_every):
-            chunk = todo.iloc[s:s+flush_every].reset_index(drop=True)
-            res = chunk[KEY + ["value", "split"]].copy()
-            if mode == "logits":
-                fn = score_shared if prefix_sharing else score_plain
-                P, M = fn(lm, chunk, batch_size, progress=bar.update)
-                res[PCOLS] = P; res["mass"] = M
-            else:
-                res["sampled"] = sample_ratings(lm, chunk, batch_size, seed=seed + s, progress=bar.update)
-            parts.append(res)
-            if cache: atomic_to_parquet(pd.concat(parts, ignore_index=True), cache)
+    t0 = last = time.perf_counter(); pending = 0
+    with tqdm(total=len(enc), initial=len(enc) - n_todo, desc=desc, unit="prompt") as bar:
+        try:
+            for j, b in plan:
+                chunk = enc.iloc[b].reset_index(drop=True)
+                res = chunk[KEY + ["value", "split"]].copy()
+                if mode == "logits":
+                    fn = score_shared if prefix_sharing else score_plain
+                    P, M = fn(lm, chunk, len(b))                    # exactly this batch
+                    res[PCOLS] = P; res["mass"] = M
+                else:
+                    res["sampled"] = sample_ratings(lm, chunk, len(b), seed=seed + j)   # the batch's own seed
+                parts.append(res); bar.update(len(b)); pending += len(b)
+                if cache and (pending >= flush_every or time.perf_counter() - last >= flush_seconds):
+                    atomic_to_parquet(pd.concat(parts, ignore_index=True), cache); last = time.perf_counter(); pending = 0
+        except BaseException:                                   # interrupted: keep what is done
+            if cache and pending: atomic_to_parquet(pd.concat(parts, ignore_index=True), cache)
+            raise
     stats["seconds"] = time.perf_counter() - t0
     stats["prompts_per_s"] = stats["n_computed"] / stats["seconds"] if stats["n_computed"] else float("nan")
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
@@ -271,6 +289,10 @@ def _parse_list(x):
 
 def prepare_survey(survey, split="test", limit=None, templates=None, values=None, instructions=None) -> Survey:
     "Load a survey and cut it to the split(s) ('train+eval' allowed), values, templates, instructions and limit of a run."
+    if limit is not None:
+        try: ok = not isinstance(limit, bool) and int(limit) > 0 and float(limit) == int(limit)
+        except (TypeError, ValueError): ok = False
+        if not ok: raise ValueError(f"limit must be a positive integer (or None: all items), got {limit!r}")
     s = load_survey(survey)
     s = s.split(*split.split("+")) if split not in (None, "all") else s
     if templates is not None: s = s.with_templates([int(t) for t in _parse_list(str(templates))])
@@ -281,7 +303,7 @@ def prepare_survey(survey, split="test", limit=None, templates=None, values=None
 
 def run_profile(model="embedded", survey="bundled", split="test", limit=None, mode="logits", adapter=None, out="profile",
                 templates=None, values=None, batch_size=None, prefix_sharing=True, seed=0, backend="hf", force=False, lm=None,
-                instructions=None, flush_every: int = 2048) -> dict:
+                instructions=None, flush_every: int = 512) -> dict:
     "Profile a model (with an optional LoRA adapter) and write the run directory `out`; return the metrics."
     out = Path(out); params = profile_params(model, survey, split, limit, mode, adapter, templates, values, batch_size, prefix_sharing, seed, backend, instructions)
     if not force and is_done(out, params, ("metrics.json", "ratings.parquet")):
@@ -291,8 +313,9 @@ def run_profile(model="embedded", survey="bundled", split="test", limit=None, mo
     if lm is None: lm = load_model(model, adapter=adapter, backend=backend)
     elif adapter and lm.adapter is None: add_adapter(lm, adapter)
     out.mkdir(parents=True, exist_ok=True)
-    if (out/"run.json").exists() and read_json(out/"run.json", {}).get("params") != params and (out/"ratings.parquet").exists():
-        (out/"ratings.parquet").unlink()                 # cached ratings of other parameters are not reused
+    prev = read_json(out/"run.json", {}) if (out/"run.json").exists() else {}
+    if prev and (prev.get("params") != params or prev.get("inputs") != inputs_fingerprint(params)) and (out/"ratings.parquet").exists():
+        (out/"ratings.parquet").unlink()                 # cached ratings of other parameters or inputs are not reused
     atomic_write_json(out/"run.json", run_record("profile", params, model=lm.record(), data={"survey": s.source}, seed=seed, status="running"))
     ratings, stats = rate(lm, s, mode, cache=out/"ratings.parquet", batch_size=batch_size, prefix_sharing=prefix_sharing,
                           seed=seed, desc=f"profile {model_slug(model)}", flush_every=flush_every)

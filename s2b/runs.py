@@ -9,8 +9,9 @@ from pathlib import Path
 
 # %% auto #0
 __all__ = ['PACKAGES', 'STAGES', 'atomic_write_text', 'atomic_write_json', 'atomic_to_parquet', 'read_json', 'sha256_file',
-           'repo_root', 'git_commit', 'package_versions', 'run_record', 'is_done', 'stage_notebook', 'StageFailed',
-           'stage_done', 'stage_copy', 'execute_stage']
+           'repo_root', 'git_commit', 'package_versions', 'run_record', 'fingerprint', 'inputs_fingerprint', 'is_done',
+           'stage_notebook', 'StageFailed', 'RunFolderError', 'check_out_dir', 'stage_done', 'clean_kernel_files',
+           'stage_copy', 'execute_stage']
 
 # %% ../nbs/00a_runs.ipynb #040f0611
 def atomic_write_text(path, text: str) -> Path:
@@ -99,17 +100,74 @@ def run_record(stage: str, params: dict, *, model: dict | None = None, data: dic
     data = {k: (v if isinstance(v, dict) else {"path": str(v), "sha256": sha256_file(v)} if v and Path(str(v)).is_file()
                 else {"path": str(v)}) for k, v in (data or {}).items()}
     return {"stage": stage, "params": params, "model": model, "data": data, "seed": seed,
-            "versions": package_versions(), "git_commit": git_commit(),
+            "inputs": inputs_fingerprint(params), "versions": package_versions(), "git_commit": git_commit(),
             "host": {"platform": platform.platform(), "machine": platform.machine()},
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **extra}
 
+# %% ../nbs/00a_runs.ipynb #8f3f68cc
+_FP: dict = {}
+_BIG = 64 << 20
+
+def _sha_store() -> Path:
+    "Where the sha256 of big files (adapter weights) is kept, by path, size and mtime: a grid plan hashes each once."
+    return Path(os.environ.get("S2B_CACHE", Path.home()/".cache"/"s2b")).expanduser()/"sha256.json"
+
+def _sha_cached(p: Path) -> str:
+    st = p.stat(); key = f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if not _FP:
+        try: _FP.update(read_json(_sha_store(), {}) or {})
+        except (OSError, ValueError): pass
+        _FP.setdefault("", "")
+    if key not in _FP:
+        _FP[key] = sha256_file(p)
+        if st.st_size > (16 << 20):
+            try: atomic_write_json(_sha_store(), {k: v for k, v in _FP.items() if k})
+            except OSError: pass
+    return _FP[key]
+
+def _adapter_dir(p: Path) -> Path | None:
+    for d in (p/"adapter", p):
+        if (d/"adapter_config.json").is_file(): return d
+    return None
+
+def fingerprint(path) -> str | None:
+    "sha256 of an input's content (file, adapter, run folder or other folder); None when `path` does not exist."
+    p = Path(path)
+    if p.is_file(): return _sha_cached(p)
+    if not p.is_dir(): return None
+    if (ad := _adapter_dir(p)) is not None:
+        files = [f for f in sorted(ad.iterdir()) if f.is_file() and (f.name == "adapter_config.json" or f.name.startswith("adapter_model"))]
+    elif (p/"run.json").is_file(): files = sorted(p.glob("*.parquet"))
+    else:
+        files = sorted(f for f in p.rglob("*") if f.is_file() and not any(x.startswith(".") for x in f.relative_to(p).parts))
+    h = hashlib.sha256()
+    for f in files:
+        st = f.stat()
+        part = _sha_cached(f) if st.st_size <= _BIG or ad is not None else f"{st.st_size}:{st.st_mtime_ns}"
+        h.update(f"{f.relative_to(p)}\0{part}\n".encode())
+    return h.hexdigest()
+
+_NOT_INPUTS = {"out", "runs_dir", "figures", "force"}
+
+def inputs_fingerprint(params: dict) -> dict:
+    "{parameter: fingerprint} for every parameter that names an existing file or folder (the outputs left out)."
+    out = {}
+    for k, v in (params or {}).items():
+        if k in _NOT_INPUTS or not isinstance(v, (str, Path)) or str(v) in ("", "bundled", "embedded") or "://" in str(v): continue
+        try: ok = Path(v).expanduser().exists()
+        except (OSError, ValueError): ok = False
+        if ok: out[k] = fingerprint(Path(v).expanduser())
+    return out
+
 # %% ../nbs/00a_runs.ipynb #f6907b6e
+def _norm(d): return json.loads(json.dumps(d, default=_jsonable))
+
 def is_done(out_dir, params: dict, outputs=("metrics.json",)) -> bool:
-    "True when `out_dir` holds a finished run with these parameters."
+    "True when `out_dir` holds a finished run with these parameters, on inputs with the same content."
     out_dir = Path(out_dir)
     rec = read_json(out_dir/"run.json")
     if rec is None or any(not (out_dir/o).exists() for o in outputs): return False
-    return json.loads(json.dumps(rec.get("params"), default=_jsonable)) == json.loads(json.dumps(params, default=_jsonable))
+    return _norm(rec.get("params")) == _norm(params) and rec.get("inputs") == inputs_fingerprint(params)
 
 # %% ../nbs/00a_runs.ipynb #32c3f943
 STAGES = {"values": "00_values.ipynb", "survey": "01_survey.ipynb", "models": "01a_models.ipynb",
@@ -130,13 +188,74 @@ def stage_notebook(stage: str) -> Path:
 class StageFailed(RuntimeError):
     "A stage notebook raised; the message names the rendered notebook to read."
 
+class RunFolderError(ValueError):
+    "An `out` folder that cannot hold this stage's run (a file, another stage's run, not writable)."
+
+_SAME_STAGE = {"baseline": "profile"}
+
+def _stage_of(out_dir: Path) -> str | None:
+    "The stage whose run `out_dir` holds, if any (from `run.json`, or the marker of an unfinished stage run)."
+    rec = read_json(out_dir/"run.json", {}) if (out_dir/"run.json").is_file() else {}
+    if rec.get("notebook_stage") or rec.get("stage"): return rec.get("notebook_stage") or rec.get("stage")
+    m = out_dir/".s2b-stage"
+    return m.read_text().strip() or None if m.is_file() else None
+
+def check_out_dir(stage: str, out_dir) -> Path:
+    "`out_dir`, resolved and created; refused when it is a file, is not writable or holds another stage's run."
+    out_dir = Path(out_dir).expanduser().resolve()
+    if out_dir.exists() and not out_dir.is_dir(): raise RunFolderError(f"out {out_dir} is a file, not a run folder")
+    other = _stage_of(out_dir) if out_dir.is_dir() else None
+    if other and _SAME_STAGE.get(other, other) != _SAME_STAGE.get(stage, stage):
+        raise RunFolderError(f"out {out_dir} holds a {other} run; a {stage} run goes into another folder")
+    try: out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e: raise RunFolderError(f"out {out_dir}: cannot create the folder ({e.strerror})") from None
+    if not os.access(out_dir, os.W_OK | os.X_OK): raise RunFolderError(f"out {out_dir}: folder is not writable")
+    return out_dir
+
 def stage_done(out_dir, params: dict) -> bool:
-    "True when `out_dir` holds a finished stage run executed with these notebook parameters."
+    "True when `out_dir` holds a finished stage run executed with these notebook parameters, on inputs with the same content."
     out_dir = Path(out_dir)
     rec = read_json(out_dir/"run.json")
     if rec is None or not (out_dir/"metrics.json").exists() or not (out_dir/"report.ipynb").exists(): return False
-    norm = lambda d: json.loads(json.dumps(d, default=_jsonable))
-    return norm(rec.get("notebook_params")) == norm({**params, "out": str(Path(out_dir).resolve())})
+    if _norm(rec.get("notebook_params")) != _norm({**params, "out": str(Path(out_dir).resolve())}): return False
+    return rec.get("notebook_inputs") == inputs_fingerprint(params)
+
+def _alive(pid: int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def clean_kernel_files(pid: int | None = None) -> list[Path]:
+    """Remove the IPC sockets and connection files of stage kernels whose s2b process is gone (a killed run), or of the
+    process `pid`; return them."""
+    import glob
+    gone = lambda m: int(m.group(1)) == pid if pid is not None else not _alive(int(m.group(1)))
+    files = []
+    for f in glob.glob(os.path.join(tempfile.gettempdir(), "s2b-kernel-*")):
+        m = re.match(r"s2b-kernel-(\d+)-", os.path.basename(f))
+        if m and gone(m): files.append(Path(f))
+    try:
+        from jupyter_core.paths import jupyter_runtime_dir
+        for f in glob.glob(os.path.join(jupyter_runtime_dir(), "kernel-*.json")):
+            try: ip = json.loads(Path(f).read_text()).get("ip", "")
+            except (OSError, ValueError): continue
+            m = re.search(r"s2b-kernel-(\d+)-", ip)
+            if m and gone(m): files.append(Path(f))
+    except ImportError: pass
+    for f in files: f.unlink(missing_ok=True)
+    return files
+
+def _end_kernels():
+    "Stop this process's kernels (an interrupted papermill leaves them running) and remove their files."
+    import glob, signal
+    me = os.getpid()
+    for st in glob.glob("/proc/[0-9]*/stat"):                # Linux; elsewhere the files are removed by the next run
+        try:
+            if int(Path(st).read_text().rsplit(")", 1)[1].split()[1]) == me and b"ipykernel" in Path(st).with_name("cmdline").read_bytes():
+                os.kill(int(Path(st).parent.name), signal.SIGKILL)
+        except (OSError, ValueError, IndexError): pass
+    clean_kernel_files(me)
 
 def _kernel_manager():
     "Stage kernels talk to papermill over local (IPC) sockets where the OS has them, not unencrypted TCP."
@@ -147,9 +266,9 @@ def _kernel_manager():
         @default("transport")
         def _transport_default(self): return "ipc"
         @default("ip")
-        def _ip_default(self):         # socket files in the temp dir, removed by jupyter_client at shutdown
+        def _ip_default(self):         # socket files in the temp dir, named by this process: a killed run's are found and removed
             import uuid
-            return os.path.join(tempfile.gettempdir(), f"s2b-kernel-{uuid.uuid4().hex[:12]}")
+            return os.path.join(tempfile.gettempdir(), f"s2b-kernel-{os.getpid()}-{uuid.uuid4().hex[:12]}")
     return IPCKernelManager
 
 _KEEP = re.compile(r"^#\|\s*(export|exporti|exports|default_exp)\b", re.M)
@@ -168,29 +287,55 @@ def stage_copy(nb_path, examples: bool = False):
     nb.cells = [c for i, c in enumerate(nb.cells) if i == 0 or i in lib or i == params[0] or i > last]
     return nb
 
+def _move_run(work: Path, out_dir: Path):
+    "Put the finished run in `work` in place of `out_dir`: the paths its files name are rewritten, then the folders swap."
+    import shutil
+    for f in list(work.glob("*.json")) + list(work.glob("*.ipynb")):
+        t = f.read_text()
+        if str(work) in t: atomic_write_text(f, t.replace(str(work), str(out_dir)))
+    old = out_dir.with_name(f".{out_dir.name}.old")
+    if old.exists(): shutil.rmtree(old)
+    os.replace(out_dir, old); os.replace(work, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+
 def execute_stage(stage: str, out_dir, params: dict, *, force: bool = False, progress: bool = True,
                   log_output: bool = False, examples: bool = False, stream: bool = False) -> Path:
     """Run a stage notebook with papermill into `out_dir/report.ipynb` (skipped when already done); return that path.
     The notebook's examples are left out of the run (`stage_copy`) unless `examples`. `progress` shows papermill's
     bar of cells; `stream` instead passes the notebook's own output (its messages and progress bars) to this
-    process's stdout and stderr as it runs."""
-    import papermill as pm, sys
-    out_dir = Path(out_dir).resolve(); out_dir.mkdir(parents=True, exist_ok=True)
+    process's stdout and stderr as it runs. A finished run in `out_dir` is replaced only by a run that succeeds: a
+    rerun works in `.<name>.next` beside it and moves into place at the end."""
+    import papermill as pm, shutil, sys
+    out_dir = check_out_dir(stage, out_dir)
     report = out_dir/"report.ipynb"
     params = {**params, "out": str(out_dir)}
     if not force and stage_done(out_dir, params):
         print(f"s2b: {stage} already finished in {out_dir}; skipped (use --force to redo)")
         return report
-    if force: params["force"] = True
+    clean_kernel_files()
+    inputs = inputs_fingerprint(params)
+    finished = (out_dir/"metrics.json").exists() and report.exists()
+    work = out_dir.with_name(f".{out_dir.name}.next") if finished else out_dir
+    if work != out_dir and (force or _stage_of(work) not in (None, stage)): shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(work/".s2b-stage", stage)
+    run_params = {**params, "out": str(work), **({"force": True} if force else {})}
+    running, failed = work/".report.running.ipynb", work/"report.failed.ipynb"
     try:
-        pm.execute_notebook(stage_copy(stage_notebook(stage), examples), str(report), parameters=params, cwd=str(out_dir),
+        pm.execute_notebook(stage_copy(stage_notebook(stage), examples), str(running), parameters=run_params, cwd=str(work),
                             progress_bar=progress and not stream, log_output=log_output, kernel_name="python3",
                             kernel_manager_class=_kernel_manager(),
                             stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
+    except KeyboardInterrupt: _end_kernels(); raise
     except pm.PapermillExecutionError as e:
+        if running.exists(): os.replace(running, failed)
+        kept = f"\n  the finished run in {out_dir} is kept as it was" if finished else ""
         raise StageFailed(f"stage {stage!r} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
-                          f"  read the rendered notebook: {report}") from None
+                          f"  read the failed notebook: {failed}{kept}") from None
+    os.replace(running, work/"report.ipynb")
+    failed.unlink(missing_ok=True)
+    if work != out_dir: _move_run(work, out_dir)
     rec = read_json(out_dir/"run.json", {})
-    params.pop("force", None)
-    atomic_write_json(out_dir/"run.json", {**rec, "notebook_params": params, "report": str(report)})
+    atomic_write_json(out_dir/"run.json", {**rec, "notebook_stage": stage, "notebook_params": params,
+                                           "notebook_inputs": inputs, "report": str(report)})
     return report

@@ -144,10 +144,25 @@ def _fetch(url: str) -> Path:
     except OSError as e:
         raise SurveyError(f"Could not download {url}: {e}. Download it yourself and pass the local path.") from None
 
+def _read_text(path) -> str:
+    "The file's text; a file that is not UTF-8 is named with the offending byte's position."
+    try: return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise SurveyError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at position {e.start}); save it as UTF-8") from None
+
+def _scale(d: dict, src) -> tuple[int, int]:
+    "The survey's rating scale: s2b reads ratings 1-6 (six single-token answers), so any other scale is refused."
+    sc = d.get("scale", {"min": 1, "max": 6})
+    if not isinstance(sc, dict) or not all(isinstance(sc.get(k), int) and not isinstance(sc.get(k), bool) for k in ("min", "max")):
+        raise SurveyError(f"{src}: 'scale' must be {{\"min\": 1, \"max\": 6}} with integers, got {sc!r}")
+    if (sc["min"], sc["max"]) != (1, 6):
+        raise SurveyError(f"{src}: 'scale' {sc['min']}-{sc['max']} is not supported: s2b rates on 1-6 (six single-token answers)")
+    return (1, 6)
+
 def load_kvs(path) -> Survey:
     "The paper's KVS survey json: `tasks` (instructions), `response_template`, `train`/`eval`/`test` items."
     src = str(path)
-    try: d = json.loads(Path(path).read_text())
+    try: d = json.loads(_read_text(path))
     except json.JSONDecodeError as e: raise SurveyError(f"{src}: not valid JSON ({e})") from None
     for k in ("tasks", "response_template"):
         if k not in d: raise SurveyError(f"{src}: KVS survey is missing the top-level key {k!r}")
@@ -169,7 +184,7 @@ def _texts(xs, key="text"):
 def load_s2b_json(path) -> Survey:
     "s2b's survey json: `items` [{id, statement, value, split}], `instructions`, `templates`."
     src = str(path)
-    try: d = json.loads(Path(path).read_text())
+    try: d = json.loads(_read_text(path))
     except json.JSONDecodeError as e: raise SurveyError(f"{src}: not valid JSON ({e})") from None
     if "items" not in d: raise SurveyError(f"{src}: survey json needs a top-level 'items' list")
     default = None
@@ -180,14 +195,12 @@ def load_s2b_json(path) -> Survey:
     items = [_make_item(rec, f"item {n}", src) for n, rec in enumerate(d["items"])]
     if not items: raise SurveyError(f"{src}: 'items' is empty")
     _check_ids(items, src)
-    scale = d.get("scale", {"min": 1, "max": 6})
-    return Survey(d.get("name", Path(path).stem), items, instructions, templates, src, sha256_file(path),
-                  (int(scale["min"]), int(scale["max"])))
+    return Survey(d.get("name", Path(path).stem), items, instructions, templates, src, sha256_file(path), _scale(d, src))
 
 def load_csv(path) -> Survey:
     "A CSV survey with columns `id,statement,value,split`; instructions and templates are the bundled ones."
     src = str(path)
-    with open(path, newline="") as f: rows = list(csv.DictReader(f))
+    rows = list(csv.DictReader(_read_text(path).splitlines()))
     if not rows: raise SurveyError(f"{src}: no rows")
     missing = {"id", "statement", "value"} - set(rows[0])
     if missing: raise SurveyError(f"{src}: CSV needs the columns id,statement,value[,split]; missing {sorted(missing)}")
@@ -204,7 +217,8 @@ def load_survey(spec="bundled") -> Survey:
     path = _fetch(spec) if re.match(r"https?://", spec) else Path(spec).expanduser()
     if not path.exists(): raise SurveyError(f"Survey file {spec} not found (use 'bundled', a path or an http(s) URL)")
     if path.suffix.lower() == ".csv": return load_csv(path)
-    try: head = json.loads(path.read_text())
+    if path.is_dir(): raise SurveyError(f"{path}: a folder, not a survey file")
+    try: head = json.loads(_read_text(path))
     except json.JSONDecodeError as e: raise SurveyError(f"{path}: not valid JSON ({e})") from None
     if isinstance(head, dict) and "tasks" in head: return load_kvs(path)
     if isinstance(head, dict) and "items" in head: return load_s2b_json(path)

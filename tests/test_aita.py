@@ -328,3 +328,10 @@ def test_profile_without_values_and_figures(tmp_path):
     aita.save_figure(aita.plot_gain(m), tmp_path/"gain.png")
     assert all((tmp_path/f).stat().st_size > 1000 for f in ("profile.png", "p.png", "gain.png"))
     assert list(aita.metrics_table(m).index) == ["Hedonism", "Face", "weighted mean"]
+
+@pytest.mark.model
+def test_truncated_posts_are_said_on_the_console(tmp_path, capsys):
+    from s2b.aita import run_aita
+    m = run_aita("embedded", posts="bundled", limit=1, max_length=200, out=tmp_path, n_boot=10, progress=False)
+    assert m["n_truncated"] == 1
+    assert "1 of 1 posts were cut to fit 200 tokens" in capsys.readouterr().out

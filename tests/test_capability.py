@@ -60,7 +60,7 @@ def test_missing_task_name_from_the_cli(tmp_path, capsys):
     rc = main(["evaluate", "capability", "--adapter", str(tmp_path), "--control", str(tmp_path), "--tasks", "no_such_task_xyz",
                "--out", str(tmp_path/"run")])
     err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("s2b: unknown lm-eval task 'no_such_task_xyz'") and "Traceback" not in err
+    assert rc == 1 and err.startswith("s2b: error: unknown lm-eval task 'no_such_task_xyz'") and "Traceback" not in err
     assert not (tmp_path/"run").exists()                                   # no notebook ran
 
 

@@ -192,3 +192,78 @@ def test_fixed_steps_without_evaluation_keep_the_last_step(lm, tiny, tmp_path):
     assert tr.eval_dataset is None and not tr.args.load_best_model_at_end and tr.args.eval_strategy == "no"
     assert not any(type(c).__name__ == "EarlyStoppingCallback" for c in tr.callback_handler.callbacks)
     assert tr.args.save_strategy == "steps" and tr.args.save_steps == 20          # a killed run still resumes
+
+def test_recipe_schema_from_defaults(tmp_path):
+    "Keys, types and ranges inside the sections are checked against DEFAULTS, with the setting named."
+    for bad, msg in [({"training": {"max_steps": -5}}, "training.max_steps"), ({"training": {"learning_rate": "fast"}}, "learning_rate"),
+                     ({"lora": {"rank": 8}}, "did you mean 'lora.r'"), ({"lora": {"r": 0}}, "lora.r must be positive"),
+                     ({"training": {"per_device_train_batch_size": 2.5}}, "integer")]:
+        with pytest.raises(ValueError, match=msg): load_recipe(bad)
+    with pytest.raises(ValueError, match="did you mean 'training.max_steps'"): load_recipe(None, {"training.max_step": 3})
+    assert load_recipe({"training": {"learning_rate": "1e-4"}})["training"]["learning_rate"] == 1e-4   # YAML 1.1 leaves 1e-4 a string
+    p = tmp_path/"r.yaml"; p.write_text("lora: [r: 8\n")
+    with pytest.raises(ValueError, match=f"recipe {p}: not valid YAML \\(line 2"): load_recipe(p)
+    import s2b.finetune as ft
+    new = {**ft.DEFAULTS, "data": {**ft.DEFAULTS["data"], "anchor": None}}   # a key added to DEFAULTS is accepted at once
+    old = ft.DEFAULTS
+    try:
+        ft.DEFAULTS = new
+        assert load_recipe({"data": {"anchor": "baseline"}})["data"]["anchor"] == "baseline"
+    finally: ft.DEFAULTS = old
+
+_SMALL = {"lora.r": 2, "lora.alpha": 4, "training.max_steps": 4, "training.per_device_train_batch_size": 2,
+          "training.eval_every": 1, "training.warmup_ratio": 0.0, "training.early_stopping_patience": 10,
+          "data.others_per_value": 0, "data.target_limit": 2,
+          "data.eval_limit": 1, "data.train_templates": "0,1", "data.instructions": "0"}
+
+class _Killed(Exception): pass
+
+def _kill_at(monkeypatch, step):
+    "Make the next run_finetune stop right after the checkpoint of `step` is saved (a kill)."
+    import s2b.finetune as ft
+    from transformers import TrainerCallback
+    real = ft.sft_trainer
+    class Kill(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step >= step: raise _Killed
+    def patched(*a, **k):
+        tr = real(*a, **k); tr.add_callback(Kill()); return tr
+    monkeypatch.setattr(ft, "sft_trainer", patched)
+    return lambda: monkeypatch.setattr(ft, "sft_trainer", real)
+
+@pytest.mark.model
+@pytest.mark.slow
+def test_resume_belongs_to_its_parameters(tmp_path, monkeypatch, capsys):
+    "A killed fine-tune resumes from its last complete checkpoint only with the same parameters, and reports the whole run."
+    def run(out, force=False, **o):
+        return run_finetune("embedded", "bundled", "Hedonism", "down", recipe="recipes/cpu-smoke.yaml",
+                            overrides={**_SMALL, **o}, backend="hf", out=out, force=force)
+    clean = run(tmp_path/"clean")
+    undo = _kill_at(monkeypatch, 3)
+    with pytest.raises(_Killed): run(tmp_path/"a")
+    undo()
+    ck = tmp_path/"a"/"checkpoints"
+    kept = sorted((d.name for d in ck.glob("checkpoint-*")), key=lambda n: int(n.split("-")[1]))
+    assert kept[-1] == "checkpoint-3" and len(kept) == 2
+    w = ck/"checkpoint-3"/"adapter_model.safetensors"; w.write_bytes(w.read_bytes()[:len(w.read_bytes()) // 2])   # half written
+    capsys.readouterr()
+    m = run(tmp_path/"a")
+    out = capsys.readouterr().out
+    assert "skipping the incomplete checkpoint" in out and f"resuming from {ck/kept[0]}" in out
+    assert m["steps"] == 4 and m["resumed_from"] == kept[0]
+    assert m["train_loss"] == pytest.approx(clean["train_loss"], abs=1e-5)          # the whole run's loss, not the resumed part's
+    assert m["seconds"] > m["session_seconds"]                                       # the time before the kill counts
+    assert clean["train_loss"] == pytest.approx(float(pd.read_csv(tmp_path/"clean"/"loss.csv").train_loss.dropna().iloc[-1]), abs=1e-4)
+    # a killed run rerun with another learning rate starts afresh
+    undo = _kill_at(monkeypatch, 2)
+    with pytest.raises(_Killed): run(tmp_path/"b")
+    undo()
+    capsys.readouterr()
+    m2 = run(tmp_path/"b", **{"training.learning_rate": 1e-4})
+    out = capsys.readouterr().out
+    assert "other parameters or inputs; starting afresh" in out and "resuming from" not in out and m2["resumed_from"] is None
+    # --force clears checkpoints, even those of the same parameters
+    (tmp_path/"b"/"checkpoints"/"checkpoint-1").mkdir(parents=True)
+    m3 = run(tmp_path/"b", force=True, **{"training.learning_rate": 1e-4, "training.max_steps": 1})
+    out = capsys.readouterr().out
+    assert "--force: clearing" in out and "resuming from" not in out and m3["steps"] == 1

@@ -2,7 +2,7 @@ import json, subprocess, sys
 from pathlib import Path
 import pytest
 import s2b.grid as G
-from s2b.runs import StageFailed, atomic_write_json
+from s2b.runs import StageFailed, atomic_write_json, inputs_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,8 @@ def _fake_stage(calls, fail=()):
         calls.append(Path(out).name)
         if Path(out).name in fail: raise StageFailed(f"stage {stage!r} failed\n  read the rendered notebook: {out}/report.ipynb")
         atomic_write_json(Path(out)/"metrics.json", {})
-        atomic_write_json(Path(out)/"run.json", {"notebook_params": {**params, "out": str(Path(out).resolve())}})
+        atomic_write_json(Path(out)/"run.json", {"notebook_params": {**params, "out": str(Path(out).resolve())},
+                                                 "notebook_inputs": inputs_fingerprint(params)})
         (Path(out)/"report.ipynb").write_text("{}")
         return Path(out)/"report.ipynb"
     return fake

@@ -3,7 +3,7 @@ import numpy as np, pandas as pd
 import pytest
 from s2b.survey import load_survey
 from s2b.profile import (encode_variants, score_plain, score_shared, rate, value_profile, consistency, majority, parse_rating,
-                         rating_slot, run_profile, PCOLS, item_scores)
+                         rating_slot, run_profile, PCOLS, KEY, item_scores)
 
 def test_majority_and_parsing():
     assert majority([3, 3, 5]) == 3 and majority([2, 5]) == 2 and majority([1, 1, 6, 6, 2]) == 1 and majority([1, 1, 6, 6, 5]) == 6   # ties -> nearest the mean
@@ -99,3 +99,25 @@ def test_run_profile_writes_the_run_directory(lm, tmp_path):
     assert {"item_id", "value", "split", "instruction_id", "template_id", *PCOLS, "expected", "argmax"} <= set(r)
     m2 = run_profile("embedded", "bundled", "test", limit=3, templates="0", instructions="0", out=tmp_path, lm=lm)
     assert m2 == json.loads((tmp_path/"metrics.json").read_text())       # finished: reused, not recomputed
+
+@pytest.mark.model
+def test_killed_profile_resumes_to_the_clean_numbers(lm, tmp_path):
+    "Batches are fixed by the survey, not by what is left: a run killed midway and resumed equals a clean run within 1e-6."
+    s = load_survey("bundled").split("test").subset(limit=6).with_templates([0, 1, 2]).with_instructions([0, 1])
+    clean, _ = rate(lm, s, batch_size=4)
+    import s2b.profile as P
+    orig, calls = P.score_shared, {"n": 0}
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 4: raise KeyboardInterrupt("killed")
+        return orig(*a, **k)
+    P.score_shared = dying
+    try:
+        with pytest.raises(KeyboardInterrupt): rate(lm, s, cache=tmp_path/"r.parquet", batch_size=4, flush_seconds=0)
+    finally: P.score_shared = orig
+    partial = pd.read_parquet(tmp_path/"r.parquet")
+    assert len(partial) == 3 * 4                                  # every finished batch reached the disk (flush by time)
+    resumed, stats = rate(lm, s, cache=tmp_path/"r.parquet", batch_size=4)
+    assert stats["n_cached"] == 12 and stats["n_computed"] == len(clean) - 12
+    assert np.abs(resumed[PCOLS].to_numpy() - clean[PCOLS].to_numpy()).max() < 1e-6
+    pd.testing.assert_frame_equal(resumed[KEY], clean[KEY])

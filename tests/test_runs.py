@@ -1,4 +1,4 @@
-import json, tempfile
+import json, os, tempfile
 from pathlib import Path
 import pytest
 from s2b.runs import STAGES, execute_stage, repo_root, stage_copy, stage_done, _KEEP
@@ -53,3 +53,83 @@ def test_parameters_do_not_shadow_the_library(stage):
             defined |= {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))} | names(c.source)
     params = names(next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", [])))
     assert not params & defined, f"{STAGES[stage]}: parameters {sorted(params & defined)} shadow the notebook's own definitions"
+
+def _toy_stage(tmp_path, monkeypatch):
+    "A stage notebook that writes metrics.json and run.json, and fails when asked to."
+    import nbformat, s2b.runs as R
+    nb = nbformat.v4.new_notebook(cells=[
+        nbformat.v4.new_code_cell("import json, pathlib"),
+        nbformat.v4.new_code_cell('out = "x"\nvalue = 1\nfail = False\nsurvey = None\nforce = False', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('if fail: raise ValueError("bad value")\n'
+                                  'pathlib.Path(out, "metrics.json").write_text(json.dumps({"value": value, "out": out}))\n'
+                                  'pathlib.Path(out, "run.json").write_text(json.dumps({"stage": "toy", "params": {"value": value}}))'),
+    ])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    path = tmp_path/"toy.ipynb"; nbformat.write(nb, path)
+    monkeypatch.setattr(R, "stage_notebook", lambda stage: path)
+
+@pytest.mark.slow
+def test_a_failed_rerun_keeps_the_finished_run(tmp_path, monkeypatch, capsys):
+    from s2b.runs import StageFailed, RunFolderError, check_out_dir
+    _toy_stage(tmp_path, monkeypatch)
+    out = tmp_path/"run"
+    report = execute_stage("toy", out, {"value": 1}, progress=False)
+    good = {f: (out/f).read_bytes() for f in ("report.ipynb", "metrics.json", "run.json")}
+    with pytest.raises(StageFailed) as e: execute_stage("toy", out, {"value": 2, "fail": True}, progress=False)
+    msg = str(e.value)
+    assert "bad value" in msg and "report.failed.ipynb" in msg and "kept as it was" in msg
+    failed = Path(msg.split("read the failed notebook: ")[1].split()[0])
+    assert failed.exists() and failed.parent != out
+    assert {f: (out/f).read_bytes() for f in good} == good                         # the finished run, untouched
+    execute_stage("toy", out, {"value": 1}, progress=False)
+    assert "already finished" in capsys.readouterr().out                           # and still finished
+    execute_stage("toy", out, {"value": 3}, progress=False)                         # a rerun that succeeds replaces it
+    assert json.loads((out/"metrics.json").read_text()) == {"value": 3, "out": str(out)}   # paths point at the run folder
+    rec = json.loads((out/"run.json").read_text())
+    assert rec["notebook_params"]["out"] == str(out) and not (tmp_path/".run.next").exists() and report.exists()
+    with pytest.raises(RunFolderError, match="holds a toy run"): check_out_dir("profile", out)
+    with pytest.raises(RunFolderError, match="is a file"): check_out_dir("toy", out/"metrics.json")
+
+@pytest.mark.slow
+def test_an_edited_input_is_not_a_finished_run(tmp_path, monkeypatch):
+    _toy_stage(tmp_path, monkeypatch)
+    survey = tmp_path/"survey.json"; survey.write_text('{"items": []}')
+    params = {"value": 1, "survey": str(survey)}
+    execute_stage("toy", tmp_path/"run", params, progress=False)
+    assert stage_done(tmp_path/"run", params)
+    survey.write_text('{"items": [1]}')                                            # same path, other content
+    assert not stage_done(tmp_path/"run", params)
+
+def test_kernel_files_of_a_killed_run_are_removed(tmp_path):
+    import subprocess, sys
+    from s2b.runs import clean_kernel_files
+    p = subprocess.Popen([sys.executable, "-c", "pass"]); p.wait()                # a process that is gone
+    f = Path(tempfile.gettempdir())/f"s2b-kernel-{p.pid}-deadbeef0000-1"; f.write_text("")
+    mine = Path(tempfile.gettempdir())/f"s2b-kernel-{os.getpid()}-deadbeef0000-1"; mine.write_text("")
+    try:
+        gone = clean_kernel_files()
+        assert f in gone and not f.exists() and mine.exists()                       # a live process's files stay
+    finally: mine.unlink(missing_ok=True); f.unlink(missing_ok=True)
+
+@pytest.mark.slow
+def test_a_terminated_run_leaves_no_kernel_files(tmp_path):
+    "SIGTERM to `s2b` ends the stage kernel and removes its sockets and connection file."
+    import nbformat, signal, subprocess, sys, time
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import time"),
+                                         nbformat.v4.new_code_cell('out = runs_dir = figures = "x"', metadata={"tags": ["parameters"]}),
+                                         nbformat.v4.new_code_cell("time.sleep(120)")])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path/"sleep.ipynb")
+    code = ("import pathlib, sys, s2b.runs as R, s2b.cli as C; R.stage_notebook = lambda s: pathlib.Path(sys.argv[1]); "
+            "sys.exit(C.main(['report', '--runs-dir', sys.argv[2], '--figures', sys.argv[3]]))")
+    p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path/"sleep.ipynb"), str(tmp_path/"runs"), str(tmp_path/"figs")],
+                         cwd=repo_root(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    files = lambda: list(Path(tempfile.gettempdir()).glob(f"s2b-kernel-{p.pid}-*"))
+    t0 = time.time()
+    while not files() and time.time() - t0 < 120: time.sleep(0.5)
+    assert files(), "the stage kernel did not start"
+    time.sleep(3)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in out
+    assert not files()
