@@ -204,12 +204,13 @@ def test_recipe_schema_from_defaults(tmp_path):
     p = tmp_path/"r.yaml"; p.write_text("lora: [r: 8\n")
     with pytest.raises(ValueError, match=f"recipe {p}: not valid YAML \\(line 2"): load_recipe(p)
     import s2b.finetune as ft
-    new = {**ft.DEFAULTS, "data": {**ft.DEFAULTS["data"], "anchor": None}}   # a key added to DEFAULTS is accepted at once
+    new = {**ft.DEFAULTS, "data": {**ft.DEFAULTS["data"], "new_setting": None}}   # a key added to DEFAULTS is accepted at once
     old = ft.DEFAULTS
     try:
         ft.DEFAULTS = new
-        assert load_recipe({"data": {"anchor": "baseline"}})["data"]["anchor"] == "baseline"
+        assert load_recipe({"data": {"new_setting": "x"}})["data"]["new_setting"] == "x"
     finally: ft.DEFAULTS = old
+    with pytest.raises(ValueError, match="data.anchor must be one of"): load_recipe({"data": {"anchor": "baseline"}})
 
 _SMALL = {"lora.r": 2, "lora.alpha": 4, "training.max_steps": 4, "training.per_device_train_batch_size": 2,
           "training.eval_every": 1, "training.warmup_ratio": 0.0, "training.early_stopping_patience": 10,
