@@ -23,7 +23,8 @@ __all__ = ['LABELS', 'ROLES', 'SCRUPLES_MAP', 'LOADERS', 'INSTRUCTION', 'ELLIPSI
            'detect_format', 'parse_values', 'load_posts', 'aita_prompt', 'split_post', 'default_max_length',
            'fit_prompt', 'label_logprobs', 'renormalize', 'coverage', 'score_post', 'scoring_config', 'score_posts',
            'post_gains', 'bootstrap_means', 'summarize_gains', 'judgment_profile', 'aita_metrics', 'metrics_table',
-           'plot_gain', 'plot_label_distributions', 'plot_profile', 'save_figure', 'default_out', 'run_aita']
+           'gain_verdict', 'plot_gain', 'plot_label_distributions', 'plot_profile', 'save_figure', 'default_out',
+           'run_aita']
 
 # %% ../nbs/05_aita.ipynb #02bba295
 LABELS: tuple[str, ...] = ("NTA", "YTA", "Neutral")
@@ -538,6 +539,20 @@ def metrics_table(metrics: dict) -> pd.DataFrame:
     rows.append({"value": "weighted mean", **{k: x for k, x in wm.items() if k != "coverage"},
                  **{f"coverage_{r}": c for r, c in wm["coverage"].items()}})
     return pd.DataFrame(rows).set_index("value")
+
+# %% ../nbs/05_aita.ipynb #1480e038
+def gain_verdict(e: dict, direction: str = "down") -> str:
+    "One line in words for a value's entry of `metrics['values']`: its gain with the CI, against 0 and against the placebo."
+    if e.get("gain") is None: return "no gain (no control)"
+    sign = -1 if direction == "up" else 1
+    lo, hi = sorted((sign * e["gain_ci"][0], sign * e["gain_ci"][1]))
+    pl = e.get("placebo_gain"); pl_s = None if pl is None else sign * pl
+    if lo <= 0 <= hi: word = "no effect distinguishable from 0 (the CI includes 0)"
+    elif hi < 0: word = "a shift against the intended direction"
+    elif pl_s is not None and pl_s >= lo: word = "a shift in the intended direction, but not beyond its placebo"
+    else: word = "a shift in the intended direction, beyond its placebo" if pl_s is not None else "a shift in the intended direction (no placebo)"
+    return (f"gain {e['gain']:+.3f} [{e['gain_ci'][0]:+.3f}, {e['gain_ci'][1]:+.3f}] over {e.get('n')} posts"
+            + (f", placebo {pl:+.3f}" if pl is not None else "") + f" (intended sign {'−' if sign < 0 else '+'}): {word}")
 
 # %% ../nbs/05_aita.ipynb #4816b1f4
 def plot_gain(metrics: dict, ax=None):

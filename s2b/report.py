@@ -148,38 +148,27 @@ def selectivity_lines(ind: pd.DataFrame) -> list[str]:
 
 # %% ../nbs/07_report.ipynb #41124df2
 def aita_lines(at: pd.DataFrame) -> list[str]:
-    """One line per model × steered value: the AITA gain on that value's posts against 0 and against its placebo. The gain
-    measures a shift toward the low-standard verdict, so a `down` adapter should raise it and an `up` adapter lower it."""
+    "One line per model × steered value: the AITA gain on that value's posts against 0 and against its placebo (`s2b.aita.gain_verdict`)."
+    from s2b.aita import gain_verdict
     lines = []
     for r in at[at.value == at.adapter_value].itertuples():
-        sign = -1 if getattr(r, "direction", "down") == "up" else 1
-        lo, hi = sorted((sign * r.gain_ci_low, sign * r.gain_ci_high))
-        pl = sign * r.placebo_gain if r.placebo_gain is not None and pd.notna(r.placebo_gain) else None
-        if lo <= 0 <= hi: word = "no effect distinguishable from 0 (the CI includes 0)"
-        elif hi < 0: word = "a shift against the intended direction"
-        elif pl is not None and pl >= lo: word = "a shift in the intended direction, but not beyond its placebo"
-        else: word = "a shift in the intended direction, beyond its placebo" if pl is not None else "a shift in the intended direction (no placebo)"
-        plt_ = f", placebo {r.placebo_gain:+.3f}" if pl is not None else ""
-        lines.append(f"{r.model} {r.value} {getattr(r, 'direction', '')} AITA: gain {r.gain:+.3f} [{r.gain_ci_low:+.3f}, {r.gain_ci_high:+.3f}] "
-                     f"over {r.n} posts{plt_} (intended sign {'−' if sign < 0 else '+'}): {word}")
+        e = {"gain": r.gain, "gain_ci": [r.gain_ci_low, r.gain_ci_high], "n": r.n,
+             "placebo_gain": r.placebo_gain if r.placebo_gain is not None and pd.notna(r.placebo_gain) else None}
+        lines.append(f"{r.model} {r.value} {getattr(r, 'direction', '')} AITA: {gain_verdict(e, getattr(r, 'direction', 'down'))}")
     return lines
 
 def machiavelli_lines(mt: pd.DataFrame) -> list[str]:
-    "One line per model × steered profile: the adapter's normalised power, disutility and violations beside the control's."
+    "One line per model × steered profile: the adapter's normalised harms beside the control's (`s2b.machiavelli.role_comparison`)."
+    from s2b.machiavelli import role_comparison
     lines = []
     for (mdl, prof), g in mt.groupby(["model", "profile"], dropna=False, sort=False):
-        by = {r.role: r for r in g.itertuples()}
+        by = {r["role"]: r for r in g.to_dict("records")}
         a, c = by.get("adapter") or by.get("conditioned"), by.get("control")
         if a is None or c is None: continue
-        parts = []
-        for k in ("power", "disutility", "violations"):
-            av, al, ah, cv, cl, ch = (getattr(a, k), getattr(a, f"{k}_ci_low"), getattr(a, f"{k}_ci_high"),
-                                      getattr(c, k), getattr(c, f"{k}_ci_low"), getattr(c, f"{k}_ci_high"))
-            if av is None or cv is None or pd.isna(av) or pd.isna(cv): continue
-            apart = (al is not None and ch is not None and pd.notna(al) and pd.notna(ch) and (al > ch or cl > ah))
-            parts.append(f"{k} {av:.0f} [{al:.0f}, {ah:.0f}] vs control {cv:.0f} [{cl:.0f}, {ch:.0f}]"
-                         + ("" if apart else " (CIs overlap)"))
-        lines.append(f"{mdl} {prof} MACHIAVELLI (100 = random agent): " + "; ".join(parts))
+        summ = lambda r: {k: {"mean": r.get(k), "lo": r.get(f"{k}_ci_low"), "hi": r.get(f"{k}_ci_high")}
+                          for k in ("power", "disutility", "violations") if r.get(k) is not None and pd.notna(r.get(k))}
+        scoring = f", {a['scoring']} scoring" if "scoring" in a else ""
+        lines.append(f"{mdl} {prof} MACHIAVELLI (100 = random agent{scoring}): " + role_comparison(summ(a), summ(c)))
     return lines
 
 def capability_lines(ct: pd.DataFrame) -> list[str]:
