@@ -54,21 +54,24 @@ def test_prefix_sharing_equals_plain(lm, small):
     p_shared, _ = score_shared(lm, enc, batch_size=5)
     assert np.abs(p_plain - p_shared).max() < 1e-3
 
-@pytest.mark.model
-def test_resume_after_interruption_gives_identical_table(lm, small, tmp_path):
-    s, _ = small
-    full, _ = rate(lm, s, cache=tmp_path/"full.parquet", batch_size=1, flush_every=4)
-    calls = {"n": 0}
+def _kill_at_call(monkeypatch, n):
+    "Make the n-th call of `s2b.profile.score_shared` raise KeyboardInterrupt (a kill mid-run); returns the undo."
     import s2b.profile as P
-    orig = P.score_shared
+    orig, calls = P.score_shared, {"n": 0}
     def dying(*a, **k):
         calls["n"] += 1
-        if calls["n"] == 2: raise KeyboardInterrupt("killed")
+        if calls["n"] == n: raise KeyboardInterrupt("killed")
         return orig(*a, **k)
-    P.score_shared = dying
-    try:
-        with pytest.raises(KeyboardInterrupt): rate(lm, s, cache=tmp_path/"r.parquet", batch_size=1, flush_every=4)
-    finally: P.score_shared = orig
+    monkeypatch.setattr(P, "score_shared", dying)
+    return lambda: monkeypatch.setattr(P, "score_shared", orig)
+
+@pytest.mark.model
+def test_resume_after_interruption_gives_identical_table(lm, small, tmp_path, monkeypatch):
+    s, _ = small
+    full, _ = rate(lm, s, cache=tmp_path/"full.parquet", batch_size=1, flush_every=4)
+    undo = _kill_at_call(monkeypatch, 2)
+    with pytest.raises(KeyboardInterrupt): rate(lm, s, cache=tmp_path/"r.parquet", batch_size=1, flush_every=4)
+    undo()
     partial = pd.read_parquet(tmp_path/"r.parquet")
     assert 0 < len(partial) < len(full)
     resumed, stats = rate(lm, s, cache=tmp_path/"r.parquet", batch_size=1, flush_every=4)
@@ -101,20 +104,13 @@ def test_run_profile_writes_the_run_directory(lm, tmp_path):
     assert m2 == json.loads((tmp_path/"metrics.json").read_text())       # finished: reused, not recomputed
 
 @pytest.mark.model
-def test_killed_profile_resumes_to_the_clean_numbers(lm, tmp_path):
+def test_killed_profile_resumes_to_the_clean_numbers(lm, tmp_path, monkeypatch):
     "Batches are fixed by the survey, not by what is left: a run killed midway and resumed equals a clean run within 1e-6."
     s = load_survey("bundled").split("test").subset(limit=6).with_templates([0, 1, 2]).with_instructions([0, 1])
     clean, _ = rate(lm, s, batch_size=4)
-    import s2b.profile as P
-    orig, calls = P.score_shared, {"n": 0}
-    def dying(*a, **k):
-        calls["n"] += 1
-        if calls["n"] == 4: raise KeyboardInterrupt("killed")
-        return orig(*a, **k)
-    P.score_shared = dying
-    try:
-        with pytest.raises(KeyboardInterrupt): rate(lm, s, cache=tmp_path/"r.parquet", batch_size=4, flush_seconds=0)
-    finally: P.score_shared = orig
+    undo = _kill_at_call(monkeypatch, 4)
+    with pytest.raises(KeyboardInterrupt): rate(lm, s, cache=tmp_path/"r.parquet", batch_size=4, flush_seconds=0)
+    undo()
     partial = pd.read_parquet(tmp_path/"r.parquet")
     assert len(partial) == 3 * 4                                  # every finished batch reached the disk (flush by time)
     resumed, stats = rate(lm, s, cache=tmp_path/"r.parquet", batch_size=4)
