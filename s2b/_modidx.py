@@ -112,6 +112,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               's2b.finetune._checkpoint_ok': ('finetune.html#_checkpoint_ok', 's2b/finetune.py'),
                               's2b.finetune._clock': ('finetune.html#_clock', 's2b/finetune.py'),
                               's2b.finetune._collator': ('finetune.html#_collator', 's2b/finetune.py'),
+                              's2b.finetune._evaluates': ('finetune.html#_evaluates', 's2b/finetune.py'),
                               's2b.finetune._is_int': ('finetune.html#_is_int', 's2b/finetune.py'),
                               's2b.finetune._linear_names': ('finetune.html#_linear_names', 's2b/finetune.py'),
                               's2b.finetune._lora_model': ('finetune.html#_lora_model', 's2b/finetune.py'),

@@ -197,9 +197,8 @@ def intervention_data(survey: Survey, baseline, targets: dict[str, int], lm: LM,
     probs = baseline.set_index(KEY)[PCOLS] if dist else None
     enc = encode_variants(lm, survey)
     others = enc[~enc.value.isin(list(targets))]
-    missing = sorted(set(others.item_id) - set(answers)) if not dist else \
-        [k[0] for k in others[KEY].itertuples(index=False) if k not in probs.index]
-    if not dist: missing += [i for i in others.item_id.unique() if i in answers and pd.isna(answers[i])]
+    missing = ([k[0] for k in others[KEY].itertuples(index=False) if k not in probs.index] if dist
+               else [i for i in others.item_id.unique() if pd.isna(answers.get(i))])
     if missing: raise ValueError(f"no baseline rating for {len(missing)} items, e.g. {sorted(set(missing))[:3]}")
     rows = []
     for r in enc.itertuples():
@@ -300,6 +299,10 @@ def _anchored_trainer():
             return (loss, outputs) if return_outputs else loss
     return AnchoredTrainer
 
+def _evaluates(training: dict) -> bool:
+    "False for `eval_every: null`: a fixed number of steps with no evaluation, no early stopping and the last step kept."
+    return training["eval_every"] is not None
+
 def sft_trainer(lm: LM, train: pd.DataFrame, evald: pd.DataFrame | None, cfg: dict, out_dir, backend: str = "hf", seed: int = 0):
     "A transformers `Trainer` for the pre-tokenised examples, with the loss on the answer tokens only."
     import torch
@@ -317,7 +320,7 @@ def sft_trainer(lm: LM, train: pd.DataFrame, evald: pd.DataFrame | None, cfg: di
     ds_train = _ds(train)
     # eval_every: null trains a fixed number of steps with no evaluation, no early stopping and the last step kept (a control
     # matched to its adapter step for step); checkpoints are then saved every 20 steps
-    no_eval = t["eval_every"] in (None, "none", 0)
+    no_eval = not _evaluates(t)
     ds_eval = _ds(evald) if evald is not None and len(evald) and not no_eval else None
     by_epoch = t["eval_every"] == "epoch"
     every = 20 if no_eval else (None if by_epoch else int(t["eval_every"]))
@@ -437,7 +440,7 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     eval_s = full.split("eval")
     if d.get("eval_limit"): eval_s = eval_s.subset(limit=int(d["eval_limit"]))
     from dataclasses import replace
-    if cfg["training"]["eval_every"] in (None, "none", 0): eval_s = replace(eval_s, items=[])   # no evaluation: no eval items
+    if not _evaluates(cfg["training"]): eval_s = replace(eval_s, items=[])   # no evaluation: no eval items to rate
     # the baseline is rated by the plain model; the LoRA model is built on a fresh copy
     lm = load_model(model, backend="hf", training=False)
     both = replace(train_s, items=train_s.items + eval_s.items)
