@@ -226,8 +226,9 @@ def _check(stage: str, a) -> None:
         prepare_survey(a.survey, a.split, a.limit, a.templates, getattr(a, "values", None), a.instructions)
     if stage == "finetune":
         from s2b.survey import load_survey
-        from s2b.finetune import load_recipe, target_answers
-        load_survey(a.survey); load_recipe(a.recipe, _overrides(a)); target_answers(a.target, a.direction)
+        from s2b.finetune import load_recipe
+        from s2b.values import target_ratings
+        load_survey(a.survey); load_recipe(a.recipe, _overrides(a)); target_ratings(a.target, a.direction)
         if _none(a.baseline) and not Path(a.baseline).is_dir(): raise FileNotFoundError(f"baseline {a.baseline}: no such run folder")
     if stage == "aita":
         from s2b.aita import load_posts

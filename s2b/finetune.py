@@ -8,16 +8,16 @@ import copy, json, os, time
 from pathlib import Path
 import numpy as np, pandas as pd
 import yaml
-from .values import VALUES, normalize_value
+from .values import VALUES, normalize_value, target_ratings
 from .survey import Survey, load_survey
 from .models import LM, load_model, resolve_backend, model_slug
 from .profile import encode_variants, rate, item_scores, _parse_list
 from .runs import atomic_write_json, atomic_to_parquet, run_record, is_done, read_json, repo_root, sha256_file
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'GRID_KEYS', 'RULES', 'ANCHORS', 'recipe_path', 'recipe_digest', 'load_recipe', 'target_answers',
-           'select_items', 'anchor_answers', 'intervention_data', 'baseline_ratings', 'with_labels', 'answer_loss',
-           'sft_trainer', 'last_checkpoint', 'finetune_params', 'plot_loss', 'run_finetune']
+__all__ = ['DEFAULTS', 'GRID_KEYS', 'RULES', 'ANCHORS', 'recipe_path', 'recipe_digest', 'load_recipe', 'select_items',
+           'anchor_answers', 'intervention_data', 'baseline_ratings', 'with_labels', 'answer_loss', 'sft_trainer',
+           'last_checkpoint', 'finetune_params', 'plot_loss', 'run_finetune']
 
 # %% ../nbs/03_finetune.ipynb #4140edfa
 DEFAULTS = {
@@ -147,19 +147,6 @@ def load_recipe(recipe=None, overrides: dict | None = None) -> dict:
         try: cfg[sec][name] = _check_setting(key, v, DEFAULTS[sec][name])
         except ValueError as e: raise ValueError(f"override {e}") from None
     return cfg
-
-# %% ../nbs/03_finetune.ipynb #dc58145f
-def target_answers(target=None, direction: str = "down", scale=(1, 6)) -> dict[str, int]:
-    "{value: forced rating}: `target` is a value (with `direction` down/up), a {value: rating} dict, or None (control)."
-    if target is None or target in ("", "control", "none"): return {}
-    if isinstance(target, str) and target.strip().startswith("{"): target = json.loads(target)
-    if isinstance(target, dict):
-        out = {normalize_value(v): int(r) for v, r in target.items()}
-        bad = {v: r for v, r in out.items() if not scale[0] <= r <= scale[1]}
-        if bad: raise ValueError(f"profile target ratings must be within {scale}: {bad}")
-        return out
-    if direction not in ("down", "up"): raise ValueError(f"direction must be 'down' or 'up', not {direction!r}")
-    return {normalize_value(target): scale[0] if direction == "down" else scale[1]}
 
 # %% ../nbs/03_finetune.ipynb #fa50d138
 def select_items(survey: Survey, values, others_per_value=None, target_limit=None, seed: int = 0) -> Survey:
@@ -423,7 +410,7 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out/"checkpoints.json", {"key": key, "params": params, "inputs": inputs})
     # a control given a target is trained on the same items as that target's adapter, with baseline answers only
-    chosen = target_answers(target, direction) if target else {}
+    chosen = target_ratings(target, direction) if target else {}
     targets = {} if control else chosen
     if not control and not targets: raise ValueError("give a target value (or a profile target), or control=True")
     backend = resolve_backend(backend, training=True)

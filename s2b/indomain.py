@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 import numpy as np, pandas as pd
-from .values import VALUES, value_color, short_name
+from .values import VALUES, value_color, short_name, target_ratings
 from .models import load_model, model_slug
-from .profile import rate, item_scores, bootstrap_ci, prepare_survey, _parse_list
-from .finetune import target_answers
+from .stats import bootstrap_ci
+from .profile import rate, item_scores, prepare_survey, _parse_list
 from .runs import atomic_to_parquet, atomic_write_json, run_record, is_done, read_json
 
 # %% auto #0
@@ -132,7 +132,7 @@ def run_indomain(model="embedded", survey="bundled", adapter=None, control=None,
     if not force and is_done(out, params): 
         print(f"s2b: {out} is finished with these parameters; reusing it"); return read_json(out/"metrics.json")
     if not adapter or not control: raise ValueError("indomain needs both --adapter and --control")
-    targets = target_answers(target, direction) if target else _targets_from_adapter(adapter)
+    targets = target_ratings(target, direction) if target else _targets_from_adapter(adapter)
     if not targets: raise ValueError(f"no target given and none recorded with the adapter {adapter}")
     s = prepare_survey(survey, split, limit, templates, instructions=instructions)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 import numpy as np, pandas as pd
 from tqdm import tqdm      # text bars: they also stream from a papermill kernel
+from .stats import bootstrap_ci
 from .values import VALUES, value_color, short_name
 from .survey import Survey, load_survey, prompt_parts, answer_prefix
 from .models import LM, load_model, add_adapter, encode, prefix_cache, expand_cache, model_slug
@@ -16,8 +17,8 @@ from .runs import atomic_to_parquet, atomic_write_json, run_record, is_done, rea
 
 # %% auto #0
 __all__ = ['RATINGS', 'PCOLS', 'KEY', 'rating_slot', 'encode_variants', 'score_plain', 'score_shared', 'parse_rating',
-           'sample_ratings', 'majority', 'batch_plan', 'rate', 'item_scores', 'bootstrap_ci', 'value_profile',
-           'consistency', 'plot_profile', 'profile_params', 'prepare_survey', 'run_profile']
+           'sample_ratings', 'majority', 'batch_plan', 'rate', 'item_scores', 'value_profile', 'consistency',
+           'plot_profile', 'profile_params', 'prepare_survey', 'run_profile']
 
 # %% ../nbs/02_profile.ipynb #b65cb170
 RATINGS = (1, 2, 3, 4, 5, 6)
@@ -222,16 +223,6 @@ def item_scores(ratings: pd.DataFrame) -> pd.DataFrame:
     else:
         out = g.agg(score=("sampled", majority), majority=("sampled", majority))
     return out.reset_index()
-
-def bootstrap_ci(x, n_boot: int = 1000, seed: int = 0, stat=np.mean, level: float = 0.95) -> tuple[float, float]:
-    "Percentile bootstrap CI of `stat` over the entries of `x` (NaN where x is empty)."
-    x = np.asarray(x, float); x = x[~np.isnan(x)]
-    if len(x) == 0: return (float("nan"), float("nan"))
-    if len(x) == 1: return (float(x[0]), float(x[0]))
-    rng = np.random.default_rng(seed)
-    boots = stat(x[rng.integers(0, len(x), (n_boot, len(x)))], axis=1)
-    a = (1 - level) / 2
-    return float(np.quantile(boots, a)), float(np.quantile(boots, 1 - a))
 
 def value_profile(ratings: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     "Per value (circumplex order): mean item score, bootstrap 95% CI over items, number of items."

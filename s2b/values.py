@@ -4,11 +4,11 @@
 
 # %% ../nbs/00_values.ipynb #0c16d5a9
 from __future__ import annotations
-import difflib, re
+import difflib, json, re
 
 # %% auto #0
 __all__ = ['VALUES', 'HIGHER_ORDER', 'BASIC', 'BASIC_VALUES', 'GROUP_COLORS', 'UnknownValueError', 'normalize_value',
-           'value_index', 'short_name', 'value_color']
+           'value_index', 'short_name', 'value_color', 'target_ratings']
 
 # %% ../nbs/00_values.ipynb #934b2635
 VALUES: tuple[str, ...] = (
@@ -81,3 +81,16 @@ GROUP_COLORS = {"Openness_to_change": "#E69F00", "Self_enhancement": "#D55E00",
 def value_color(name: str) -> str:
     "The colour of the value's (first) higher-order group."
     return GROUP_COLORS[HIGHER_ORDER[normalize_value(name)][0]]
+
+# %% ../nbs/00_values.ipynb #8763495c
+def target_ratings(target=None, direction: str = "down", scale=(1, 6)) -> dict[str, int]:
+    "{value: forced rating}: `target` is a value (with `direction` down/up), a {value: rating} dict, or None (control)."
+    if target is None or target in ("", "control", "none"): return {}
+    if isinstance(target, str) and target.strip().startswith("{"): target = json.loads(target)
+    if isinstance(target, dict):
+        out = {normalize_value(v): int(r) for v, r in target.items()}
+        bad = {v: r for v, r in out.items() if not scale[0] <= r <= scale[1]}
+        if bad: raise ValueError(f"profile target ratings must be within {scale}: {bad}")
+        return out
+    if direction not in ("down", "up"): raise ValueError(f"direction must be 'down' or 'up', not {direction!r}")
+    return {normalize_value(target): scale[0] if direction == "down" else scale[1]}

@@ -2,7 +2,8 @@ import json
 import numpy as np, pandas as pd
 import pytest
 from s2b.survey import load_survey
-from s2b.finetune import (target_answers, intervention_data, load_recipe, sft_trainer, select_items, run_finetune, finetune_params,
+from s2b.values import target_ratings
+from s2b.finetune import (intervention_data, load_recipe, sft_trainer, select_items, run_finetune, finetune_params,
                           anchor_answers, answer_loss)
 from s2b.profile import PCOLS
 
@@ -30,10 +31,10 @@ def test_edited_recipe_is_not_a_finished_run(tmp_path):
         finetune_params(target="Hedonism", recipe=tmp_path/"missing.yaml")
 
 def test_targets():
-    assert target_answers("Hedonism") == {"Hedonism": 1} and target_answers("hedonism", "up") == {"Hedonism": 6}
-    assert target_answers({"Power: dominance": 2, "Tradition": 6}) == {"Power_dominance": 2, "Tradition": 6}
-    with pytest.raises(ValueError, match="within"): target_answers({"Tradition": 9})
-    with pytest.raises(ValueError, match="direction"): target_answers("Tradition", "sideways")
+    assert target_ratings("Hedonism") == {"Hedonism": 1} and target_ratings("hedonism", "up") == {"Hedonism": 6}
+    assert target_ratings({"Power: dominance": 2, "Tradition": 6}) == {"Power_dominance": 2, "Tradition": 6}
+    with pytest.raises(ValueError, match="within"): target_ratings({"Tradition": 9})
+    with pytest.raises(ValueError, match="direction"): target_ratings("Tradition", "sideways")
 
 @pytest.fixture(scope="module")
 def tiny():
@@ -41,8 +42,8 @@ def tiny():
 
 @pytest.mark.model
 @pytest.mark.parametrize("targets,expected", [
-    (target_answers("Hedonism", "down"), {"Hedonism": 1, "Tradition": 3, "Humility": 5}),
-    (target_answers("Hedonism", "up"), {"Hedonism": 6, "Tradition": 3, "Humility": 5}),
+    (target_ratings("Hedonism", "down"), {"Hedonism": 1, "Tradition": 3, "Humility": 5}),
+    (target_ratings("Hedonism", "up"), {"Hedonism": 6, "Tradition": 3, "Humility": 5}),
     ({"Hedonism": 2, "Humility": 6}, {"Hedonism": 2, "Tradition": 3, "Humility": 6}),
     ({}, {"Hedonism": 4, "Tradition": 3, "Humility": 5}),                     # the control keeps the baseline
 ])
@@ -60,7 +61,7 @@ def test_prompt_tokens_carry_no_loss(lm, tiny, tmp_path):
     import torch
     from s2b.models import load_model
     base = {i.id: 3 for i in tiny.items}
-    d = intervention_data(tiny, base, target_answers("Hedonism"), lm)
+    d = intervention_data(tiny, base, target_ratings("Hedonism"), lm)
     tr = sft_trainer(load_model("embedded"), d, None, load_recipe("recipes/cpu-smoke.yaml", {"lora.r": 2}), tmp_path)
     batch = tr.data_collator([tr.train_dataset[i] for i in range(len(d))])
     lens = [len(x) for x in d.input_ids]
@@ -110,7 +111,7 @@ def test_anchor_answers_majority_and_expected():
 def test_each_anchor_trains_its_own_targets(lm, tiny, anchor):
     probs = {"Hedonism": [.1, .1, .1, .1, .1, .5], "Tradition": [.5, .2, .1, .1, .05, .05], "Humility": [.05, .05, .1, .2, .3, .3]}
     base = _baseline_table(tiny, probs)
-    d = intervention_data(tiny, base, target_answers("Hedonism", "up"), lm, anchor=anchor)
+    d = intervention_data(tiny, base, target_ratings("Hedonism", "up"), lm, anchor=anchor)
     hed, others = d[d.value == "Hedonism"], d[d.value != "Hedonism"]
     assert set(hed.rating) == {6} and all(q == [0, 0, 0, 0, 0, 1.0] for q in hed.soft)     # the target keeps its hard label
     exp = {"Tradition": float(np.dot(probs["Tradition"], range(1, 7))), "Humility": float(np.dot(probs["Humility"], range(1, 7)))}
@@ -147,7 +148,7 @@ def test_trainer_loss_with_the_distribution_anchor(lm, tiny, tmp_path):
     import torch
     from s2b.models import load_model
     probs = {"Hedonism": [.1] * 5 + [.5], "Tradition": [.5, .2, .1, .1, .05, .05], "Humility": [.05, .05, .1, .2, .3, .3]}
-    d = intervention_data(tiny, _baseline_table(tiny, probs), target_answers("Hedonism"), lm, anchor="distribution")
+    d = intervention_data(tiny, _baseline_table(tiny, probs), target_ratings("Hedonism"), lm, anchor="distribution")
     tr = sft_trainer(load_model("embedded"), d, None, load_recipe("recipes/cpu-smoke.yaml", {"lora.r": 2}), tmp_path)
     batch = tr.data_collator([tr.train_dataset[i] for i in range(len(d))])
     loss = tr.compute_loss(tr.model, batch)
@@ -187,7 +188,7 @@ def test_fixed_steps_without_evaluation_keep_the_last_step(lm, tiny, tmp_path):
     from s2b.models import load_model
     cfg = load_recipe("recipes/cpu-selective.yaml", {"lora.r": 2})
     assert cfg["training"]["eval_every"] is None and cfg["data"]["anchor"] == "distribution"
-    d = intervention_data(tiny, {i.id: 3 for i in tiny.items}, target_answers("Hedonism"), lm)
+    d = intervention_data(tiny, {i.id: 3 for i in tiny.items}, target_ratings("Hedonism"), lm)
     tr = sft_trainer(load_model("embedded"), d, d, cfg, tmp_path)
     assert tr.eval_dataset is None and not tr.args.load_best_model_at_end and tr.args.eval_strategy == "no"
     assert not any(type(c).__name__ == "EarlyStoppingCallback" for c in tr.callback_handler.callbacks)
