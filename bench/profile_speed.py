@@ -108,7 +108,8 @@ def run_mode(lm, survey, mode, fc, bs, flush, seed=0):
 
 def lmeval_prompts(lm, survey):
     "(variants frame, contexts, continuations per variant): the same prompt text as s2b, continuations '{space}1'..'{space}6'."
-    from s2b.survey import prompt_parts, answer_prefix
+    from s2b.prompts import prompt_parts
+    from s2b.survey import answer_prefix
     df = survey.variants()
     stmt = {i.id: i.statement for i in survey.items}
     ctx, conts = [], []

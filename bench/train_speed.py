@@ -167,7 +167,8 @@ def child(a):
     _import_backend(cfg["backend"], cfg["pad"])
     import torch
     from s2b.models import load_model, default_device
-    from s2b.finetune import load_recipe, sft_trainer
+    from s2b.recipes import load_recipe
+    from s2b.finetune import sft_trainer
     if a.threads: torch.set_num_threads(a.threads)
     device = a.device or default_device(); cuda = device.startswith("cuda")
     t0 = time.time()

@@ -6,7 +6,8 @@
 from __future__ import annotations
 import argparse, os, sys, time
 from pathlib import Path
-from .runs import execute_stage, StageFailed
+from .stages import execute_stage, StageFailed
+from .runs import input_path
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -15,11 +16,8 @@ __all__ = ['build_parser', 'main']
 def _none(x): return None if x in (None, "", "none", "None") else x
 
 def _abs(x):
-    "Paths are resolved here, since the notebook runs inside its run directory."
-    x = _none(x)
-    if x is None or x == "bundled" or "://" in str(x): return x
-    p = Path(x).expanduser()
-    return str(p.resolve()) if p.exists() else x
+    "A path argument resolved here (`s2b.runs.input_path`), since the notebook runs inside its run directory."
+    return input_path(_none(x))
 
 class _Parser(argparse.ArgumentParser):
     "argparse whose errors are one line (no usage block)."
@@ -168,7 +166,7 @@ def _overrides(a) -> dict:
 
 def _finetune_params(a) -> dict:
     import json
-    from s2b.finetune import recipe_digest
+    from s2b.recipes import recipe_digest
     if not a.control and not a.target: raise ValueError("s2b finetune: give --target VALUE (or --control)")
     return dict(model=_abs(a.model), survey=_abs(a.survey), target=a.target, direction=a.direction,   # a control keeps its target's items
                 control=a.control, recipe=_abs(a.recipe), overrides=json.dumps(_overrides(a)), baseline=_abs(a.baseline),
@@ -213,7 +211,7 @@ def _demo(a) -> int:
 def _check(stage: str, a) -> None:
     "Everything that can be checked without loading a model, named: out folder, model, adapters, survey, recipe, target, posts, games."
     from s2b.models import check_model, check_adapter
-    from s2b.runs import check_out_dir
+    from s2b.stages import check_out_dir
     if getattr(a, "allow_other_base", False): os.environ["S2B_ALLOW_OTHER_BASE"] = "1"   # the stage kernel inherits these
     if getattr(a, "refresh", False): os.environ["S2B_REFRESH"] = "1"
     if getattr(a, "revision", None): os.environ["S2B_MODEL_REVISION"] = a.revision
@@ -226,7 +224,7 @@ def _check(stage: str, a) -> None:
         prepare_survey(a.survey, a.split, a.limit, a.templates, getattr(a, "values", None), a.instructions)
     if stage == "finetune":
         from s2b.survey import load_survey
-        from s2b.finetune import load_recipe
+        from s2b.recipes import load_recipe
         from s2b.values import target_ratings
         load_survey(a.survey); load_recipe(a.recipe, _overrides(a)); target_ratings(a.target, a.direction)
         if _none(a.baseline) and not Path(a.baseline).is_dir(): raise FileNotFoundError(f"baseline {a.baseline}: no such run folder")

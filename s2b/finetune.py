@@ -4,149 +4,19 @@
 
 # %% ../nbs/03_finetune.ipynb #c586c86c
 from __future__ import annotations
-import copy, json, os, time
+import json, os, time
 from pathlib import Path
 import numpy as np, pandas as pd
-import yaml
 from .values import VALUES, normalize_value, target_ratings
+from .recipes import load_recipe, recipe_digest
 from .survey import Survey, load_survey
 from .models import LM, load_model, resolve_backend, model_slug
 from .profile import encode_variants, rate, item_scores, _parse_list
 from .runs import atomic_write_json, atomic_to_parquet, run_record, is_done, read_json, repo_root, sha256_file
 
 # %% auto #0
-__all__ = ['DEFAULTS', 'GRID_KEYS', 'RULES', 'ANCHORS', 'recipe_path', 'recipe_digest', 'load_recipe', 'select_items',
-           'anchor_answers', 'intervention_data', 'baseline_ratings', 'with_labels', 'answer_loss', 'sft_trainer',
-           'last_checkpoint', 'finetune_params', 'plot_loss', 'run_finetune']
-
-# %% ../nbs/03_finetune.ipynb #4140edfa
-DEFAULTS = {
-    "lora": {"r": 128, "alpha": 512, "dropout": 0.0, "target_modules": "all-linear", "top_layers": None},
-    "training": {"learning_rate": 1e-4, "warmup_ratio": 0.15, "num_train_epochs": 10, "max_steps": -1,
-                 "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "per_device_eval_batch_size": 32,
-                 "max_length": 512, "eval_every": "epoch", "early_stopping_patience": 2, "early_stopping_threshold": 0.01,
-                 "gradient_checkpointing": False, "lr_scheduler_type": "linear"},
-    "data": {"train_templates": None, "instructions": None, "others_per_value": None, "target_limit": None, "eval_limit": None,
-             "anchor": "majority"},
-}
-
-# a recipe file may also be a grid recipe (s2b.grid): those keys are not the fine-tune's
-GRID_KEYS = {"name", "description", "runs_dir", "figures_dir", "models", "survey", "values", "directions", "seeds",
-             "backend", "stages", "skip", "model_overrides", "slurm"}
-
-def _merge(a: dict, b: dict) -> dict:
-    out = copy.deepcopy(a)
-    for k, v in (b or {}).items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-def recipe_path(recipe) -> Path:
-    "The recipe file: `recipe` as given, else relative to the s2b checkout (`recipes/cpu-smoke.yaml` works anywhere)."
-    p = Path(recipe)
-    if not p.exists() and (repo_root()/p).exists(): p = repo_root()/p
-    if not p.is_file(): raise FileNotFoundError(f"recipe {recipe} not found")
-    return p
-
-def recipe_digest(recipe) -> str | None:
-    "The sha256 of a recipe file (None for no recipe or a dict): part of a run's parameters, so an edited recipe is redone."
-    return sha256_file(recipe_path(recipe)) if recipe and not isinstance(recipe, dict) else None
-
-# what a setting may hold, beyond the type of its default (`DEFAULTS` decides the keys and, unless listed here, the type)
-RULES = {"lora.r": "int>0", "lora.alpha": "num>0", "lora.dropout": "0<=num<1", "lora.target_modules": "str|list",
-         "training.learning_rate": "num>0", "training.warmup_ratio": "0<=num<=1", "training.num_train_epochs": "num>0",
-         "training.max_steps": "steps", "training.per_device_train_batch_size": "int>0",
-         "training.gradient_accumulation_steps": "int>0", "training.per_device_eval_batch_size": "int>0",
-         "training.max_length": "int>0", "training.eval_every": "epoch|int>0|None", "training.early_stopping_patience": "int>0",
-         "training.early_stopping_threshold": "num>=0", "data.others_per_value": "int>=0|None", "data.target_limit": "int>0|None",
-         "data.eval_limit": "int>=0|None", "lora.top_layers": "int>0|None", "data.anchor": "one of:majority,expected,distribution"}
-
-def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)
-def _num(v):
-    "A number, or a string YAML left unparsed ('1e-4'); else None."
-    if _is_int(v) or isinstance(v, float): return v
-    if isinstance(v, str):
-        try: return float(v)
-        except ValueError: return None
-    return None
-
-def _check_setting(key: str, v, default):
-    "The value, checked (numbers given as strings converted); a ValueError naming `key` otherwise."
-    rule = RULES.get(key)
-    if rule is None:                                   # a setting without a rule: the type of its default
-        if default is None or v is None and default is None: return v
-        if isinstance(default, bool): ok = isinstance(v, bool)
-        elif _is_int(default): ok = _is_int(v)
-        elif isinstance(default, float): v = _num(v) if _num(v) is not None else v; ok = _is_int(v) or isinstance(v, float)
-        else: ok = isinstance(v, type(default))
-        if not ok: raise ValueError(f"{key} must be {type(default).__name__}, got {v!r}")
-        return v
-    if "None" in rule and v is None: return v
-    if rule.startswith("one of:"):
-        if v in rule[7:].split(","): return v
-        raise ValueError(f"{key} must be one of {rule[7:].split(',')}, got {v!r}")
-    if rule == "str|list":
-        if isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)): return v
-        raise ValueError(f"{key} must be a string or a list of module names, got {v!r}")
-    if rule == "steps":
-        if _is_int(v) and (v == -1 or v > 0): return v
-        raise ValueError(f"{key} must be -1 (train by epochs) or a positive integer, got {v!r}")
-    if rule.startswith("epoch|"):
-        if v == "epoch": return v
-        if _is_int(v) and v > 0: return v
-        raise ValueError(f"{key} must be 'epoch', a positive integer or null (no evaluation), got {v!r}")
-    if "int" in rule:
-        if not _is_int(v): raise ValueError(f"{key} must be an integer, got {v!r}")
-        if (">0" in rule and v <= 0) or (">=0" in rule and v < 0):
-            raise ValueError(f"{key} must be {'positive' if '>0' in rule else 'zero or more'}, got {v}")
-        return v
-    x = _num(v)
-    if x is None: raise ValueError(f"{key} must be a number, got {v!r}")
-    bad = {"num>0": x <= 0, "num>=0": x < 0, "0<=num<1": not 0 <= x < 1, "0<=num<=1": not 0 <= x <= 1}[rule]
-    if bad: raise ValueError(f"{key} must be {rule.replace('num', 'x').replace('x>0', 'positive').replace('x>=0', 'zero or more')}, got {v!r}")
-    return x
-
-def _unknown(key: str, known) -> str:
-    import difflib
-    close = difflib.get_close_matches(key, known, n=1)
-    return f"unknown setting {key!r}" + (f"; did you mean {close[0]!r}?" if close else f"; settings: {', '.join(sorted(known))}")
-
-def _read_recipe(recipe) -> dict:
-    "The recipe file as a dict; a missing, non-UTF-8 or non-YAML file is named with the line at fault."
-    p = recipe_path(recipe)
-    try: data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e: raise ValueError(f"recipe {p}: not UTF-8 text (byte {e.object[e.start]:#04x} at position {e.start})") from None
-    except yaml.YAMLError as e:
-        m = getattr(e, "problem_mark", None)
-        raise ValueError(f"recipe {p}: not valid YAML" + (f" (line {m.line + 1}, column {m.column + 1}: {e.problem})" if m else f" ({e})")) from None
-    if data is None: return {}
-    if not isinstance(data, dict): raise ValueError(f"recipe {p}: must be a mapping of sections ({', '.join(DEFAULTS)}), got {type(data).__name__}")
-    return data
-
-def load_recipe(recipe=None, overrides: dict | None = None) -> dict:
-    """Defaults < recipe YAML (path or dict) < `overrides` ({'section.key': value}, None values ignored), validated against
-    `DEFAULTS` (its sections and keys, the types of its values) and `RULES` (ranges) before anything loads."""
-    cfg = copy.deepcopy(DEFAULTS)
-    where = f"recipe {recipe}" if recipe is not None and not isinstance(recipe, dict) else "recipe"
-    known = [f"{s}.{k}" for s in DEFAULTS for k in DEFAULTS[s]]
-    if recipe:
-        data = recipe if isinstance(recipe, dict) else _read_recipe(recipe)
-        unknown = set(data) - set(DEFAULTS) - GRID_KEYS
-        if unknown: raise ValueError(f"{where}: unknown sections {sorted(unknown)}; use {sorted(DEFAULTS)}")
-        for sec in DEFAULTS:
-            if sec not in data or data[sec] is None: continue
-            if not isinstance(data[sec], dict): raise ValueError(f"{where}: section {sec!r} must be a mapping, got {data[sec]!r}")
-            for k, v in data[sec].items():
-                if k not in DEFAULTS[sec]: raise ValueError(f"{where}: {_unknown(f'{sec}.{k}', known)}")
-                try: cfg[sec][k] = _check_setting(f"{sec}.{k}", v, DEFAULTS[sec][k])
-                except ValueError as e: raise ValueError(f"{where}: {e}") from None
-    for key, v in (overrides or {}).items():
-        if v is None: continue
-        sec, _, name = key.partition(".")
-        if sec not in cfg or not name: raise ValueError(f"override {key!r} must look like 'lora.r' or 'training.learning_rate'")
-        if name not in DEFAULTS[sec]: raise ValueError(f"override {key}: {_unknown(key, known)}")
-        try: cfg[sec][name] = _check_setting(key, v, DEFAULTS[sec][name])
-        except ValueError as e: raise ValueError(f"override {e}") from None
-    return cfg
+__all__ = ['ANCHORS', 'select_items', 'anchor_answers', 'intervention_data', 'baseline_ratings', 'with_labels', 'answer_loss',
+           'sft_trainer', 'last_checkpoint', 'finetune_params', 'plot_loss', 'run_finetune']
 
 # %% ../nbs/03_finetune.ipynb #fa50d138
 def select_items(survey: Survey, values, others_per_value=None, target_limit=None, seed: int = 0) -> Survey:

@@ -10,46 +10,12 @@ from pathlib import Path
 import yaml
 from .values import normalize_value
 from .models import model_slug
-from .runs import execute_stage, stage_done, StageFailed, repo_root
-from .finetune import _merge, recipe_digest          # the same nested-dict merge as recipes
+from .stages import execute_stage, stage_done, StageFailed
+from .runs import repo_root, input_path
+from .recipes import CAPABILITY_DEFAULTS, load_grid, load_recipe, merge, recipe_digest
 
 # %% auto #0
-__all__ = ['GRID_DEFAULTS', 'CAPABILITY_DEFAULTS', 'FULL', 'load_grid', 'Run', 'plan', 'describe', 'run_local', 'run_slurm',
-           'run_grid']
-
-# %% ../nbs/08_grid.ipynb #3970d1c8
-GRID_DEFAULTS = {
-    "name": "grid", "runs_dir": "papermill_runs", "figures_dir": "figures", "models": ["embedded"], "survey": "bundled",
-    "values": [], "directions": ["down"], "seeds": [0], "backend": "auto",
-    "stages": {"profile": {"split": "test"}, "baseline": {}, "finetune": {"recipe": "recipes/cpu-smoke.yaml"},
-               "indomain": {}, "aita": {"posts": "bundled", "placebo": True}, "machiavelli": {"games": "bundled", "episodes": 1},
-               "report": {}},
-    "skip": [], "model_overrides": {}, "slurm": {},
-}
-
-# the capability stage runs only when a recipe's `stages` lists it; its settings go over these
-CAPABILITY_DEFAULTS = {"tasks": "s2b_general", "limit": 40}
-
-def load_grid(recipe) -> dict:
-    "A grid recipe (path or dict) merged over the defaults, with value names checked; errors name the file."
-    where = "grid recipe"
-    if not isinstance(recipe, dict):
-        p = Path(recipe)
-        if not p.exists() and (repo_root()/p).exists(): p = repo_root()/p
-        if not p.exists(): raise FileNotFoundError(f"grid recipe {recipe} not found")
-        where = f"grid recipe {p}"
-        try: recipe = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e: raise ValueError(f"{where}: not valid YAML text ({' '.join(str(e).split())})") from None
-    if not isinstance(recipe, dict): raise ValueError(f"{where}: must be a mapping of settings, got {type(recipe).__name__}")
-    g = _merge(GRID_DEFAULTS, recipe)
-    if g["values"] == "all":
-        from s2b.values import VALUES
-        g["values"] = list(VALUES)
-    try: g["values"] = [normalize_value(v) for v in g["values"]]
-    except ValueError as e: raise ValueError(f"{where}: values: {e}") from None
-    bad = [d for d in g["directions"] if d not in ("down", "up")]
-    if bad: raise ValueError(f"{where}: directions must be down/up, got {bad}")
-    return g
+__all__ = ['FULL', 'Run', 'plan', 'describe', 'run_local', 'run_slurm', 'run_grid']
 
 # %% ../nbs/08_grid.ipynb #a7829840
 @dataclass
@@ -63,31 +29,22 @@ class Run:
 
     def label(self) -> str: return f"{self.stage:<11} {self.key}"
 
-def _abs(root: Path, x):
-    "Resolve paths relative to the s2b checkout (the notebooks run inside their run directories)."
-    if x in (None, "bundled") or "://" in str(x): return x
-    p = Path(x).expanduser()
-    if not p.is_absolute() and (root/p).exists(): p = root/p
-    return str(p.resolve()) if p.exists() else x
-
 # the stage notebooks' defaults are small demo subsets; a grid asks for everything unless its recipe says otherwise
 FULL = {"limit": None, "templates": None, "instructions": None}
 
 def plan(recipe, runs_dir=None) -> list[Run]:
     "The stage runs of a grid recipe, in an order that respects their dependencies."
     g = load_grid(recipe)
-    root = repo_root()
     runs_dir = Path(runs_dir or g["runs_dir"])
     if not runs_dir.is_absolute(): runs_dir = (Path.cwd()/runs_dir).resolve()
     st = g["stages"]; skip = set(g["skip"]); runs: list[Run] = []
-    survey = _abs(root, g["survey"])
+    survey = input_path(g["survey"])
     for model in g["models"]:
-        s = _merge(st, g["model_overrides"].get(model, {}).get("stages", {}))
-        slug, m = model_slug(model), _abs(root, model)
+        s = merge(st, g["model_overrides"].get(model, {}).get("stages", {}))
+        slug, m = model_slug(model), input_path(model)
         base = runs_dir/slug
-        ft = s["finetune"]; recipe_path = _abs(root, ft.get("recipe"))
-        from s2b.finetune import load_recipe
-        data = load_recipe(recipe_path, ft.get("overrides"))["data"]
+        ft = s["finetune"]; ft_recipe = input_path(ft.get("recipe"))
+        data = load_recipe(ft_recipe, ft.get("overrides"))["data"]
         common = dict(model=m, backend=g["backend"] if g["backend"] != "auto" else "hf")
         if "profile" not in skip:
             runs.append(Run(f"{slug}/profile", "profile", base/"profile", {**common, "survey": survey, **FULL, **s["profile"]}))
@@ -95,9 +52,9 @@ def plan(recipe, runs_dir=None) -> list[Run]:
               "instructions": data.get("instructions"), **s["baseline"]}
         if "baseline" not in skip: runs.append(Run(f"{slug}/baseline", "baseline", base/"baseline", bl))
         # every adapter of the grid and its control are trained on the same items: all train items of the grid's values
-        ft_common = dict(model=m, survey=survey, recipe=recipe_path, overrides=json.dumps(ft.get("overrides") or {}),
+        ft_common = dict(model=m, survey=survey, recipe=ft_recipe, overrides=json.dumps(ft.get("overrides") or {}),
                          baseline=str(base/"baseline"), backend=g["backend"], items_of=",".join(g["values"]),
-                         recipe_sha256=recipe_digest(recipe_path))
+                         recipe_sha256=recipe_digest(ft_recipe))
         for seed in g["seeds"]:
             ctrl = Run(f"{slug}/finetune__control__s{seed}", "finetune", base/f"finetune__control__s{seed}",
                        dict(ft_common, target=None, control=True, seed=seed), [f"{slug}/baseline"] if "baseline" not in skip else [])
@@ -124,12 +81,12 @@ def plan(recipe, runs_dir=None) -> list[Run]:
                         placebo = str(base/f"finetune__{pv}-{pd_}__s{seed}"); deps.append(f"{slug}/finetune__{pv}-{pd_}__s{seed}")
                     runs.append(Run(f"{slug}/aita__{tag}", "aita", base/f"aita__{tag}",
                                     {**ev, "adapter": str(ftr.out), "control": str(ctrl.out), "placebo": placebo, "values": v,
-                                     "limit": None, "posts": _abs(root, a.pop("posts", "bundled")), **a}, deps))
+                                     "limit": None, "posts": input_path(a.pop("posts", "bundled")), **a}, deps))
                 if "machiavelli" not in skip:
                     mc = dict(s["machiavelli"]); first_only = mc.pop("first_value_only", False)
                     if not first_only or i == 0:
                         runs.append(Run(f"{slug}/machiavelli__{tag}", "machiavelli", base/f"machiavelli__{tag}",
-                                        dict(ev, adapter=str(ftr.out), control=str(ctrl.out), games=_abs(root, mc.pop("games", "bundled")), **mc),
+                                        dict(ev, adapter=str(ftr.out), control=str(ctrl.out), games=input_path(mc.pop("games", "bundled")), **mc),
                                         [ftr.key, ctrl.key]))
                 if "capability" in s and "capability" not in skip:       # opt-in: only recipes that list it
                     cp = {**CAPABILITY_DEFAULTS, **(s["capability"] or {})}
@@ -177,7 +134,7 @@ def _visible_gpus() -> list[str]:
     except ImportError: return []
 
 def _subprocess_stage(r: Run, force: bool, gpu: str | None) -> int:
-    code = ("import json,sys; from s2b.runs import execute_stage, StageFailed\n"
+    code = ("import json,sys; from s2b.stages import execute_stage, StageFailed\n"
             "try: execute_stage(sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), force=sys.argv[4]=='1')\n"
             "except StageFailed as e: print(e, file=sys.stderr); sys.exit(1)")
     env = dict(os.environ, **({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}))

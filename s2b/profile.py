@@ -11,8 +11,10 @@ import numpy as np, pandas as pd
 from tqdm import tqdm      # text bars: they also stream from a papermill kernel
 from .stats import bootstrap_ci
 from .values import VALUES, value_color, short_name
-from .survey import Survey, load_survey, prompt_parts, answer_prefix
-from .models import LM, load_model, add_adapter, encode, prefix_cache, expand_cache, model_slug
+from .survey import Survey, load_survey, answer_prefix
+from .prompts import prompt_parts
+from .models import LM, load_model, use_adapter, model_slug
+from .scoring import encode, prefix_cache, expand_cache
 from .runs import atomic_to_parquet, atomic_write_json, run_record, is_done, read_json, inputs_fingerprint
 
 # %% auto #0
@@ -302,7 +304,7 @@ def run_profile(model="embedded", survey="bundled", split="test", limit=None, mo
         return read_json(out/"metrics.json")
     s = prepare_survey(survey, split, limit, templates, values, instructions)
     if lm is None: lm = load_model(model, adapter=adapter, backend=backend)
-    elif adapter and lm.adapter is None: add_adapter(lm, adapter)
+    elif adapter and lm.adapter is None: use_adapter(lm, adapter)
     out.mkdir(parents=True, exist_ok=True)
     prev = read_json(out/"run.json", {}) if (out/"run.json").exists() else {}
     if prev and (prev.get("params") != params or prev.get("inputs") != inputs_fingerprint(params)) and (out/"ratings.parquet").exists():

@@ -3,7 +3,8 @@ import numpy as np, pandas as pd
 import pytest
 from s2b.survey import load_survey
 from s2b.values import target_ratings
-from s2b.finetune import (intervention_data, load_recipe, sft_trainer, select_items, run_finetune, finetune_params,
+from s2b.recipes import load_recipe
+from s2b.finetune import (intervention_data, sft_trainer, select_items, run_finetune, finetune_params,
                           anchor_answers, answer_loss)
 from s2b.profile import PCOLS
 
@@ -195,7 +196,7 @@ def test_fixed_steps_without_evaluation_keep_the_last_step(lm, tiny, tmp_path):
     assert tr.args.save_strategy == "steps" and tr.args.save_steps == 20          # a killed run still resumes
 
 def test_recipe_schema_from_defaults(tmp_path):
-    "Keys, types and ranges inside the sections are checked against DEFAULTS, with the setting named."
+    "Keys, types and ranges inside the sections are checked against FINETUNE_DEFAULTS, with the setting named."
     for bad, msg in [({"training": {"max_steps": -5}}, "training.max_steps"), ({"training": {"learning_rate": "fast"}}, "learning_rate"),
                      ({"lora": {"rank": 8}}, "did you mean 'lora.r'"), ({"lora": {"r": 0}}, "lora.r must be positive"),
                      ({"training": {"per_device_train_batch_size": 2.5}}, "integer")]:
@@ -204,13 +205,13 @@ def test_recipe_schema_from_defaults(tmp_path):
     assert load_recipe({"training": {"learning_rate": "1e-4"}})["training"]["learning_rate"] == 1e-4   # YAML 1.1 leaves 1e-4 a string
     p = tmp_path/"r.yaml"; p.write_text("lora: [r: 8\n")
     with pytest.raises(ValueError, match=f"recipe {p}: not valid YAML \\(line 2"): load_recipe(p)
-    import s2b.finetune as ft
-    new = {**ft.DEFAULTS, "data": {**ft.DEFAULTS["data"], "new_setting": None}}   # a key added to DEFAULTS is accepted at once
-    old = ft.DEFAULTS
+    import s2b.recipes as rc
+    new = {**rc.FINETUNE_DEFAULTS, "data": {**rc.FINETUNE_DEFAULTS["data"], "new_setting": None}}   # a key added to the defaults is accepted at once
+    old = rc.FINETUNE_DEFAULTS
     try:
-        ft.DEFAULTS = new
+        rc.FINETUNE_DEFAULTS = new
         assert load_recipe({"data": {"new_setting": "x"}})["data"]["new_setting"] == "x"
-    finally: ft.DEFAULTS = old
+    finally: rc.FINETUNE_DEFAULTS = old
     with pytest.raises(ValueError, match="data.anchor must be one of"): load_recipe({"data": {"anchor": "baseline"}})
 
 _SMALL = {"lora.r": 2, "lora.alpha": 4, "training.max_steps": 4, "training.per_device_train_batch_size": 2,

@@ -2,7 +2,8 @@ import json, subprocess, sys
 from pathlib import Path
 import pytest
 import s2b.grid as G
-from s2b.runs import StageFailed, atomic_write_json, inputs_fingerprint
+from s2b.stages import StageFailed
+from s2b.runs import atomic_write_json, inputs_fingerprint
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,8 @@
 import time
 import pytest
-from s2b.models import load_model, resolve_backend, BackendError, cuda_available, model_slug, add_adapter, continuation_logprobs, chat_prompt
+from s2b.models import load_model, resolve_backend, BackendError, cuda_available, model_slug, use_adapter
+from s2b.scoring import continuation_logprobs
+from s2b.prompts import chat_prompt
 
 def test_backend_selection_on_cpu(monkeypatch):
     import s2b.models as m
@@ -35,10 +37,10 @@ def test_adapter_changes_outputs(lm, tmp_path):
     peft_model.save_pretrained(tmp_path/"adapter")
     p = chat_prompt(lm.tokenizer, "Say yes.")
     before = continuation_logprobs(lm, p, ["Yes"])[0]
-    with_ad = add_adapter(load_model("embedded"), tmp_path)          # a run directory holding adapter/ works too
+    with_ad = use_adapter(load_model("embedded"), tmp_path)          # a run directory holding adapter/ works too
     assert with_ad.adapter.endswith("adapter") and abs(continuation_logprobs(with_ad, p, ["Yes"])[0] - before) > 1e-4
     with pytest.raises(FileNotFoundError, match="adapter_config.json"):
-        add_adapter(load_model("embedded"), tmp_path/"nothing")
+        use_adapter(load_model("embedded"), tmp_path/"nothing")
 
 
 # ---------------------------------------------------------------- chat templates (issue 13)
@@ -62,8 +64,9 @@ def _with_template(lm, template):
 
 @pytest.mark.model
 def test_thinking_template_is_rendered_without_thinking(lm):
-    from s2b.models import chat_prompt, chat_settings, encode
-    from s2b.survey import prompt_parts
+    from s2b.prompts import chat_prompt, chat_settings
+    from s2b.scoring import encode
+    from s2b.prompts import prompt_parts
     tok = _with_template(lm, QWEN3_LIKE)
     assert lm.tokenizer.chat_template != QWEN3_LIKE
     text = chat_prompt(tok, "Rate this.", "Be brief.", "My answer is")
@@ -87,7 +90,7 @@ def test_thinking_template_is_rendered_without_thinking(lm):
 
 @pytest.mark.model
 def test_system_role_folded_for_gemma_like_template(lm):
-    from s2b.models import chat_prompt, chat_settings
+    from s2b.prompts import chat_prompt, chat_settings
     tok = _with_template(lm, GEMMA_LIKE)
     with pytest.raises(Exception, match="System role"):
         tok.apply_chat_template([{"role": "system", "content": "S"}, {"role": "user", "content": "U"}], tokenize=False)

@@ -1,17 +1,16 @@
 import json, os, tempfile
 from pathlib import Path
 import pytest
-from s2b.runs import STAGES, execute_stage, repo_root, stage_copy, stage_done, _KEEP
-
-def _is_lib(c): return c.cell_type == "code" and bool(_KEEP.search(c.source))
+from s2b.stages import STAGES, execute_stage, stage_copy, stage_done, is_library_cell
+from s2b.runs import repo_root
 
 @pytest.mark.parametrize("stage", ["profile", "finetune", "indomain", "aita", "machiavelli", "report"])
 def test_stage_copy_keeps_the_library_and_the_run(stage):
     nb = repo_root()/"nbs"/STAGES[stage]
     full, run = stage_copy(nb, examples=True), stage_copy(nb)
-    assert sum(map(_is_lib, run.cells)) == sum(map(_is_lib, full.cells)) > 0
+    assert sum(map(is_library_cell, run.cells)) == sum(map(is_library_cell, full.cells)) > 0
     assert sum("parameters" in c.metadata.get("tags", []) for c in run.cells) == 1
-    last = max(i for i, c in enumerate(full.cells) if _is_lib(c))
+    last = max(i for i, c in enumerate(full.cells) if is_library_cell(c))
     assert [c.source for c in run.cells[-(len(full.cells) - last - 1):]] == [c.source for c in full.cells[last + 1:]]
     assert len(run.cells) < len(full.cells)                       # every stage notebook has examples to leave out
 
@@ -48,7 +47,7 @@ def test_parameters_do_not_shadow_the_library(stage):
     names = lambda src: {t.id for n in ast.parse(src).body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
     defined = set()
     for c in nb.cells:
-        if _is_lib(c):
+        if is_library_cell(c):
             tree = ast.parse(c.source)
             defined |= {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))} | names(c.source)
     params = names(next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", [])))
@@ -56,7 +55,7 @@ def test_parameters_do_not_shadow_the_library(stage):
 
 def _toy_stage(tmp_path, monkeypatch):
     "A stage notebook that writes metrics.json and run.json, and fails when asked to."
-    import nbformat, s2b.runs as R
+    import nbformat, s2b.stages as R
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("import json, pathlib"),
         nbformat.v4.new_code_cell('out = "x"\nvalue = 1\nfail = False\nsurvey = None\nforce = False', metadata={"tags": ["parameters"]}),
@@ -70,7 +69,7 @@ def _toy_stage(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_a_failed_rerun_keeps_the_finished_run(tmp_path, monkeypatch, capsys):
-    from s2b.runs import StageFailed, RunFolderError, check_out_dir
+    from s2b.stages import StageFailed, RunFolderError, check_out_dir
     _toy_stage(tmp_path, monkeypatch)
     out = tmp_path/"run"
     report = execute_stage("toy", out, {"value": 1}, progress=False)
@@ -102,7 +101,7 @@ def test_an_edited_input_is_not_a_finished_run(tmp_path, monkeypatch):
 
 def test_kernel_files_of_a_killed_run_are_removed(tmp_path):
     import subprocess, sys
-    from s2b.runs import clean_kernel_files
+    from s2b.stages import clean_kernel_files
     p = subprocess.Popen([sys.executable, "-c", "pass"]); p.wait()                # a process that is gone
     f = Path(tempfile.gettempdir())/f"s2b-kernel-{p.pid}-deadbeef0000-1"; f.write_text("")
     mine = Path(tempfile.gettempdir())/f"s2b-kernel-{os.getpid()}-deadbeef0000-1"; mine.write_text("")
@@ -120,7 +119,7 @@ def test_a_terminated_run_leaves_no_kernel_files(tmp_path):
                                          nbformat.v4.new_code_cell("time.sleep(120)")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path/"sleep.ipynb")
-    code = ("import pathlib, sys, s2b.runs as R, s2b.cli as C; R.stage_notebook = lambda s: pathlib.Path(sys.argv[1]); "
+    code = ("import pathlib, sys, s2b.stages as R, s2b.cli as C; R.stage_notebook = lambda s: pathlib.Path(sys.argv[1]); "
             "sys.exit(C.main(['report', '--runs-dir', sys.argv[2], '--figures', sys.argv[3]]))")
     p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path/"sleep.ipynb"), str(tmp_path/"runs"), str(tmp_path/"figs")],
                          cwd=repo_root(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -2,7 +2,8 @@ import csv, http.server, json, threading
 from functools import partial
 from pathlib import Path
 import pytest
-from s2b.survey import load_survey, SurveyError, prompt_parts, answer_prefix, SPLITS
+from s2b.survey import load_survey, SurveyError, answer_prefix, SPLITS
+from s2b.prompts import prompt_parts
 from s2b.values import VALUES
 
 def test_kvs_loader(kvs_path):
