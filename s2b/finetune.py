@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from .values import VALUES, normalize_value, target_ratings
 from .recipes import load_recipe, recipe_digest
+from .steering import steering_record
 from .survey import Survey, load_survey
 from .models import LM, load_model, resolve_backend, model_slug
 from .profile import encode_variants, rate, item_scores, _parse_list
@@ -298,7 +299,7 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     if d.get("eval_limit"): eval_s = eval_s.subset(limit=int(d["eval_limit"]))
     from dataclasses import replace
     if not _evaluates(cfg["training"]): eval_s = replace(eval_s, items=[])   # no evaluation: no eval items to rate
-    # the baseline is rated by the plain model; the LoRA model is built on a fresh copy
+    # the baseline is rated by the plain model; on the hf backend the LoRA model is then built on it (Unsloth loads its own)
     lm = load_model(model, backend="hf", training=False)
     both = replace(train_s, items=train_s.items + eval_s.items)
     base = baseline_ratings(lm, both, baseline, cache=out/"baseline_ratings.parquet")
@@ -307,7 +308,6 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     atomic_to_parquet(pd.concat([train.assign(part="train"), evald.assign(part="eval")]).drop(columns=["input_ids", "completion_mask", "cand"]),
                       out/"data.parquet")
     if backend == "unsloth": lm = load_model(model, backend="unsloth", training=True, max_seq_length=int(cfg["training"]["max_length"]))
-    else: lm = load_model(model, backend="hf", training=True)
     lm.model.train()
     print(f"s2b: training {'control' if control else targets} ({anchor} anchor) on {len(train)} examples ({len(train_s)} items × variants, "
           f"{train.target.mean():.0%} target), "
@@ -347,5 +347,6 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
                "backend": backend, "device": lm.device, "recipe": cfg}
     atomic_write_json(out/"metrics.json", metrics)
     atomic_write_json(out/"run.json", run_record("finetune", params, model=lm.record(), data={"survey": full.source},
-                                                 seed=seed, recipe=cfg, backend=backend))
+                                                 seed=seed, recipe=cfg, backend=backend,
+                                                 steering=steering_record("sft", targets, direction if targets else None, seed)))
     return metrics

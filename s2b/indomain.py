@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from .values import VALUES, value_color, short_name, target_ratings
 from .models import load_model, model_slug
+from .steering import read_steering, steer
 from .stats import bootstrap_ci
 from .profile import rate, item_scores, prepare_survey, _parse_list
-from .runs import atomic_to_parquet, atomic_write_json, run_record, is_done, read_json
+from .runs import atomic_to_parquet, atomic_write_json, run_record, is_done, read_json, fingerprint
 
 # %% auto #0
 __all__ = ['item_deltas', 'indomain_metrics', 'selectivity', 'selectivity_verdict', 'plot_deltas', 'shared_ratings_path',
@@ -94,13 +95,6 @@ def plot_deltas(metrics: dict, targets, ax=None, title=None):
     return ax
 
 # %% ../nbs/04_indomain.ipynb #9b96b5d0
-def _targets_from_adapter(adapter) -> dict:
-    p = Path(adapter)
-    for cand in (p, p.parent):
-        m = read_json(cand/"metrics.json")
-        if m and "targets" in m: return m["targets"]
-    return {}
-
 def _train_templates(adapter):
     p = Path(adapter)
     for cand in (p, p.parent):
@@ -110,18 +104,15 @@ def _train_templates(adapter):
             return None if t is None else [int(x) for x in _parse_list(str(t))]
     return None
 
-def shared_ratings_path(adapter, model, s) -> Path:
-    """Where the ratings of `adapter` on the prepared survey `s` are cached beside the adapter, so that every in-domain
-    run with the same control (20 values × directions in a grid) rates it once. The key holds the model, the survey file
-    and the selection of items and variants, and the adapter's weights file (size and time), so a retrained adapter is
-    rated anew."""
+def shared_ratings_path(steering_run, model, s) -> Path:
+    """Where the ratings under the steering run `steering_run` on the prepared survey `s` are cached beside it, so that
+    every in-domain run with the same control (20 values × directions in a grid) rates it once. The key holds the model,
+    the survey file, the selection of items and variants, and the artefact's content (`s2b.runs.fingerprint`), so a
+    retrained artefact is rated anew."""
     import hashlib
-    p = Path(adapter)
-    ad = p/"adapter" if (p/"adapter"/"adapter_config.json").exists() else p
-    w = next((ad/f for f in ("adapter_model.safetensors", "adapter_model.bin") if (ad/f).exists()), None)
-    stamp = [w.stat().st_size, w.stat().st_mtime_ns] if w else None
-    key = json.dumps([str(model), s.sha256, sorted(i.id for i in s.items), s.template_ids(), s.instruction_ids(), stamp], default=str)
-    return ad/"ratings"/f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.parquet"
+    key = json.dumps([str(model), s.sha256, sorted(i.id for i in s.items), s.template_ids(), s.instruction_ids(),
+                      fingerprint(steering_run)], default=str)
+    return Path(steering_run)/"ratings"/f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.parquet"
 
 def run_indomain(model="embedded", survey="bundled", adapter=None, control=None, target=None, direction="down", split="test",
                  limit=None, templates=None, batch_size=None, seed=0, backend="hf", out="indomain", force=False, instructions=None) -> dict:
@@ -132,11 +123,12 @@ def run_indomain(model="embedded", survey="bundled", adapter=None, control=None,
     if not force and is_done(out, params): 
         print(f"s2b: {out} is finished with these parameters; reusing it"); return read_json(out/"metrics.json")
     if not adapter or not control: raise ValueError("indomain needs both --adapter and --control")
-    targets = target_ratings(target, direction) if target else _targets_from_adapter(adapter)
-    if not targets: raise ValueError(f"no target given and none recorded with the adapter {adapter}")
+    steering = {"control": read_steering(control), "conditioned": read_steering(adapter)}
+    targets = target_ratings(target, direction) if target else steering["conditioned"].targets
+    if not targets: raise ValueError(f"no target given and none recorded in the steering run {adapter}")
     s = prepare_survey(survey, split, limit, templates, instructions=instructions)
     out.mkdir(parents=True, exist_ok=True)
-    ratings, records = {}, {}
+    ratings, records, lm = {}, {}, None
     for role, ad in (("control", control), ("conditioned", adapter)):
         # the control is shared by many runs: its ratings are cached beside it and copied here
         cache = shared_ratings_path(ad, model, s) if role == "control" else out/f"ratings_{role}.parquet"
@@ -145,11 +137,11 @@ def run_indomain(model="embedded", survey="bundled", adapter=None, control=None,
             print(f"s2b: control ratings reused from {cache}")
             ratings[role] = done
         else:
-            lm = load_model(model, adapter=ad, backend=backend)
-            records[role] = lm.record()
+            lm = lm or load_model(model, backend=backend)
             cache.parent.mkdir(parents=True, exist_ok=True)
-            ratings[role], _ = rate(lm, s, "logits", cache=cache, batch_size=batch_size, seed=seed, desc=role)
-            del lm
+            with steer(lm, steering[role], role):
+                records[role] = lm.record()
+                ratings[role], _ = rate(lm, s, "logits", cache=cache, batch_size=batch_size, seed=seed, desc=role)
         if role == "control": atomic_to_parquet(ratings[role], out/"ratings_control.parquet")
     d = item_deltas(ratings["conditioned"], ratings["control"])
     metrics = {"targets": targets, **indomain_metrics(d, targets, seed=seed), **selectivity(d, targets, seed=seed),
@@ -177,5 +169,6 @@ def run_indomain(model="embedded", survey="bundled", adapter=None, control=None,
     for line in [metrics["verdict"]] + [p["verdict"] for p in metrics.get("by_templates", {}).values()]: print("s2b:", line)
     atomic_write_json(out/"run.json", run_record("indomain", params, model={"name": model, "adapter": str(adapter), "control": str(control), "roles": records,
                                                                         "chat": records["conditioned"]["chat"]},
-                                                 data={"survey": s.source}, seed=seed))
+                                                 data={"survey": s.source}, seed=seed,
+                                                 steering=steering["conditioned"].record(), control=steering["control"].record()))
     return metrics

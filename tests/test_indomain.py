@@ -82,6 +82,6 @@ def test_runs_with_one_control_rate_it_once(tmp_path, capsys, random_adapters):
     ca, cb = (pd.read_parquet(tmp_path/r/"ratings_control.parquet") for r in "ab")
     pd.testing.assert_frame_equal(ca, cb)
     assert a["n_items"] == b["n_items"] == 3 and np.isfinite(a["drift"])
-    # a retrained control (new weights file) is rated anew
-    w = tmp_path/"ctrl"/"adapter_model.safetensors"; os.utime(w, ns=(w.stat().st_atime_ns, w.stat().st_mtime_ns + 10**9))
+    # a retrained control (other weights at the same path) is rated anew
+    w = tmp_path/"ctrl"/"adapter_model.safetensors"; w.write_bytes(w.read_bytes() + b" ")
     assert shared_ratings_path(tmp_path/"ctrl", "embedded", prepare_survey("bundled", "test", 3, "0", instructions="0")) != shared
