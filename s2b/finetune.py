@@ -12,7 +12,7 @@ from .recipes import load_recipe, recipe_digest
 from .steering import steering_record
 from .survey import Survey, load_survey
 from .models import LM, load_model, resolve_backend, model_slug
-from .profile import encode_variants, rate, item_scores, _parse_list
+from .profile import encode_variants, rate, item_scores
 from .runs import atomic_write_json, atomic_to_parquet, run_record, is_done, read_json, repo_root, sha256_file
 
 # %% auto #0
@@ -289,8 +289,8 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     out.mkdir(parents=True, exist_ok=True)
     d = cfg["data"]
     full = load_survey(survey)
-    if d.get("train_templates") is not None: full = full.with_templates([int(x) for x in _parse_list(str(d["train_templates"]))])
-    if d.get("instructions") is not None: full = full.with_instructions([int(x) for x in _parse_list(str(d["instructions"]))])
+    if d.get("train_templates") is not None: full = full.with_templates(d["train_templates"])
+    if d.get("instructions") is not None: full = full.with_instructions(d["instructions"])
     if isinstance(items_of, str): items_of = [v for v in items_of.split(",") if v.strip()]
     focus = set(chosen) | {normalize_value(v) for v in (items_of or [])}
     train_s = select_items(full.split("train"), focus, d.get("others_per_value"), d.get("target_limit"), seed)

@@ -11,7 +11,8 @@ from .values import VALUES, value_color, short_name, target_ratings
 from .models import load_model, model_slug
 from .steering import read_steering, steer
 from .stats import bootstrap_ci
-from .profile import rate, item_scores, prepare_survey, _parse_list
+from .profile import rate, item_scores, prepare_survey
+from .survey import parse_ids
 from .runs import atomic_to_parquet, atomic_write_json, run_record, is_done, read_json, fingerprint
 
 # %% auto #0
@@ -101,7 +102,7 @@ def _train_templates(adapter):
         rec = read_json(cand/"run.json")
         if rec and "recipe" in rec: 
             t = rec["recipe"].get("data", {}).get("train_templates")
-            return None if t is None else [int(x) for x in _parse_list(str(t))]
+            return parse_ids(t)
     return None
 
 def shared_ratings_path(steering_run, model, s) -> Path:

@@ -288,8 +288,8 @@ def prepare_survey(survey, split="test", limit=None, templates=None, values=None
         if not ok: raise ValueError(f"limit must be a positive integer (or None: all items), got {limit!r}")
     s = load_survey(survey)
     s = s.split(*split.split("+")) if split not in (None, "all") else s
-    if templates is not None: s = s.with_templates([int(t) for t in _parse_list(str(templates))])
-    if instructions is not None: s = s.with_instructions([int(t) for t in _parse_list(str(instructions))])
+    if templates is not None: s = s.with_templates(templates)
+    if instructions is not None: s = s.with_instructions(instructions)
     vals = _parse_list(values)
     if vals or limit: s = s.subset(values=vals, limit=int(limit) if limit else None)
     return s

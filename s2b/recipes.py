@@ -28,7 +28,7 @@ FINETUNE_DEFAULTS = {
 # %% ../nbs/00c_recipes.ipynb #00aee5fa
 # a fine-tune recipe file may also be a grid recipe (below): these keys are the grid's
 GRID_KEYS = {"name", "description", "runs_dir", "figures_dir", "models", "survey", "values", "directions", "seeds",
-             "backend", "stages", "skip", "model_overrides", "slurm"}
+             "backend", "stages", "skip", "model_overrides", "slurm", "methods"}
 
 # %% ../nbs/00c_recipes.ipynb #d6f0bad2
 def merge(a: dict, b: dict) -> dict:
@@ -157,7 +157,7 @@ def load_recipe(recipe=None, overrides: dict | None = None) -> dict:
 # %% ../nbs/00c_recipes.ipynb #5ac309d0
 GRID_DEFAULTS = {
     "name": "grid", "runs_dir": "papermill_runs", "figures_dir": "figures", "models": ["embedded"], "survey": "bundled",
-    "values": [], "directions": ["down"], "seeds": [0], "backend": "auto",
+    "values": [], "directions": ["down"], "seeds": [0], "methods": ["sft"], "backend": "auto",
     "stages": {"profile": {"split": "test"}, "baseline": {}, "finetune": {"recipe": "recipes/cpu-smoke.yaml"},
                "indomain": {}, "aita": {"posts": "bundled", "placebo": True}, "machiavelli": {"games": "bundled", "episodes": 1},
                "report": {}},

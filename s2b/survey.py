@@ -12,7 +12,7 @@ from .values import VALUES, normalize_value, UnknownValueError
 from .runs import repo_root, sha256_file
 
 # %% auto #0
-__all__ = ['SPLITS', 'SurveyError', 'Item', 'Survey', 'bundled_survey_path', 'load_kvs', 'load_s2b_json', 'load_csv',
+__all__ = ['SPLITS', 'SurveyError', 'parse_ids', 'Item', 'Survey', 'bundled_survey_path', 'load_kvs', 'load_s2b_json', 'load_csv',
            'load_survey', 'answer_prefix']
 
 # %% ../nbs/01_survey.ipynb #004eb8f0
@@ -20,6 +20,17 @@ SPLITS = ("train", "eval", "test")
 
 class SurveyError(ValueError):
     "A survey file that cannot be used; the message names the file and the item."
+
+# %% ../nbs/01_survey.ipynb #01b765e7
+def parse_ids(ids) -> list[int] | None:
+    "Variant indices as given on a command line or in a recipe ('0,2', 0, [0, 2]) as sorted ints; None or '' stays None."
+    if ids is None or ids == "": return None
+    parts = str(ids).split(",") if isinstance(ids, (str, int)) else ids
+    return sorted({int(str(j).strip()) for j in parts if str(j).strip()})
+
+def _check_ids_within(ids, n: int, what: str) -> tuple[int, ...]:
+    if not ids or any(not 0 <= j < n for j in ids): raise SurveyError(f"{what} ids must be within 0..{n-1}, got {ids}")
+    return tuple(ids)
 
 # %% ../nbs/01_survey.ipynb #0ee5fe31
 @dataclass(frozen=True)
