@@ -13,10 +13,12 @@ from .models import LM, adapter_path, use_adapter
 from .prompts import with_persona
 
 # %% auto #0
-__all__ = ['METHODS', 'steering_record', 'Steering', 'read_steering', 'decoder_layers', 'add_vectors', 'load_vectors', 'steer']
+__all__ = ['METHODS', 'METHOD_STAGES', 'steering_record', 'Steering', 'read_steering', 'decoder_layers', 'add_vectors',
+           'load_vectors', 'steer']
 
 # %% ../nbs/02a_steering.ipynb #2dede1a9
 METHODS = ("sft", "dpo", "prompt", "caa")
+METHOD_STAGES = {"sft": "finetune", "dpo": "dpo", "caa": "caa", "prompt": "prompt"}   # the stage that makes each artefact
 
 def steering_record(method: str, targets: dict, direction: str | None, seed: int | None) -> dict:
     "The `steering` block of a run.json: method, targets {value: rating}, direction, a label and the seed."
