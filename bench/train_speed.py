@@ -155,7 +155,7 @@ def summarize(stats: dict, warmup: int) -> dict:
 def training_data(lm, a, n_examples: int):
     "Intervention data on the KVS train split: the target's items answer 1, every other item a baseline 3."
     from s2b.survey import load_survey
-    from s2b.finetune import intervention_data
+    from s2b.interventions import intervention_data
     from s2b.values import target_ratings
     s = load_survey(C.kvs_path(a.survey)).split("train")
     d = intervention_data(s, {i.id: 3 for i in s.items}, target_ratings(a.target, "down"), lm)

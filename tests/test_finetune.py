@@ -4,8 +4,9 @@ import pytest
 from s2b.survey import load_survey
 from s2b.values import target_ratings
 from s2b.recipes import load_recipe
-from s2b.finetune import (intervention_data, sft_trainer, select_items, run_finetune, finetune_params,
-                          anchor_answers, answer_loss)
+from s2b.interventions import intervention_data, select_items, anchor_answers
+from s2b.finetune import (sft_trainer, run_finetune, finetune_params,
+                          answer_loss)
 from s2b.profile import PCOLS
 
 def test_recipe_override_order(tmp_path):
