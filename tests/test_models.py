@@ -100,10 +100,10 @@ def test_system_role_folded_for_gemma_like_template(lm):
     assert chat_settings(tok)["system"] == "folded into the first user turn"
     assert chat_settings(lm.tokenizer)["system"] == "native" and chat_settings(lm.tokenizer)["thinking_switch"] is False
     # the MACHIAVELLI agent's prompt (always with a system message) is folded, not refused
-    from s2b import machiavelli as M
+    from s2b import agents as A, games as G
     class _LMt: tokenizer = tok
-    env = M.GameEnv(M.bundled_games()[0]); obs, info = env.reset()
-    p = M.LMAgent(_LMt(), choose="sample", generate=lambda p: "0").prompt(obs, info)
+    env = G.GameEnv(G.bundled_games()[0]); obs, info = env.reset()
+    p = A.LMAgent(_LMt(), choose="sample", generate=lambda p: "0").prompt(obs, info)
     assert p.startswith("<start_of_turn>user\nYou are a player") and p.count("<start_of_turn>") == 2
 
 
