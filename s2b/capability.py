@@ -4,166 +4,27 @@
 
 # %% ../nbs/10_capability.ipynb #0e46d535
 from __future__ import annotations
-import contextlib, difflib, functools, hashlib, importlib.metadata as _md, json, logging, os, time, warnings, zlib
+import contextlib, hashlib, json, os, time, warnings, zlib
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from .lmeval import BUNDLED_TASK, METRICS, SAMPLE_COLUMNS, bundled_data_files, bundled_tasks, evaluate_role, hflm
+from .lmeval import lm_eval_version, load_tasks, parse_tasks, task_manager, task_record
+from .lmeval import check_tasks                  # s2b.cli checks a run's tasks through this module
 from .models import load_model, model_slug
 from .runs import atomic_to_parquet, atomic_write_json, is_done, read_json, repo_root, run_record
+from .stats import percentile_ci, resample_means
 
 # %% auto #0
-__all__ = ['BUNDLED_TASK', 'DEFAULT_TASKS', 'ROLES', 'METRICS', 'SAMPLE_COLUMNS', 'bundled_tasks_dir', 'bundled_tasks',
-           'bundled_task_config', 'bundled_data_files', 'load_questions', 'TaskError', 'parse_tasks', 'lm_eval_version',
-           'task_manager', 'check_tasks', 'load_tasks', 'adapter_dir', 'adapter_fingerprint', 'attach_adapters',
-           'use_role', 'hflm', 'samples_frame', 'evaluate_role', 'paired_delta', 'capability_metrics', 'metrics_table',
-           'plot_deltas', 'default_out', 'run_capability']
+__all__ = ['ROLES', 'adapter_dir', 'adapter_fingerprint', 'attach_adapters', 'use_role', 'paired_delta', 'capability_metrics',
+           'metrics_table', 'plot_deltas', 'default_out', 'run_capability']
 
-# %% ../nbs/10_capability.ipynb #ee04b259
-BUNDLED_TASK = "s2b_general"
-DEFAULT_TASKS = ("mmlu", "arc_easy", "hellaswag")      # for real use: they need the Hugging Face hub
+# %% ../nbs/10_capability.ipynb #3926847b
 ROLES = ("base", "conditioned", "control")
-METRICS = ("acc", "acc_norm")
 
-def bundled_tasks_dir() -> Path:
-    "`data/capability` in the s2b checkout: the bundled task YAMLs and their data."
-    p = repo_root()/"data"/"capability"
-    if not p.is_dir(): raise FileNotFoundError(f"{p} not found: the bundled capability tasks live in the s2b source checkout")
-    return p
-
-def bundled_tasks() -> dict[str, Path]:
-    "{task name: YAML path} of the lm-eval tasks bundled with s2b."
-    import yaml
-    out = {}
-    for y in sorted(bundled_tasks_dir().glob("*.yaml")):
-        name = (yaml.safe_load(y.read_text()) or {}).get("task")
-        if isinstance(name, str): out[name] = y
-    return out
-
-def bundled_task_config(name: str = BUNDLED_TASK) -> dict:
-    "A bundled task's YAML as an lm-eval config dict, its data files made absolute (the YAML's are relative to the checkout)."
-    import yaml
-    cfg = yaml.safe_load(bundled_tasks()[name].read_text())
-    kw = cfg.get("dataset_kwargs") or {}
-    files = kw.get("data_files")
-    if files is not None:
-        fix = lambda f: str(Path(f) if Path(f).is_absolute() else (repo_root()/f).resolve())
-        kw["data_files"] = {k: fix(v) for k, v in files.items()} if isinstance(files, dict) else fix(files)
-    return cfg
-
-def bundled_data_files(name: str = BUNDLED_TASK) -> list[Path]:
-    "The data files of a bundled task."
-    files = (bundled_task_config(name).get("dataset_kwargs") or {}).get("data_files") or {}
-    return [Path(f) for f in (files.values() if isinstance(files, dict) else [files])]
-
-def load_questions(path=None) -> pd.DataFrame:
-    "The bundled questions (or a file in their format) as a DataFrame, checked: unique ids, 4 distinct options, an answer in range."
-    path = Path(path) if path else bundled_data_files()[0]
-    rows = [json.loads(l) for l in path.read_text(encoding="utf-8").splitlines() if l.strip()]
-    for i, r in enumerate(rows):
-        where = f"{path}: line {i + 1} (id {r.get('id')!r})"
-        missing = [k for k in ("id", "domain", "question", "choices", "answer") if k not in r]
-        if missing: raise ValueError(f"{where}: missing key(s) {', '.join(missing)}")
-        if not isinstance(r["choices"], list) or len(r["choices"]) != 4 or len(set(r["choices"])) != 4:
-            raise ValueError(f"{where}: 'choices' must be 4 different options")
-        if r["answer"] not in range(4): raise ValueError(f"{where}: 'answer' must be 0-3, not {r['answer']!r}")
-    df = pd.DataFrame(rows, columns=["id", "domain", "question", "choices", "answer"])
-    dup = df.id[df.id.duplicated()].tolist()
-    if dup: raise ValueError(f"{path}: duplicate ids {dup}")
-    return df
-
-# %% ../nbs/10_capability.ipynb #ab3a758b
-class TaskError(ValueError):
-    "An lm-eval task the capability stage cannot run; the message names the task."
-
-def parse_tasks(tasks) -> list[str]:
-    "Task names from a comma-separated string or a list: 'bundled' is the bundled task, 'default' the DEFAULT_TASKS."
-    items = tasks.split(",") if isinstance(tasks, str) else list(tasks or [])
-    out = []
-    for t in (str(x).strip() for x in items):
-        for n in (DEFAULT_TASKS if t == "default" else [BUNDLED_TASK] if t == "bundled" else [t] if t else []):
-            if n not in out: out.append(n)
-    if not out: raise TaskError(f"no task given (tasks={tasks!r}): name lm-eval tasks, e.g. {','.join(DEFAULT_TASKS)}, or {BUNDLED_TASK}")
-    return out
-
-def _is_yaml(name) -> bool:
-    return str(name).endswith((".yaml", ".yml")) and Path(str(name)).expanduser().is_file()
-
-@contextlib.contextmanager
-def _quiet_lm_eval(level=logging.ERROR):
-    "lm-eval's logger down to `level` (its INFO and WARNING lines) for the duration."
-    log = logging.getLogger("lm_eval"); old = log.level
-    log.setLevel(level)
-    try: yield
-    finally: log.setLevel(old)
-
-def lm_eval_version() -> str | None:
-    try: return _md.version("lm_eval")
-    except _md.PackageNotFoundError: return None
-
-@functools.lru_cache(maxsize=4)
-def _task_manager(include_path: str, defaults: bool):
-    from lm_eval.tasks import TaskManager
-    with _quiet_lm_eval(): return TaskManager(include_path=include_path, include_defaults=defaults)
-
-def task_manager(names: Sequence[str]):
-    "An lm-eval `TaskManager` that knows the bundled tasks, and lm-eval's own tasks when a name needs them (built once per process)."
-    own = bundled_tasks()
-    return _task_manager(str(bundled_tasks_dir()), any(n not in own and not _is_yaml(n) for n in names))
-
-def check_tasks(tasks, tm=None) -> list[str]:
-    "The parsed task names, or a `TaskError` naming those that neither lm-eval nor s2b knows (no data is loaded)."
-    names = parse_tasks(tasks)
-    own = bundled_tasks()
-    todo = [n for n in names if n not in own and not _is_yaml(n)]
-    if not todo: return names
-    tm = tm or task_manager(names)
-    unknown = [n for n in todo if n not in tm.all_tasks]
-    if unknown:
-        said = []
-        for n in unknown:
-            close = difflib.get_close_matches(n, tm.all_tasks, n=3, cutoff=0.8)
-            said.append(repr(n) + (f" (did you mean {', '.join(close)}?)" if close else ""))
-        raise TaskError(f"unknown lm-eval task {', '.join(said)}: not a task, group or tag of lm-eval "
-                        f"{lm_eval_version()}, nor a task bundled with s2b ({', '.join(own)}), nor a task YAML file")
-    return names
-
-def _offline(e: BaseException) -> bool:
-    text = f"{type(e).__name__}: {e}"
-    return isinstance(e, ConnectionError) or any(s in text for s in (
-        "OfflineModeIsEnabled", "Couldn't reach", "LocalEntryNotFound", "Name or service not known",
-        "Temporary failure in name resolution", "Max retries exceeded", "HF_HUB_OFFLINE"))
-
-def _load_error(name: str, spec, e: BaseException) -> str:
-    first = (str(e).strip().splitlines() or [""])[0][:300]
-    msg = f"lm-eval task {name!r} could not be loaded: {type(e).__name__}: {first}"
-    if _offline(e):
-        msg += (f". Its data comes from the Hugging Face hub, which cannot be reached from here (no network, or HF_HUB_OFFLINE=1 "
-                f"without a cached copy): run it once where the hub is reachable (the datasets cache keeps it), or use the "
-                f"offline task {BUNDLED_TASK}")
-    return msg
-
-def load_tasks(tasks, tm=None) -> dict[str, dict]:
-    "{requested name: {task name: lm-eval Task}} (a group such as mmlu gives its subtasks); a `TaskError` names a task that cannot run."
-    names = parse_tasks(tasks)
-    tm = tm or task_manager(names)
-    check_tasks(names, tm)
-    own = bundled_tasks()
-    out = {}
-    for n in names:
-        spec = bundled_task_config(n) if n in own else str(Path(n).expanduser().resolve()) if _is_yaml(n) else n
-        try:
-            with _quiet_lm_eval(): loaded = tm.load([spec])
-        except Exception as e: raise TaskError(_load_error(n, spec, e)) from None
-        bad = {t: o.get_config("output_type") for t, o in loaded["tasks"].items() if o.get_config("output_type") != "multiple_choice"}
-        if bad: raise TaskError(f"lm-eval task {n!r}: the capability stage runs multiple-choice (log-likelihood) tasks; "
-                                f"{', '.join(f'{t} is {k}' for t, k in list(bad.items())[:3])}")
-        out[n] = dict(sorted(loaded["tasks"].items()))
-    return out
-
-# %% ../nbs/10_capability.ipynb #2d4a26f3
+# %% ../nbs/10_capability.ipynb #fd4cb8b3
 def adapter_dir(adapter) -> Path:
     "The LoRA adapter directory of `adapter` (an adapter directory, or a finetune run directory holding `adapter/`)."
     p = Path(adapter).expanduser()
@@ -171,12 +32,14 @@ def adapter_dir(adapter) -> Path:
     if not (p/"adapter_config.json").exists(): raise FileNotFoundError(f"No LoRA adapter (adapter_config.json) in {adapter}")
     return p.resolve()
 
+# %% ../nbs/10_capability.ipynb #6c7ec515
 def adapter_fingerprint(adapter) -> dict | None:
     "Path, size and mtime of an adapter's weights: what decides whether its cached scores still hold."
     if not adapter: return None
     p = adapter_dir(adapter)
     return {"path": str(p), "files": {f.name: [f.stat().st_size, f.stat().st_mtime_ns] for f in sorted(p.glob("adapter_model*"))}}
 
+# %% ../nbs/10_capability.ipynb #71992790
 def attach_adapters(lm, adapters: dict) -> None:
     "Load each role's adapter onto `lm.model` under the role's name (once)."
     from peft import PeftModel
@@ -187,6 +50,7 @@ def attach_adapters(lm, adapters: dict) -> None:
         elif role not in lm.model.peft_config: lm.model.load_adapter(p, adapter_name=role)
     lm.model.eval()
 
+# %% ../nbs/10_capability.ipynb #a92e6b95
 @contextlib.contextmanager
 def use_role(lm, role: str):
     "`lm` as `role` inside the block: that role's adapter active, or, for 'base', no adapter at all."
@@ -201,58 +65,14 @@ def use_role(lm, role: str):
     lm.model.set_adapter(role); lm.model.eval()
     yield lm
 
-def hflm(lm, batch_size: int | None = None, max_length: int | None = None):
-    "lm-eval's `HFLM` around the already-loaded model object (no second copy of the weights)."
-    from lm_eval.models.huggingface import HFLM
-    cfg = getattr(lm.model, "config", None)
-    max_length = max_length or getattr(cfg, "max_position_embeddings", None) or 2048
-    bs = batch_size or (64 if str(lm.device).startswith("cuda") else 16)
-    with _quiet_lm_eval():
-        return HFLM(pretrained=lm.model, tokenizer=lm.tokenizer, batch_size=bs, device=lm.device, max_length=max_length)
-
-# %% ../nbs/10_capability.ipynb #c5c0a390
-SAMPLE_COLUMNS = ["task", "doc_id", "role", "target", "n_choices", "pred", "acc", "acc_norm", "loglik", "is_greedy"]
-
-def _target(t) -> int:
-    if isinstance(t, (list, tuple)) and len(t) == 1: t = t[0]
-    try: return int(t)
-    except (TypeError, ValueError): return -1
-
-def samples_frame(samples: dict, role: str) -> pd.DataFrame:
-    "lm-eval's `results['samples']` as one row per item (SAMPLE_COLUMNS); `target` is -1 when it is not one option index."
-    rows = []
-    for task, ss in samples.items():
-        for s in ss:
-            resp = s["filtered_resps"]
-            ll = [float(r[0]) for r in resp]; g = [bool(r[1]) for r in resp]
-            rows.append({"task": task, "doc_id": int(s["doc_id"]), "role": role, "target": _target(s.get("target")),
-                         "n_choices": len(ll), "pred": int(np.argmax(ll)) if ll else -1,
-                         **{m: float(s[m]) if m in s else np.nan for m in METRICS}, "loglik": ll, "is_greedy": g})
-    return pd.DataFrame(rows, columns=SAMPLE_COLUMNS).sort_values(["task", "doc_id"], ignore_index=True)
-
-def evaluate_role(model, tasks: dict, role: str, *, tm=None, limit: int | float | None = None, num_fewshot: int | None = None,
-                  apply_chat_template: bool = False, system: str | None = None, seed: int = 0) -> tuple[pd.DataFrame, dict]:
-    "Run lm-eval on the model as it is now, as `role`: (one row per item, lm-eval's results without the samples)."
-    from lm_eval import simple_evaluate
-    flat = [t for group in tasks.values() for t in group.values()]
-    with _quiet_lm_eval(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        r = simple_evaluate(model=model, tasks=flat, task_manager=tm or task_manager([BUNDLED_TASK]), limit=limit,
-                            num_fewshot=num_fewshot, bootstrap_iters=0, log_samples=True,
-                            apply_chat_template=apply_chat_template, system_instruction=system,
-                            random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed)
-    df = samples_frame(r.pop("samples"), role)
-    return df, r
-
-# %% ../nbs/10_capability.ipynb #357791ae
+# %% ../nbs/10_capability.ipynb #f8a88518
 def paired_delta(a, b, n_boot: int = 1000, seed=0, alpha: float = 0.05) -> tuple[float, list[float]]:
     "Mean of a − b over paired items, and its percentile bootstrap CI (the pairs resampled together)."
     d = np.asarray(a, float) - np.asarray(b, float)
     if not len(d): return float("nan"), [float("nan"), float("nan")]
-    rng = np.random.default_rng(seed)
-    reps = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
-    return float(d.mean()), [float(q) for q in np.quantile(reps, [alpha/2, 1 - alpha/2])]
+    return float(d.mean()), percentile_ci(resample_means(d, n_boot, np.random.default_rng(seed)), 1 - alpha)
 
+# %% ../nbs/10_capability.ipynb #8a1c0f22
 def _units(df: pd.DataFrame, groups: dict | None) -> list[tuple[str, str, list[str]]]:
     "(name, 'task' or 'group', its tasks): every scored task, then each requested name that stands for several."
     tasks = sorted(set(df.task))
@@ -262,6 +82,7 @@ def _units(df: pd.DataFrame, groups: dict | None) -> list[tuple[str, str, list[s
         if len(members) > 1 or (members and members[0] != g): units.append((g, "group", members))
     return units
 
+# %% ../nbs/10_capability.ipynb #e1cca7b0
 def capability_metrics(df: pd.DataFrame, groups: dict | None = None, n_boot: int = 1000, seed: int = 0) -> dict:
     "Accuracy per role, Δ = conditioned − control with its paired bootstrap CI and the drop flag, per task and group."
     roles = [r for r in ROLES if r in set(df.role)]
@@ -286,6 +107,7 @@ def capability_metrics(df: pd.DataFrame, groups: dict | None = None, n_boot: int
     return {"stage": "capability", "roles": roles, "metrics": mets, "tasks": out, "drops": drops,
             "n_items": {r: int((df.role == r).sum()) for r in roles}, "n_boot": n_boot, "seed": seed}
 
+# %% ../nbs/10_capability.ipynb #9f177981
 def metrics_table(metrics: dict, metric: str | None = None) -> pd.DataFrame:
     "One row per task (and group) and metric: n, each role's accuracy, Δ, its CI and the drop flag."
     rows = []
@@ -299,7 +121,7 @@ def metrics_table(metrics: dict, metric: str | None = None) -> pd.DataFrame:
             rows.append(row)
     return pd.DataFrame(rows)
 
-# %% ../nbs/10_capability.ipynb #8c1fe3af
+# %% ../nbs/10_capability.ipynb #29dcb79c
 def plot_deltas(metrics: dict, metric: str = "acc", ax=None):
     "Δ = conditioned − control per task (and group) with its 95% CI; drops (CI below 0) in red."
     import matplotlib.pyplot as plt
@@ -317,27 +139,18 @@ def plot_deltas(metrics: dict, metric: str = "acc", ax=None):
     ax.figure.tight_layout()
     return ax.figure
 
-# %% ../nbs/10_capability.ipynb #691d9429
+# %% ../nbs/10_capability.ipynb #f9e53cfb
 def default_out(model: str = "embedded", name: str = "capability-default") -> Path:
     "`papermill_runs/<model-slug>/capability-default` in the s2b checkout."
     return repo_root()/"papermill_runs"/model_slug(model)/name
 
+# %% ../nbs/10_capability.ipynb #e2b50ae1
 def _config(model, adapter, names, limit, num_fewshot, apply_chat_template, system, seed) -> str:
     spec = {"model": model, "adapter": adapter_fingerprint(adapter), "tasks": names, "limit": limit, "num_fewshot": num_fewshot,
             "chat": apply_chat_template, "system": system, "seed": seed, "lm_eval": lm_eval_version()}
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-def _task_record(tasks: dict) -> dict:
-    "Each task's version, few-shot count, dataset and number of documents, from the task objects."
-    rec = {}
-    for group in tasks.values():
-        for name, t in group.items():
-            docs = t.test_docs() if t.has_test_docs() else t.validation_docs() if t.has_validation_docs() else None
-            rec[name] = {"version": getattr(t, "VERSION", None), "num_fewshot": t.get_config("num_fewshot"),
-                         "dataset_path": t.get_config("dataset_path"), "dataset_name": t.get_config("dataset_name"),
-                         "n_docs": len(docs) if docs is not None else None}
-    return rec
-
+# %% ../nbs/10_capability.ipynb #8e1e5540
 def run_capability(model: str = "embedded", adapter=None, control=None, tasks=BUNDLED_TASK, limit: int | float | None = None,
                    num_fewshot: int | None = None, seed: int = 0, backend: str = "hf", out=None, *, base: bool | None = None,
                    batch_size: int | None = None, apply_chat_template: bool = False, system: str | None = None,
@@ -387,7 +200,7 @@ def run_capability(model: str = "embedded", adapter=None, control=None, tasks=BU
     groups = {n: list(ts) for n, ts in loaded.items()}
     metrics = capability_metrics(samples, groups, n_boot=n_boot, seed=seed)
     first = next(iter(results.values()), {})
-    task_rec = _task_record(loaded)
+    task_rec = task_record(loaded)
     secs = samples.groupby("role").seconds.sum() if "seconds" in samples else pd.Series(dtype=float)
     metrics.update({"seconds": {r: float(secs.get(r, np.nan)) for r in roles},
                     "seconds_per_item": {r: float(samples[samples.role == r].seconds.mean()) for r in roles},
