@@ -271,7 +271,7 @@ def _main(a) -> int:
     if a.cmd in ("profile", "finetune", "evaluate"):
         stage = a.task if a.cmd == "evaluate" else METHOD_STAGES[a.method] if a.cmd == "finetune" else a.cmd
         if stage == "capability":             # a task name lm-eval does not know: one line, no notebook
-            from s2b.capability import check_tasks
+            from s2b.lmeval import check_tasks
             check_tasks(_eval_params(a)["tasks"])
         _check(stage, a)
         params = {"profile": _profile_params, "finetune": _finetune_params}.get(a.cmd, _eval_params)(a)

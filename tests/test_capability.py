@@ -1,4 +1,4 @@
-"Tests for s2b.capability: the bundled lm-eval task, task errors, scoring on the embedded model, Δ and the stage."
+"Tests for s2b.lmeval (the bundled lm-eval task, task errors, scoring on the embedded model) and s2b.capability (Δ and the stage)."
 import ast, json
 from pathlib import Path
 
@@ -7,8 +7,9 @@ import pandas as pd
 import pytest
 
 pytest.importorskip("lm_eval")
-from s2b import capability as C
-from s2b.runs import STAGES, _KEEP, repo_root, stage_copy
+from s2b import capability as C, lmeval as L
+from s2b.stages import STAGES, _KEEP, stage_copy
+from s2b.runs import repo_root
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -16,32 +17,32 @@ ROOT = Path(__file__).resolve().parent.parent
 # ---------------------------------------------------------------- the bundled task (no model)
 
 def test_bundled_questions():
-    qs = C.load_questions()
+    qs = L.load_questions()
     assert len(qs) >= 100 and qs.id.is_unique
     assert set(qs.domain) == {"science", "geography", "arithmetic_logic", "everyday", "language"}
     assert (qs.choices.map(len) == 4).all() and sorted(qs.answer.value_counts().tolist()) == [len(qs)//4]*4
     readme = (ROOT/"data"/"capability"/"README.md").read_text()
     assert "CC-BY-4.0" in readme and "s2b_general" in readme
-    assert C.bundled_tasks() == {"s2b_general": ROOT/"data"/"capability"/"s2b_general.yaml"}
+    assert L.bundled_tasks() == {"s2b_general": ROOT/"data"/"capability"/"s2b_general.yaml"}
 
 
 def test_bad_question_file(tmp_path):
     f = tmp_path/"q.jsonl"
     f.write_text(json.dumps({"id": "x", "domain": "d", "question": "q?", "choices": ["a", "a", "b", "c"], "answer": 0}) + "\n")
-    with pytest.raises(ValueError, match="line 1.*4 different options"): C.load_questions(f)
+    with pytest.raises(ValueError, match="line 1.*4 different options"): L.load_questions(f)
 
 
 def test_parse_tasks():
-    assert C.parse_tasks("bundled") == ["s2b_general"]
-    assert C.parse_tasks("default,arc_easy, s2b_general") == ["mmlu", "arc_easy", "hellaswag", "s2b_general"]
-    with pytest.raises(C.TaskError, match="no task"): C.parse_tasks(" , ")
+    assert L.parse_tasks("bundled") == ["s2b_general"]
+    assert L.parse_tasks("default,arc_easy, s2b_general") == ["mmlu", "arc_easy", "hellaswag", "s2b_general"]
+    with pytest.raises(L.TaskError, match="no task"): L.parse_tasks(" , ")
 
 
 def test_bundled_task_loads_offline():
-    ts = C.load_tasks("s2b_general")
+    ts = L.load_tasks("s2b_general")
     t = ts["s2b_general"]["s2b_general"]
     docs = t.test_docs()
-    assert len(docs) == len(C.load_questions()) and t.get_config("output_type") == "multiple_choice"
+    assert len(docs) == len(L.load_questions()) and t.get_config("output_type") == "multiple_choice"
     assert t.doc_to_text(docs[0]).startswith("Question: ") and t.doc_to_text(docs[0]).endswith("\nAnswer:")
     assert t.doc_to_choice(docs[0])[t.doc_to_target(docs[0])] == "carbon dioxide"
 
@@ -49,10 +50,10 @@ def test_bundled_task_loads_offline():
 # ---------------------------------------------------------------- errors that name the task
 
 def test_missing_task_name_is_a_clear_error():
-    with pytest.raises(C.TaskError) as e: C.check_tasks("s2b_general,no_such_task_xyz,arc_eazy")
+    with pytest.raises(L.TaskError) as e: L.check_tasks("s2b_general,no_such_task_xyz,arc_eazy")
     msg = str(e.value)
     assert "'no_such_task_xyz'" in msg and "'arc_eazy' (did you mean arc_easy" in msg and "Traceback" not in msg
-    assert C.check_tasks("arc_easy,s2b_general") == ["arc_easy", "s2b_general"]      # known names load no data
+    assert L.check_tasks("arc_easy,s2b_general") == ["arc_easy", "s2b_general"]      # known names load no data
 
 
 def test_missing_task_name_from_the_cli(tmp_path, capsys):
@@ -74,7 +75,7 @@ def offline(monkeypatch):
 
 
 def test_unreachable_hub_task_is_a_clear_error(offline):
-    with pytest.raises(C.TaskError) as e: C.load_tasks("s2b_general,arc_easy")
+    with pytest.raises(L.TaskError) as e: L.load_tasks("s2b_general,arc_easy")
     msg = str(e.value)
     assert msg.startswith("lm-eval task 'arc_easy' could not be loaded") and "allenai/ai2_arc" in msg
     assert "Hugging Face hub" in msg and "s2b_general" in msg and "Traceback" not in msg
@@ -93,9 +94,18 @@ def test_paired_delta_and_drop_flag():
     assert same["delta"] == 0.0 and same["delta_ci"] == [0.0, 0.0] and not same["drop"]
 
 
+def test_paired_delta_draws_through_s2b_stats():
+    "Δ's CI comes from s2b.stats and draws what the stage drew before it used s2b.stats: one (n_boot, n) block of indices."
+    rng = np.random.default_rng(5)
+    a, b = rng.integers(0, 2, 40), rng.integers(0, 2, 40)
+    d = a - b.astype(float)
+    reps = d[np.random.default_rng([0, 9]).integers(0, 40, size=(300, 40))].mean(1)
+    delta, ci = C.paired_delta(a, b, 300, [0, 9])
+    assert delta == d.mean() and np.allclose(ci, np.quantile(reps, [0.025, 0.975]), rtol=0, atol=1e-12)
+
 def test_stage_notebook_shape():
     "One parameters cell after the library; no parameter shadows a definition of the notebook (as tests/test_runs.py checks)."
-    assert STAGES["capability"] == "10_capability.ipynb"
+    assert STAGES["capability"] == "06g_capability.ipynb"
     nb = repo_root()/"nbs"/STAGES["capability"]
     full, run = stage_copy(nb, examples=True), stage_copy(nb)
     lib = lambda c: c.cell_type == "code" and bool(_KEEP.search(c.source))
@@ -114,12 +124,12 @@ def test_stage_notebook_shape():
 
 @pytest.mark.model
 def test_bundled_task_scores_on_the_embedded_model(lm):
-    from s2b.models import continuation_logprobs
-    tasks = C.load_tasks("bundled")
-    df, r = C.evaluate_role(C.hflm(lm), tasks, "base", limit=10)
+    from s2b.scoring import continuation_logprobs
+    tasks = L.load_tasks("bundled")
+    df, r = L.evaluate_role(L.hflm(lm), tasks, "base", limit=10)
     assert len(df) == 10 and list(df.doc_id) == list(range(10)) and (df.n_choices == 4).all()
     assert (df.acc == (df.pred == df.target)).all() and df.acc.mean() > 0.25          # better than chance on easy questions
-    assert r["versions"]["s2b_general"] == 1.0 and r["lm_eval_version"] == C.lm_eval_version()
+    assert r["versions"]["s2b_general"] == 1.0 and r["lm_eval_version"] == L.lm_eval_version()
     t = tasks["s2b_general"]["s2b_general"]; doc = t.test_docs()[3]
     ours = continuation_logprobs(lm, t.doc_to_text(doc), [" " + c for c in t.doc_to_choice(doc)])
     assert np.allclose(ours, df.loglik[3], atol=1e-3)
@@ -157,7 +167,7 @@ def test_stage_end_to_end_from_the_cli(lm, random_adapters, tmp_path, capsys):
     for f in ("report.ipynb", "metrics.json", "run.json", "samples.parquet", "delta.png"): assert (out/f).exists(), f
     m, rec = json.loads((out/"metrics.json").read_text()), json.loads((out/"run.json").read_text())
     assert m["roles"] == ["conditioned", "control"] and m["task_versions"] == {"s2b_general": 1.0}
-    assert rec["lm_eval"]["version"] == C.lm_eval_version() and rec["lm_eval"]["tasks"]["s2b_general"]["version"] == 1.0
+    assert rec["lm_eval"]["version"] == L.lm_eval_version() and rec["lm_eval"]["tasks"]["s2b_general"]["version"] == 1.0
     assert rec["data"]["s2b_general"]["sha256"] and rec["adapters"]["conditioned"] == str(Path(cond).resolve())
     s = pd.read_parquet(out/"samples.parquet")
     w = s.pivot_table(index="doc_id", columns="role", values="acc")
