@@ -10,8 +10,8 @@ import numpy as np, pandas as pd
 from .values import VALUES
 from .runs import read_json, atomic_write_text, atomic_write_json
 from .models import model_slug
-from .figures import (save_figure, fig_profiles, fig_drop_heatmap, fig_selectivity, fig_side_effects, fig_aita,
-                         fig_machiavelli, fig_transfer, fig_methods)
+from .figures import save_figure, fig_profiles, fig_drop_heatmap, fig_selectivity, fig_side_effects
+from .figures import fig_aita, fig_machiavelli, fig_transfer, fig_methods
 
 # %% auto #0
 __all__ = ['run_info', 'collect', 'profile_table', 'indomain_table', 'side_effects', 'aita_table', 'machiavelli_table',
