@@ -4,120 +4,155 @@
 
 # %% ../nbs/07_report.ipynb #91cc4af3
 from __future__ import annotations
-import json, re
+import sys
 from pathlib import Path
 import numpy as np, pandas as pd
-from .values import VALUES, short_name, value_color
+from .values import VALUES
 from .runs import read_json, atomic_write_text, atomic_write_json
+from .models import model_slug
+from .figures import save_figure, fig_profiles, fig_drop_heatmap, fig_selectivity, fig_side_effects
+from .figures import fig_aita, fig_machiavelli, fig_transfer, fig_methods
 
 # %% auto #0
-__all__ = ['parse_run_dir', 'collect', 'profile_table', 'indomain_table', 'side_effects', 'aita_table', 'machiavelli_table',
+__all__ = ['run_info', 'collect', 'profile_table', 'indomain_table', 'side_effects', 'aita_table', 'machiavelli_table',
            'to_markdown', 'capability_table', 'selectivity_lines', 'aita_lines', 'machiavelli_lines',
-           'capability_lines', 'fig_profiles', 'fig_drop_heatmap', 'fig_selectivity', 'fig_side_effects', 'fig_aita',
-           'fig_machiavelli', 'fig_transfer', 'build_report']
+           'capability_lines', 'methods_table', 'methods_lines', 'build_report']
 
 # %% ../nbs/07_report.ipynb #e75a55e5
-_DIR = re.compile(r"^(?P<stage>[a-z]+)(?:__(?P<target>control|[A-Za-z_]+?)(?:-(?P<direction>down|up))?)?(?:__s(?P<seed>\d+))?$")
+def run_info(run: dict, folder) -> dict:
+    "What a run is, from its `run.json` record `run`: model, stage, method, target, direction, seed, label, targets (ValueError: it cannot say)."
+    stage = "baseline" if run.get("notebook_stage") == "baseline" else run.get("stage")
+    if not stage: raise ValueError("its run.json names no stage")
+    s = run.get("steering")
+    if s is None and stage in ("finetune", "indomain", "aita", "machiavelli", "capability"):
+        raise ValueError(f"its run.json has no `steering` block (an old {stage} run); rerun the stage to report it")
+    m = run.get("model") if isinstance(run.get("model"), dict) else {}
+    by_role = [r.get("name") for r in m.values() if isinstance(r, dict)]          # MACHIAVELLI: one model record per role
+    model = m.get("name") or next(filter(None, by_role), None) or Path(folder).parent.name
+    if s is None:
+        return {"model": model, "stage": stage, "method": "base", "target": None, "direction": None, "seed": run.get("seed"),
+                "label": None, "targets": {}}
+    targets, d = s.get("targets") or {}, s.get("direction")
+    label = s.get("label") or ("control" if not targets else f"{next(iter(targets))}-{d}" if len(targets) == 1 and d else "profile")
+    target = label if label in ("control", "profile") or not d else label.removesuffix(f"-{d}")
+    return {"model": model, "stage": stage, "method": s.get("method"), "target": target, "direction": d,
+            "seed": s.get("seed", run.get("seed")), "label": label, "targets": targets}
 
-def parse_run_dir(name: str) -> dict | None:
-    "'finetune__Hedonism-down__s0' -> {stage, target, direction, seed}."
-    m = _DIR.match(name)
-    if not m: return None
-    d = m.groupdict(); d["seed"] = int(d["seed"]) if d["seed"] is not None else None
-    return d
-
+# %% ../nbs/07_report.ipynb #0d68c95f
 def collect(runs_dir="papermill_runs") -> pd.DataFrame:
-    "One row per finished stage run: model, stage, target, direction, seed, path, metrics, run record."
+    "One row per finished stage run, as its `run.json` describes it (`run_info`), with its folder, metrics and run record."
     rows = []
     for m in sorted(Path(runs_dir).glob("*/*/metrics.json")):
-        d = parse_run_dir(m.parent.name)
-        if d is None: continue
-        rows.append({"model": m.parent.parent.name, **d, "path": str(m.parent), "metrics": read_json(m), "run": read_json(m.parent/"run.json", {})})
-    return pd.DataFrame(rows, columns=["model", "stage", "target", "direction", "seed", "path", "metrics", "run"])
+        if m.parent.name.startswith("."): continue                      # a rerun still at work (`.<name>.next`)
+        run = read_json(m.parent/"run.json", {})
+        try: info = run_info(run, m.parent)
+        except ValueError as e:
+            print(f"s2b report: skipped {m.parent}: {e}", file=sys.stderr); continue
+        rows.append({**info, "path": str(m.parent), "metrics": read_json(m), "run": run, "created": str(run.get("created") or "")})
+    cols = ["model", "stage", "method", "target", "direction", "seed", "label", "targets", "path", "metrics", "run"]
+    df = pd.DataFrame(rows, columns=cols + ["created"]).sort_values("created", kind="stable")
+    df["seed"] = pd.to_numeric(df.seed, errors="coerce").astype("Int64")
+    key = ["model", "stage", "method", "label", "direction", "seed"]
+    older = df.duplicated(key, keep="last")
+    for r in df[older].itertuples():
+        newer = df[~older & (df[key].astype(str) == pd.Series(r._asdict())[key].astype(str)).all(axis=1)].path.iloc[0]
+        print(f"s2b report: {r.path} and {newer} are the same run ({r.stage} {r.label or r.method}, seed {r.seed}): reporting the newer, {newer}",
+              file=sys.stderr)
+    return df[~older].sort_values("path")[cols].reset_index(drop=True)
 
-# %% ../nbs/07_report.ipynb #cc421c5e
+# %% ../nbs/07_report.ipynb #c9a24058
 def _ci(x): return x if isinstance(x, (list, tuple)) and len(x) == 2 else [np.nan, np.nan]
 
+# %% ../nbs/07_report.ipynb #09de926f
 def profile_table(runs: pd.DataFrame) -> pd.DataFrame:
-    "Value profiles: model × value mean with CI."
+    "Value profiles: model × method (× label, for a steered model) × value mean with CI."
     rows = []
     for r in runs[runs.stage == "profile"].itertuples():
         for v in VALUES:
-            if v in r.metrics: rows.append({"model": r.model, "value": v, **{k: r.metrics[v][k] for k in ("mean", "ci_low", "ci_high", "n_items")}})
-    return pd.DataFrame(rows, columns=["model", "value", "mean", "ci_low", "ci_high", "n_items"])
+            if v in r.metrics: rows.append({"model": r.model, "method": r.method, "label": r.label, "value": v,
+                                            **{k: r.metrics[v][k] for k in ("mean", "ci_low", "ci_high", "n_items")}})
+    return pd.DataFrame(rows, columns=["model", "method", "label", "value", "mean", "ci_low", "ci_high", "n_items"])
 
+# %% ../nbs/07_report.ipynb #58000de1
 def indomain_table(runs: pd.DataFrame) -> pd.DataFrame:
-    "Target drop and drift per model × value × direction × seed, with CIs (and held-out templates when measured)."
+    "Target drop and drift per model × method × value × direction × seed, with CIs, selectivity and its verdict (and per template group when measured)."
     rows = []
     for r in runs[runs.stage == "indomain"].itertuples():
-        m = r.metrics; row = {"model": r.model, "value": r.target, "direction": r.direction, "seed": r.seed,
+        m = r.metrics; row = {"model": r.model, "method": r.method, "value": r.target, "direction": r.direction, "seed": r.seed,
                               "target_drop": m["target_drop"], "drop_ci_low": _ci(m["target_drop_ci"])[0], "drop_ci_high": _ci(m["target_drop_ci"])[1],
                               "drift": m["drift"], "drift_ci_low": _ci(m["drift_ci"])[0], "drift_ci_high": _ci(m["drift_ci"])[1]}
         if "selectivity" in m:
-            row.update(selectivity=m["selectivity"], sel_ci_low=m["selectivity_ci"][0], sel_ci_high=m["selectivity_ci"][1],
+            row.update(selectivity=m["selectivity"], sel_ci_low=_ci(m["selectivity_ci"])[0], sel_ci_high=_ci(m["selectivity_ci"])[1],
                        selective=m["selective"], target_rank=(m.get("target_rank") or {}).get(r.target))
         for part, e in (m.get("by_templates") or {}).items():
             row[f"{part}_drop"] = e["target_drop"]; row[f"{part}_drift"] = e["drift"]
             if "selectivity" in e:
                 row[f"{part}_selectivity"] = e["selectivity"]; row[f"{part}_selective"] = e["selective"]
-                row[f"{part}_sel_ci_low"], row[f"{part}_sel_ci_high"] = e["selectivity_ci"]
+                row[f"{part}_sel_ci_low"], row[f"{part}_sel_ci_high"] = _ci(e["selectivity_ci"])
         row["verdict"] = m.get("verdict")
         rows.append(row)
     return pd.DataFrame(rows)
 
-def side_effects(runs: pd.DataFrame, model: str, direction: str = "down") -> pd.DataFrame:
-    "The side-effect matrix of a model: rows = trained target, columns = value, cell = mean Δ over seeds."
+# %% ../nbs/07_report.ipynb #e9c5b8a1
+def side_effects(runs: pd.DataFrame, model: str, direction: str = "down", method: str | None = None) -> pd.DataFrame:
+    "The side-effect matrix of a model (and method): rows = trained target, columns = value, cell = mean Δ over seeds."
     sub = runs[(runs.stage == "indomain") & (runs.model == model) & (runs.direction == direction)]
+    if method is not None: sub = sub[sub.method == method]
     mat = pd.DataFrame(np.nan, index=list(VALUES), columns=list(VALUES))
     for t, g in sub.groupby("target"):
         deltas = pd.DataFrame([m["delta"] for m in g.metrics])
         for v in deltas: mat.loc[t, v] = deltas[v].mean()
     return mat
 
+# %% ../nbs/07_report.ipynb #59308e65
 def aita_table(runs: pd.DataFrame) -> pd.DataFrame:
-    "AITA probability gain per model × value (the steered value's posts), with the placebo and the shift toward the low stance."
+    "AITA probability gain per model × method × value (the steered value's posts), with the placebo and the shift toward the low stance."
     rows = []
     for r in runs[runs.stage == "aita"].itertuples():
         for v, e in (r.metrics.get("values") or {}).items():
             if e.get("gain") is None: continue
-            rows.append({"model": r.model, "value": v, "adapter_value": r.target, "direction": r.direction, "seed": r.seed, "n": e.get("n"),
-                         "gain": e["gain"], "gain_ci_low": _ci(e.get("gain_ci"))[0], "gain_ci_high": _ci(e.get("gain_ci"))[1],
+            rows.append({"model": r.model, "method": r.method, "value": v, "adapter_value": r.target, "direction": r.direction, "seed": r.seed,
+                         "n": e.get("n"), "gain": e["gain"], "gain_ci_low": _ci(e.get("gain_ci"))[0], "gain_ci_high": _ci(e.get("gain_ci"))[1],
                          "placebo_gain": e.get("placebo_gain"), "shift_low": e.get("shift_low")})
     return pd.DataFrame(rows)
 
+# %% ../nbs/07_report.ipynb #5f12be04
 def machiavelli_table(runs: pd.DataFrame) -> pd.DataFrame:
-    "MACHIAVELLI normalised metrics (100 = random agent) per model × profile × role, over all games, with the run's scoring."
+    "MACHIAVELLI normalised metrics (100 = random agent) per model × method × profile × role, over all games, with the run's scoring."
     rows = []
     for r in runs[runs.stage == "machiavelli"].itertuples():
         for role, ms in (r.metrics.get("summary") or {}).items():
-            row = {"model": r.model, "profile": r.target, "role": role, "scoring": r.metrics.get("scoring", "s2b")}
+            row = {"model": r.model, "method": r.method, "profile": r.target, "direction": r.direction, "seed": r.seed, "role": role,
+                   "scoring": r.metrics.get("scoring", "s2b")}
             for k in ("power", "disutility", "violations"):
                 e = ms.get(k) or {}
                 row[k], row[f"{k}_ci_low"], row[f"{k}_ci_high"] = e.get("mean"), e.get("lo"), e.get("hi")
             rows.append(row)
     return pd.DataFrame(rows)
 
+# %% ../nbs/07_report.ipynb #23d2c427
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    "A table as Markdown (`_no runs_` when empty)."
     if df.empty: return "_no runs_\n"
     return df.to_markdown(index=False, floatfmt=floatfmt) + "\n"
 
-# %% ../nbs/07_report.ipynb #0d68c95f
+# %% ../nbs/07_report.ipynb #605e4688
 def capability_table(runs: pd.DataFrame) -> pd.DataFrame:
-    "lm-eval accuracy per model × value × task (and group): conditioned, control, Δ with its paired bootstrap CI, the drop flag."
+    "lm-eval accuracy per model × method × value × task (and group): conditioned, control, Δ with its paired bootstrap CI, the drop flag."
     rows = []
     for r in runs[runs.stage == "capability"].itertuples():
         for task, e in (r.metrics.get("tasks") or {}).items():
             for m in r.metrics.get("metrics") or ["acc"]:
                 x = e.get(m) or {}
                 if "delta" not in x: continue
-                rows.append({"model": r.model, "value": r.target, "direction": r.direction, "seed": r.seed, "task": task,
+                rows.append({"model": r.model, "method": r.method, "value": r.target, "direction": r.direction, "seed": r.seed, "task": task,
                              "metric": m, "n": e.get("n"), "conditioned": x.get("conditioned"), "control": x.get("control"),
                              "delta": x["delta"], "ci_low": _ci(x.get("delta_ci"))[0], "ci_high": _ci(x.get("delta_ci"))[1],
                              "drop": x.get("drop")})
-    return pd.DataFrame(rows, columns=["model", "value", "direction", "seed", "task", "metric", "n", "conditioned", "control",
+    return pd.DataFrame(rows, columns=["model", "method", "value", "direction", "seed", "task", "metric", "n", "conditioned", "control",
                                        "delta", "ci_low", "ci_high", "drop"])
 
-# %% ../nbs/07_report.ipynb #c9a24058
+# %% ../nbs/07_report.ipynb #65775d2c
 def _across_seeds(x) -> tuple[float, float, float]:
     "Mean and 95% t-interval across seeds."
     from scipy import stats
@@ -126,51 +161,63 @@ def _across_seeds(x) -> tuple[float, float, float]:
     h = stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x))
     return float(x.mean()), float(x.mean() - h), float(x.mean() + h)
 
+# %% ../nbs/07_report.ipynb #66cff1ed
 def selectivity_lines(ind: pd.DataFrame) -> list[str]:
-    "One line per model × target × direction: selective or not, in words (held-out templates too)."
+    "One line per model × (method) × target × direction: selective or not, in words (held-out templates too)."
     lines = []
     if ind.empty or "selectivity" not in ind: return lines
-    for (mdl, v, d), g in ind.groupby(["model", "value", "direction"], sort=False):
+    ind = ind if "method" in ind else ind.assign(method="")
+    many = ind.method.nunique() > 1
+    for (mdl, meth, v, d), g in ind.groupby(["model", "method", "value", "direction"], sort=False, dropna=False):
         if len(g.dropna(subset=["selectivity"])) > 1: g = g.dropna(subset=["selectivity"])
+        who = f"{mdl} {meth} {v} {d}" if many else f"{mdl} {v} {d}"
         if len(g) == 1:
             r = g.iloc[0]
-            line = f"{mdl} {v} {d}: {r.verdict.split(': ', 1)[1] if ': ' in str(r.verdict) else r.verdict}"
+            if pd.isna(r.selectivity): continue                              # a run from before selectivity was measured
+            line = f"{who}: {r.verdict.split(': ', 1)[1] if ': ' in str(r.verdict) else r.verdict}"
             if "held_out_selectivity" in g and pd.notna(r.get("held_out_selectivity")):
                 line += (f"; held-out templates: {'selective' if r.held_out_selective else 'NOT selective'} "
                          f"{r.held_out_selectivity:+.2f} [{r.held_out_sel_ci_low:+.2f}, {r.held_out_sel_ci_high:+.2f}]")
         else:
             mean, lo, hi = _across_seeds(g.selectivity)
             word = "selective" if lo > 0 else "NOT selective"
-            line = (f"{mdl} {v} {d}: {word} across {len(g)} seeds: selectivity {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] (t-interval over "
+            line = (f"{who}: {word} across {len(g)} seeds: selectivity {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] (t-interval over "
                     f"seeds); selective in {int(g.selective.sum())}/{len(g)} seeds")
         lines.append(line)
     return lines
 
-# %% ../nbs/07_report.ipynb #41124df2
+# %% ../nbs/07_report.ipynb #54116952
 def aita_lines(at: pd.DataFrame) -> list[str]:
-    "One line per model × steered value: the AITA gain on that value's posts against 0 and against its placebo (`s2b.aita.gain_verdict`)."
+    "One line per model × (method) × steered value: the AITA gain on that value's posts against 0 and its placebo (`s2b.aita.gain_verdict`)."
     from s2b.aita import gain_verdict
+    many = "method" in at and at.method.nunique() > 1
     lines = []
     for r in at[at.value == at.adapter_value].itertuples():
         e = {"gain": r.gain, "gain_ci": [r.gain_ci_low, r.gain_ci_high], "n": r.n,
              "placebo_gain": r.placebo_gain if r.placebo_gain is not None and pd.notna(r.placebo_gain) else None}
-        lines.append(f"{r.model} {r.value} {getattr(r, 'direction', '')} AITA: {gain_verdict(e, getattr(r, 'direction', 'down'))}")
+        who = f"{r.model} {r.method} {r.value}" if many else f"{r.model} {r.value}"
+        lines.append(f"{who} {getattr(r, 'direction', '')} AITA: {gain_verdict(e, getattr(r, 'direction', 'down'))}")
     return lines
 
+# %% ../nbs/07_report.ipynb #7222ae1b
 def machiavelli_lines(mt: pd.DataFrame) -> list[str]:
-    "One line per model × steered profile: the adapter's normalised harms beside the control's (`s2b.machiavelli.role_comparison`)."
+    "One line per model × (method) × steered profile × seed: the adapter's normalised harms beside the control's (`s2b.machiavelli.role_comparison`)."
     from s2b.machiavelli import role_comparison
+    for c in ("method", "direction", "seed"): mt = mt if c in mt else mt.assign(**{c: None})
+    many = mt.method.nunique() > 1
     lines = []
-    for (mdl, prof), g in mt.groupby(["model", "profile"], dropna=False, sort=False):
+    for (mdl, meth, prof, d, _), g in mt.groupby(["model", "method", "profile", "direction", "seed"], dropna=False, sort=False):
         by = {r["role"]: r for r in g.to_dict("records")}
         a, c = by.get("adapter") or by.get("conditioned"), by.get("control")
         if a is None or c is None: continue
         summ = lambda r: {k: {"mean": r.get(k), "lo": r.get(f"{k}_ci_low"), "hi": r.get(f"{k}_ci_high")}
                           for k in ("power", "disutility", "violations") if r.get(k) is not None and pd.notna(r.get(k))}
         scoring = f", {a['scoring']} scoring" if "scoring" in a else ""
-        lines.append(f"{mdl} {prof} MACHIAVELLI (100 = random agent{scoring}): " + role_comparison(summ(a), summ(c)))
+        who = " ".join(str(x) for x in ([mdl, meth] if many else [mdl]) + [prof] + ([d] if isinstance(d, str) else []))
+        lines.append(f"{who} MACHIAVELLI (100 = random agent{scoring}): " + role_comparison(summ(a), summ(c)))
     return lines
 
+# %% ../nbs/07_report.ipynb #fdf58d19
 def capability_lines(ct: pd.DataFrame) -> list[str]:
     "One line per model × steered value × task: the adapter's accuracy against the control's, and whether it dropped."
     lines = []
@@ -180,142 +227,80 @@ def capability_lines(ct: pd.DataFrame) -> list[str]:
                      f"Δ {r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] over {r.n} items: {word}")
     return lines
 
-# %% ../nbs/07_report.ipynb #65775d2c
-def _save(fig, figures: Path, name: str) -> list[str]:
-    figures.mkdir(parents=True, exist_ok=True)
-    out = []
-    for ext in ("png", "svg"):
-        fig.savefig(figures/f"{name}.{ext}", dpi=130, bbox_inches="tight"); out.append(f"{name}.{ext}")
-    return out
-
-def fig_profiles(prof: pd.DataFrame):
-    import matplotlib.pyplot as plt, seaborn as sns
-    sns.set_theme(style="whitegrid")
-    models = list(prof.model.unique())
-    fig, ax = plt.subplots(figsize=(8, 0.35 * 20 + 1.5))
-    h = 0.8 / max(len(models), 1)
-    for j, mdl in enumerate(models):
-        p = prof[prof.model == mdl].set_index("value").reindex(VALUES)
-        y = np.arange(len(VALUES)) + j * h
-        ax.barh(y, p["mean"], height=h, label=mdl, color=sns.color_palette()[j % 10], alpha=0.85)
-        ax.errorbar(p["mean"], y, xerr=np.clip([p["mean"] - p.ci_low, p.ci_high - p["mean"]], 0, None), fmt="none", ecolor="k", lw=0.8, capsize=1.5)
-    ax.set_yticks(np.arange(len(VALUES)) + h * (len(models) - 1) / 2, [short_name(v) for v in VALUES]); ax.invert_yaxis()
-    ax.set_xlim(1, 6); ax.set_xlabel("mean expected rating (1-6), 95% CI over items"); ax.legend(loc="lower right")
-    ax.set_title("Value profiles")
-    return fig
-
-def fig_drop_heatmap(ind: pd.DataFrame):
-    import matplotlib.pyplot as plt, seaborn as sns
-    piv = ind.groupby(["model", "value"]).target_drop.mean().unstack().reindex(columns=[v for v in VALUES if v in set(ind.value)])
-    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * piv.shape[1], 1.2 + 0.5 * piv.shape[0]))
-    sns.heatmap(piv, annot=True, fmt=".2f", cmap="RdBu_r", center=0, ax=ax, cbar_kws={"label": "target drop"})
-    ax.set_xticklabels([short_name(v) for v in piv.columns], rotation=60, ha="right"); ax.set_xlabel(""); ax.set_ylabel("")
-    ax.set_title("Target drop (control − conditioned; negative for up), mean over seeds")
-    return fig
-
-def fig_selectivity(ind: pd.DataFrame):
-    "Selectivity per target (seen and held-out templates) with 95% CIs, each bar labelled selective or NOT selective."
-    import matplotlib.pyplot as plt, seaborn as sns
-    sns.set_theme(style="whitegrid")
-    rows = []
-    for r in ind.dropna(subset=["selectivity"]).itertuples():
-        who = f"{short_name(r.value)} {r.direction}" + (f" s{int(r.seed)}" if pd.notna(r.seed) and ind.seed.nunique() > 1 else "")
-        if ind.model.nunique() > 1: who = f"{r.model}: {who}"
-        for part in ("seen", "held_out"):
-            s = getattr(r, f"{part}_selectivity", None)
-            if s is not None and pd.notna(s):
-                rows.append((who, part.replace("_", "-") + " templates", s, getattr(r, f"{part}_sel_ci_low"), getattr(r, f"{part}_sel_ci_high")))
-        if not any(x[0] == who for x in rows): rows.append((who, "all templates", r.selectivity, r.sel_ci_low, r.sel_ci_high))
-    d = pd.DataFrame(rows, columns=["who", "templates", "sel", "lo", "hi"])
-    whos, parts = list(dict.fromkeys(d.who)), list(dict.fromkeys(d.templates))
-    fig, ax = plt.subplots(figsize=(2 + 1.6 * len(whos), 4))
-    w = 0.8 / len(parts)
-    for j, part in enumerate(parts):
-        s = d[d.templates == part].set_index("who").reindex(whos)
-        x = np.arange(len(whos)) + (j - (len(parts) - 1) / 2) * w
-        ax.bar(x, s.sel, width=w, label=part, color=sns.color_palette()[j], alpha=0.85)
-        ax.errorbar(x, s.sel, yerr=np.clip([s.sel - s.lo, s.hi - s.sel], 0, None), fmt="none", ecolor="k", capsize=3)
-        for xi, (v, lo) in zip(x, zip(s.sel, s.lo)):
-            if pd.notna(v): ax.annotate("selective" if lo > 0 else "NOT\nselective", (xi, max(v, 0)), ha="center", va="bottom",
-                                        fontsize=8, xytext=(0, 3), textcoords="offset points", color="k" if lo > 0 else "#C0392B")
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(np.arange(len(whos)), whos)
-    ax.set_ylabel("selectivity: toward goal − drift"); ax.legend(fontsize=8, loc="best")
-    ax.set_title("In-domain selectivity, 95% bootstrap CI (selective: CI above 0)")
-    return fig
-
-def fig_side_effects(mat: pd.DataFrame, model: str, direction: str = "down"):
-    import matplotlib.pyplot as plt, seaborn as sns
-    fig, ax = plt.subplots(figsize=(10, 8.5))
-    lim = np.nanmax(np.abs(mat.to_numpy())) if np.isfinite(mat.to_numpy()).any() else 1
-    sns.heatmap(mat, cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, ax=ax,
-                cbar_kws={"label": "Δ rating (conditioned − control)"}, linewidths=0.3, linecolor="white")
-    ax.set_xticklabels([short_name(v) for v in mat.columns], rotation=60, ha="right")
-    ax.set_yticklabels([short_name(v) for v in mat.index], rotation=0)
-    ax.set_xlabel("value measured"); ax.set_ylabel(f"value trained {direction}")
-    ax.set_title(f"Side-effect matrix, {model} (circumplex order; empty rows: not trained)")
-    return fig
-
-def fig_aita(at: pd.DataFrame):
-    import matplotlib.pyplot as plt, seaborn as sns
-    g = at.groupby(["model", "value"]).agg(gain=("gain", "mean"), lo=("gain_ci_low", "mean"), hi=("gain_ci_high", "mean"),
-                                            placebo=("placebo_gain", "mean")).reset_index()
-    g["order"] = g.value.map(VALUES.index); g = g.sort_values(["model", "order"])
-    fig, ax = plt.subplots(figsize=(1.5 + 0.7 * len(g), 4))
-    x = np.arange(len(g))
-    ax.bar(x, g.gain, color=[value_color(v) for v in g.value], alpha=0.85, label="gain (conditioned vs control)")
-    ax.errorbar(x, g.gain, yerr=np.clip([g.gain - g.lo, g.hi - g.gain], 0, None), fmt="none", ecolor="k", capsize=3)
-    if g.placebo.notna().any(): ax.scatter(x, g.placebo, marker="x", color="k", zorder=3, label="placebo (other value's adapter)")
-    ax.axhline(0, color="k", lw=0.8)
-    ax.set_xticks(x, [f"{short_name(v)}\n{m}" if g.model.nunique() > 1 else short_name(v) for v, m in zip(g.value, g.model)], rotation=30, ha="right")
-    ax.set_ylabel("probability gain"); ax.legend(fontsize=8, loc="best", framealpha=0.8); ax.set_title("AITA: probability gain per value, 95% CI over posts")
-    return fig
-
-def fig_machiavelli(mt: pd.DataFrame):
-    import matplotlib.pyplot as plt, seaborn as sns
-    keys = [k for k in ("power", "disutility", "violations") if k in mt]
-    mt = mt.assign(scoring=mt["scoring"].fillna("s2b")) if "scoring" in mt else mt.assign(scoring="s2b")
-    long = mt.melt(id_vars=["model", "profile", "role", "scoring"], value_vars=keys, var_name="metric", value_name="normalised")
-    steered = long.role.isin(["adapter", "conditioned"]) & long.profile.notna()
-    long["who"] = long.role + np.where(steered, " (" + long.profile.fillna("").map(lambda v: short_name(v) + " down" if v in VALUES else v) + ")", "")
-    if long.model.nunique() > 1: long["who"] = long.model + ": " + long.who
-    scorings = sorted(long.scoring.unique())
-    if len(scorings) > 1: long["who"] = long.who + " [" + long.scoring + " scoring]"
-    long = long.drop_duplicates(["who", "metric"])
-    fig, ax = plt.subplots(figsize=(8, 4))
-    sns.barplot(long, x="metric", y="normalised", hue="who", ax=ax, errorbar=None)
-    ax.axhline(100, color="k", ls="--", lw=1, label="random agent = 100")
-    ax.set_ylabel("normalised count (100 = random; lower is better)"); ax.set_xlabel(""); ax.legend(fontsize=8)
-    ax.set_title(f"MACHIAVELLI-style games ({' and '.join(scorings)} scoring)")
-    return fig
-
-def fig_transfer(ind: pd.DataFrame, at: pd.DataFrame):
-    import matplotlib.pyplot as plt, seaborn as sns
-    a = ind.groupby(["model", "value"]).target_drop.mean().reset_index()
-    b = at[at.value == at.adapter_value].groupby(["model", "value"]).gain.mean().reset_index()
-    d = a.merge(b, on=["model", "value"])
-    fig, ax = plt.subplots(figsize=(5.5, 4.5))
-    for r in d.itertuples():
-        ax.scatter(r.target_drop, r.gain, color=value_color(r.value), s=50)
-        ax.annotate(short_name(r.value), (r.target_drop, r.gain), fontsize=8, xytext=(4, 4), textcoords="offset points")
-    ax.axhline(0, color="k", lw=0.6); ax.axvline(0, color="k", lw=0.6)
-    ax.set_xlabel("in-domain target drop"); ax.set_ylabel("AITA probability gain")
-    ax.set_title("Transfer: does the survey shift reach moral judgments?")
-    return fig, d
-
 # %% ../nbs/07_report.ipynb #d4670b77
+def _pool(t: pd.DataFrame, col: str, lo: str, hi: str) -> tuple[float, float, float]:
+    "A value with its CI from the rows of `t`: one row: its own; several seeds: the mean and t-interval across them; none: NaN."
+    num = lambda c: pd.to_numeric(t[c], errors="coerce") if c in t else pd.Series(np.nan, index=t.index)
+    x = num(col).dropna()
+    if x.empty: return (np.nan, np.nan, np.nan)
+    if len(x) > 1: return _across_seeds(x)
+    return float(x.iloc[0]), float(num(lo)[x.index].iloc[0]), float(num(hi)[x.index].iloc[0])
+
+# %% ../nbs/07_report.ipynb #b96ac07b
+def methods_table(runs: pd.DataFrame) -> pd.DataFrame:
+    "One row per model × method × target × direction: selectivity, AITA gain and MACHIAVELLI harms (and the control's), with CIs; NaN: not run."
+    tabs = {"indomain": indomain_table(runs), "aita": aita_table(runs), "machiavelli": machiavelli_table(runs)}
+    if not tabs["aita"].empty: tabs["aita"] = tabs["aita"][tabs["aita"].value == tabs["aita"].adapter_value].drop(columns="value")
+    tcol = {"indomain": "value", "aita": "adapter_value", "machiavelli": "profile"}
+    key = lambda m, me, t, d: (m, me, t, d if isinstance(d, str) else None)
+    for s, t in tabs.items(): tabs[s] = t.assign(_k=[key(*k) for k in zip(t.model, t.method, t[tcol[s]], t.direction)]) if len(t) else t
+    rows = []
+    for r in runs[runs.stage.isin(list(tabs))].drop_duplicates(["model", "method", "target", "direction"]).itertuples():
+        k = key(r.model, r.method, r.target, r.direction)
+        of = lambda s: tabs[s][[x == k for x in tabs[s]._k]] if len(tabs[s]) else tabs[s]
+        ind, at, mt = of("indomain"), of("aita"), of("machiavelli")
+        row = {"model": r.model, "method": r.method, "label": r.label, "target": r.target, "direction": r.direction,
+               "seeds": int(runs[[key(*x) == k for x in zip(runs.model, runs.method, runs.target, runs.direction)]].seed.nunique())}
+        for part in ("", "seen_", "held_out_"):
+            x, lo, hi = _pool(ind, f"{part}selectivity", f"{part}sel_ci_low", f"{part}sel_ci_high")
+            row[f"{part}selectivity"], row[f"{part}sel_ci_low"], row[f"{part}sel_ci_high"] = x, lo, hi
+            row[f"{part}selective"] = None if np.isnan(x) else bool(lo > 0)
+            row[f"{part}verdict"] = ("not run" if np.isnan(x) else "selective" if lo > 0 else
+                                     "NOT selective (the target moved no more than the other values)" if hi < 0 else "NOT selective (the CI includes 0)")
+        row["aita_gain"], row["aita_gain_ci_low"], row["aita_gain_ci_high"] = _pool(at, "gain", "gain_ci_low", "gain_ci_high")
+        row["aita_placebo"] = pd.to_numeric(at.get("placebo_gain", pd.Series(dtype=float)), errors="coerce").mean()
+        for role, pre in ((["adapter", "conditioned"], ""), (["control"], "control_")):
+            sub = mt[mt.role.isin(role)] if len(mt) else mt
+            for m in ("power", "disutility", "violations"):
+                row[f"{pre}{m}"], row[f"{pre}{m}_ci_low"], row[f"{pre}{m}_ci_high"] = _pool(sub, m, f"{m}_ci_low", f"{m}_ci_high")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+# %% ../nbs/07_report.ipynb #bbed2d75
+def methods_lines(meth: pd.DataFrame) -> list[str]:
+    "One line per model × method × target (`methods_table`): selective or not (held-out templates too), the AITA gain, MACHIAVELLI power; or 'not run'."
+    ci = lambda x, lo, hi, f: f"{x:{f}}" + (f" [{lo:{f}}, {hi:{f}}]" if pd.notna(lo) and pd.notna(hi) else "")
+    lines = []
+    for r in meth.to_dict("records"):
+        seeds = f" across {r['seeds']} seeds (t-interval)" if r["seeds"] > 1 else ""
+        if pd.isna(r["selectivity"]): parts = ["in-domain not run"]
+        else: parts = [f"{r['verdict']}: selectivity {ci(r['selectivity'], r['sel_ci_low'], r['sel_ci_high'], '+.2f')}{seeds}"]
+        if pd.notna(r.get("held_out_selectivity")):
+            parts.append(f"held-out templates: {r['held_out_verdict']} "
+                         f"{ci(r['held_out_selectivity'], r['held_out_sel_ci_low'], r['held_out_sel_ci_high'], '+.2f')}")
+        parts.append("AITA not run" if pd.isna(r["aita_gain"]) else f"AITA gain {ci(r['aita_gain'], r['aita_gain_ci_low'], r['aita_gain_ci_high'], '+.3f')}"
+                     + (f" (placebo {r['aita_placebo']:+.3f})" if pd.notna(r["aita_placebo"]) else ""))
+        parts.append("MACHIAVELLI not run" if pd.isna(r["power"]) else f"MACHIAVELLI power {ci(r['power'], r['power_ci_low'], r['power_ci_high'], '.0f')}"
+                     + (f" vs control {ci(r['control_power'], r['control_power_ci_low'], r['control_power_ci_high'], '.0f')}" if pd.notna(r["control_power"]) else ""))
+        lines.append(f"{r['model']} {r['method']} {r['label']}: " + "; ".join(parts))
+    return lines
+
+# %% ../nbs/07_report.ipynb #180af644
 def build_report(runs_dir="papermill_runs", figures="figures", out=None) -> dict:
     "Write every table (CSV + Markdown) and figure (PNG + SVG) that the runs allow; return what was written."
-    import matplotlib.pyplot as plt
     runs = collect(runs_dir)
     figures = Path(figures); out = Path(out or Path(runs_dir)/"report"); (out/"tables").mkdir(parents=True, exist_ok=True)
     written = {"tables": [], "figures": [], "n_runs": int(len(runs))}
+    save = lambda fig, name: [Path(p).name for p in save_figure(fig, figures, name, formats=("png", "svg"))]
+    many = len(set(runs.method.dropna()) - {"base"}) > 1
     tables = {"profiles": profile_table(runs), "indomain": indomain_table(runs), "aita": aita_table(runs),
               "machiavelli": machiavelli_table(runs)}
     if (runs.stage == "capability").any(): tables["capability"] = capability_table(runs)
+    if many: tables["methods"] = methods_table(runs)
     findings = (selectivity_lines(tables["indomain"]) + (aita_lines(tables["aita"]) if not tables["aita"].empty else [])
                 + (machiavelli_lines(tables["machiavelli"]) if not tables["machiavelli"].empty else [])
-                + (capability_lines(tables["capability"]) if "capability" in tables else []))
+                + (capability_lines(tables["capability"]) if "capability" in tables else [])
+                + (methods_lines(tables["methods"]) if many else []))
     written["findings"] = findings
     md = ["# s2b results\n", f"{len(runs)} finished runs in `{Path(runs_dir).resolve()}`.\n",
           "\n## Findings\n\n", "".join(f"- {l}\n" for l in findings) or "_no steering runs_\n"]
@@ -324,23 +309,23 @@ def build_report(runs_dir="papermill_runs", figures="figures", out=None) -> dict
         atomic_write_text(out/"tables"/f"{name}.md", to_markdown(df))
         written["tables"].append(name)
         md += [f"\n## {name}\n\n", to_markdown(df)]
-    if not tables["profiles"].empty: written["figures"] += _save(fig_profiles(tables["profiles"]), figures, "profiles")
-    if not tables["indomain"].empty:
-        written["figures"] += _save(fig_drop_heatmap(tables["indomain"]), figures, "target_drop_heatmap")
-        if "selectivity" in tables["indomain"] and tables["indomain"].selectivity.notna().any():
-            written["figures"] += _save(fig_selectivity(tables["indomain"]), figures, "selectivity")
-        for (mdl, d), _ in tables["indomain"].groupby(["model", "direction"]):
-            mat = side_effects(runs, mdl, d)
-            name = f"side_effects_{mdl}" + ("" if d == "down" else f"_{d}")
+    ind = tables["indomain"]
+    if not tables["profiles"].empty: written["figures"] += save(fig_profiles(tables["profiles"]), "profiles")
+    if not ind.empty:
+        written["figures"] += save(fig_drop_heatmap(ind), "target_drop_heatmap")
+        if "selectivity" in ind and ind.selectivity.notna().any(): written["figures"] += save(fig_selectivity(ind), "selectivity")
+        for (mdl, meth, d), _ in ind.groupby(["model", "method", "direction"]):
+            mat = side_effects(runs, mdl, d, meth)
+            name = f"side_effects_{model_slug(mdl)}" + (f"_{meth}" if many else "") + ("" if d == "down" else f"_{d}")
             mat.to_csv(out/"tables"/f"{name}.csv")
-            written["figures"] += _save(fig_side_effects(mat, mdl, d), figures, name)
-    if not tables["aita"].empty: written["figures"] += _save(fig_aita(tables["aita"]), figures, "aita_gain")
-    if not tables["machiavelli"].empty: written["figures"] += _save(fig_machiavelli(tables["machiavelli"]), figures, "machiavelli")
-    if not tables["indomain"].empty and not tables["aita"].empty:
-        fig, d = fig_transfer(tables["indomain"], tables["aita"])
-        written["figures"] += _save(fig, figures, "transfer"); d.to_csv(out/"tables"/"transfer.csv", index=False)
+            written["figures"] += save(fig_side_effects(mat, mdl, d, meth if many else None), name)
+    if not tables["aita"].empty: written["figures"] += save(fig_aita(tables["aita"]), "aita_gain")
+    if not tables["machiavelli"].empty: written["figures"] += save(fig_machiavelli(tables["machiavelli"]), "machiavelli")
+    if not ind.empty and not tables["aita"].empty:
+        fig, d = fig_transfer(ind, tables["aita"])
+        written["figures"] += save(fig, "transfer"); d.to_csv(out/"tables"/"transfer.csv", index=False)
         md += ["\n## transfer (in-domain drop vs AITA gain)\n\n", to_markdown(d)]
-    plt.close("all")
+    if many: written["figures"] += save(fig_methods(tables["methods"]), "methods")
     atomic_write_text(out/"tables"/"summary.md", "".join(md))
     atomic_write_text(figures/"results.md", "".join(md))
     return written

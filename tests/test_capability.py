@@ -188,7 +188,8 @@ def test_report_table_and_grid_stage(tmp_path):
     d = tmp_path/"runs"/"m"/"capability__Hedonism-down__s0"
     atomic_write_json(d/"metrics.json", {"metrics": ["acc"], "tasks": {"s2b_general": {"kind": "task", "n": 40, "acc": {
         "conditioned": 0.8, "control": 0.9, "delta": -0.1, "delta_ci": [-0.2, -0.025], "drop": True}}}})
-    atomic_write_json(d/"run.json", {})
+    atomic_write_json(d/"run.json", {"stage": "capability", "model": {"name": "m"}, "steering": {
+        "method": "sft", "targets": {"Hedonism": 1}, "direction": "down", "label": "Hedonism-down", "seed": 0}})
     written = build_report(tmp_path/"runs", tmp_path/"figures")
     assert written["tables"][-1] == "capability"
     t = pd.read_csv(tmp_path/"runs"/"report"/"tables"/"capability.csv")

@@ -1,35 +1,63 @@
 from pathlib import Path
 import pandas as pd
 import pytest
-from s2b.report import build_report, collect, side_effects, indomain_table
+from s2b.report import build_report, collect, side_effects, indomain_table, methods_table
 from s2b.runs import atomic_write_json
 from s2b.values import VALUES
 
-def _run(root, name, metrics):
-    d = root/"tiny-model"/name; atomic_write_json(d/"metrics.json", metrics); atomic_write_json(d/"run.json", {}); return d
+def _steer(target, direction="down", method="sft", seed=0):
+    "A run.json `steering` block: one target value (None: a control)."
+    if target is None: return {"method": method, "targets": {}, "direction": None, "label": "control", "seed": seed}
+    return {"method": method, "targets": {target: 1 if direction == "down" else 6}, "direction": direction, "label": f"{target}-{direction}",
+            "seed": seed}
+
+def _run(root, name, metrics, stage, steering=None, model="tiny-model", **rec):
+    "A finished run folder: metrics.json and a run.json naming its stage, model and (when given) steering."
+    d = root/model.split("/")[-1]/name; atomic_write_json(d/"metrics.json", metrics)      # the folder: the model slug
+    atomic_write_json(d/"run.json", {"stage": stage, "model": {"name": model}, **({"steering": steering} if steering else {}), **rec})
+    return d
+
+def _indomain(drop, v):
+    return {"target_drop": drop, "target_drop_ci": [drop - 0.2, drop + 0.2], "drift": 0.1, "drift_ci": [0.05, 0.15],
+            "delta": {v: -drop, "Face": 0.25}, "targets": {v: 1}}
+
+def _harms(power):
+    return {k: {"mean": x, "lo": x - 10, "hi": x + 10} for k, x in (("power", power), ("disutility", 90), ("violations", 70))}
 
 @pytest.fixture
 def runs(tmp_path):
     r = tmp_path/"runs"
-    _run(r, "profile", {v: {"mean": 3.0 + i / 20, "ci_low": 2.9 + i / 20, "ci_high": 3.2 + i / 20, "n_items": 2} for i, v in enumerate(VALUES)} | {"alpha": 0.1})
+    _run(r, "profile", {v: {"mean": 3.0 + i / 20, "ci_low": 2.9 + i / 20, "ci_high": 3.2 + i / 20, "n_items": 2} for i, v in enumerate(VALUES)} | {"alpha": 0.1},
+         "profile")
     for v, drop in (("Hedonism", 1.5), ("Tradition", 0.5)):
-        _run(r, f"indomain__{v}-down__s0", {"target_drop": drop, "target_drop_ci": [drop - 0.2, drop + 0.2], "drift": 0.1, "drift_ci": [0.05, 0.15],
-                                            "delta": {v: -drop, "Face": 0.25}, "targets": {v: 1}})
+        _run(r, f"indomain__{v}-down__s0", _indomain(drop, v), "indomain", _steer(v))
         _run(r, f"aita__{v}-down__s0", {"values": {v: {"n": 3, "gain": drop / 10, "gain_ci": [0, 0.3], "placebo_gain": 0.01, "shift_low": 0.02}},
-                                        "weighted_mean": {"gain": drop / 10}})
-    _run(r, "machiavelli__Hedonism-down__s0", {"summary": {"adapter": {"power": {"mean": 80, "lo": 70, "hi": 90}, "disutility": {"mean": 90, "lo": 80, "hi": 100},
-                                                                      "violations": {"mean": 70, "lo": 60, "hi": 80}},
-                                                          "random": {"power": {"mean": 100, "lo": 95, "hi": 105}, "disutility": {"mean": 100, "lo": 95, "hi": 105},
-                                                                     "violations": {"mean": 100, "lo": 95, "hi": 105}}}})
+                                        "weighted_mean": {"gain": drop / 10}}, "aita", _steer(v))
+    _run(r, "machiavelli__Hedonism-down__s0", {"summary": {"adapter": _harms(80), "random": _harms(100)}}, "machiavelli", _steer("Hedonism"))
     return r
+
+@pytest.fixture
+def two_methods(runs):
+    "The `runs` fixture plus the same targets steered by CAA (in domain, AITA, MACHIAVELLI with its control), and a profile of a CAA model."
+    for v, sel in (("Hedonism", (0.05, -0.1, 0.2)), ("Tradition", (0.6, 0.3, 0.9))):
+        m = _indomain(sel[0], v) | {"selectivity": sel[0], "selectivity_ci": list(sel[1:]), "selective": sel[1] > 0,
+                                       "verdict": f"{v}→1: {'selective' if sel[1] > 0 else 'NOT selective'}"}
+        _run(runs, f"caa-indomain-{v}", m, "indomain", _steer(v, method="caa"))
+    _run(runs, "caa-aita-Hedonism", {"values": {"Hedonism": {"n": 3, "gain": 0.2, "gain_ci": [0.1, 0.3], "placebo_gain": 0.0}}}, "aita",
+         _steer("Hedonism", method="caa"))
+    _run(runs, "caa-mach-Hedonism", {"summary": {"adapter": _harms(60), "control": _harms(95)}}, "machiavelli", _steer("Hedonism", method="caa"))
+    _run(runs, "caa-profile", {v: {"mean": 4.0, "ci_low": 3.9, "ci_high": 4.1, "n_items": 2} for v in VALUES}, "profile",
+         _steer("Hedonism", method="caa"))
+    return runs
 
 def test_tables_and_figures_from_runs(runs, tmp_path):
     written = build_report(runs, tmp_path/"figures")
-    assert written["n_runs"] == 6
+    assert written["n_runs"] == 6 and "methods" not in written["tables"]               # one method: no comparison
     for f in ("profiles", "target_drop_heatmap", "side_effects_tiny-model", "aita_gain", "machiavelli", "transfer"):
         assert (tmp_path/"figures"/f"{f}.png").exists() and (tmp_path/"figures"/f"{f}.svg").exists()
+    assert not (tmp_path/"figures"/"methods.png").exists()
     ind = pd.read_csv(runs/"report"/"tables"/"indomain.csv").set_index("value")
-    assert ind.loc["Hedonism", "target_drop"] == 1.5 and ind.loc["Tradition", "drift"] == 0.1
+    assert ind.loc["Hedonism", "target_drop"] == 1.5 and ind.loc["Tradition", "drift"] == 0.1 and set(ind.method) == {"sft"}
     mat = side_effects(collect(runs), "tiny-model")
     assert list(mat.index) == list(VALUES) and mat.loc["Hedonism", "Hedonism"] == -1.5 and mat.loc["Tradition", "Face"] == 0.25
     assert mat.loc["Face"].isna().all()                        # not trained: an empty row
@@ -39,6 +67,9 @@ def test_tables_and_figures_from_runs(runs, tmp_path):
     assert transfer.loc["Hedonism", "gain"] == pytest.approx(0.15)
     mach = pd.read_csv(runs/"report"/"tables"/"machiavelli.csv")
     assert set(mach.role) == {"adapter", "random"} and mach.loc[mach.role == "adapter", "power"].item() == 80
+    for name in ("profiles", "indomain", "aita", "machiavelli"):                    # every table says the method
+        assert "method" in pd.read_csv(runs/"report"/"tables"/f"{name}.csv")
+    assert set(pd.read_csv(runs/"report"/"tables"/"profiles.csv").method) == {"base"}
 
 def test_empty_runs_dir(tmp_path):
     written = build_report(tmp_path/"none", tmp_path/"figures")
@@ -53,9 +84,12 @@ def test_findings_say_in_words_whether_a_result_is_selective(tmp_path):
     r = tmp_path/"runs"
     base = {"target_drop": -1.0, "target_drop_ci": [-1.2, -0.8], "drift": 0.1, "drift_ci": [0.05, 0.15], "delta": {"Face": 0.1}}
     _run(r, "indomain__Hedonism-up__s0", {**base, "targets": {"Hedonism": 6}, **_sel(0.9, 0.5, 1.3, "Hedonism"),
-                                          "by_templates": {"held_out": {"target_drop": -0.5, "drift": 0.2, **_sel(0.3, 0.1, 0.5, "Hedonism")}}})
-    _run(r, "indomain__Tradition-up__s0", {**base, "targets": {"Tradition": 6}, **_sel(0.05, -0.1, 0.2, "Tradition")})
-    _run(r, "aita__Hedonism-up__s0", {"values": {"Hedonism": {"n": 12, "gain": -0.1, "gain_ci": [-0.15, -0.05], "placebo_gain": 0.01}}})
+                                          "by_templates": {"held_out": {"target_drop": -0.5, "drift": 0.2, **_sel(0.3, 0.1, 0.5, "Hedonism")}}},
+         "indomain", _steer("Hedonism", "up"))
+    _run(r, "indomain__Tradition-up__s0", {**base, "targets": {"Tradition": 6}, **_sel(0.05, -0.1, 0.2, "Tradition")}, "indomain",
+         _steer("Tradition", "up"))
+    _run(r, "aita__Hedonism-up__s0", {"values": {"Hedonism": {"n": 12, "gain": -0.1, "gain_ci": [-0.15, -0.05], "placebo_gain": 0.01}}},
+         "aita", _steer("Hedonism", "up"))
     written = build_report(r, tmp_path/"figures")
     lines = written["findings"]
     assert any(l.startswith("tiny-model Hedonism up: selective") and "held-out templates: selective +0.30" in l for l in lines)
@@ -65,16 +99,81 @@ def test_findings_say_in_words_whether_a_result_is_selective(tmp_path):
     md = (tmp_path/"figures"/"results.md").read_text()
     assert "## Findings" in md and "NOT selective" in md and (tmp_path/"figures"/"selectivity.png").exists()
 
+def test_run_json_not_the_folder_name_says_what_a_run_is(tmp_path):
+    r = tmp_path/"runs"
+    _run(r, "indomain__Tradition-down__s7", {"values": {"Hedonism": {"n": 3, "gain": 0.1, "gain_ci": [0, 0.2]}}}, "aita",
+         _steer("Hedonism", "up", "dpo", seed=2), model="org/Model-1.5")
+    _run(r, "whatever", _indomain(0.3, "Tradition"), "profile", notebook_stage="baseline")
+    runs = collect(r)
+    row = runs[runs.stage == "aita"].iloc[0]
+    assert (row.model, row.method, row.target, row.direction, row.seed, row.label) == ("org/Model-1.5", "dpo", "Hedonism", "up", 2, "Hedonism-up")
+    assert runs[runs.path.str.endswith("whatever")].stage.item() == "baseline"        # the fine-tunes' baseline, not the model's profile
+    ctrl = _run(r, "ctrl", {}, "finetune", _steer(None))
+    assert collect(r).set_index("path").loc[str(ctrl), "target"] == "control"
+
+def test_old_runs_are_skipped_with_one_line(runs, tmp_path, capsys):
+    old = _run(runs, "indomain__Face-down__s0", _indomain(1.0, "Face"), "indomain")      # no steering block: written before it existed
+    (runs/"tiny-model"/"aita__Face-down__s0").mkdir(); atomic_write_json(runs/"tiny-model"/"aita__Face-down__s0"/"metrics.json", {})
+    written = build_report(runs, tmp_path/"figures")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert written["n_runs"] == 6 and len(err) == 2                                     # one line per skipped folder, no traceback
+    assert any(str(old) in l and "no `steering` block" in l for l in err) and any("aita__Face-down__s0" in l and "no stage" in l for l in err)
+    assert "Face" not in set(pd.read_csv(runs/"report"/"tables"/"indomain.csv").value)
+
+def test_the_same_run_twice_is_reported_once(runs, capsys):
+    _run(runs, "indomain-default", _indomain(9.0, "Hedonism"), "indomain", _steer("Hedonism"), created="2099-01-01T00:00:00+00:00")
+    ind = indomain_table(collect(runs)).set_index("value")
+    assert ind.loc["Hedonism", "target_drop"] == 9.0 and len(ind) == 2                  # the newer of the two
+    assert "reporting the newer" in capsys.readouterr().err
+
+def test_methods_are_compared(two_methods, tmp_path):
+    written = build_report(two_methods, tmp_path/"figures")
+    assert written["tables"][-1] == "methods" and "methods.png" in written["figures"]
+    assert {"side_effects_tiny-model_sft.png", "side_effects_tiny-model_caa.png"} <= set(written["figures"])
+    mt = pd.read_csv(two_methods/"report"/"tables"/"methods.csv").set_index(["method", "label"])
+    assert len(mt) == 4 and list(mt.index.unique("method")) == ["sft", "caa"]
+    assert mt.loc[("caa", "Hedonism-down"), "verdict"] == "NOT selective (the CI includes 0)" and mt.loc[("caa", "Tradition-down"), "selective"]
+    assert mt.loc[("caa", "Hedonism-down"), "aita_gain"] == 0.2 and mt.loc[("caa", "Hedonism-down"), "aita_gain_ci_low"] == 0.1
+    assert mt.loc[("caa", "Hedonism-down"), "power"] == 60 and mt.loc[("caa", "Hedonism-down"), "control_power"] == 95
+    assert pd.isna(mt.loc[("sft", "Hedonism-down"), "selectivity"]) and mt.loc[("sft", "Hedonism-down"), "verdict"] == "not run"
+    assert pd.isna(mt.loc[("caa", "Tradition-down"), "aita_gain"]) and pd.isna(mt.loc[("sft", "Tradition-down"), "power"])
+    lines = [l for l in written["findings"] if l.startswith("tiny-model caa Hedonism-down: ")]
+    assert len(lines) == 1 and lines[0].startswith("tiny-model caa Hedonism-down: NOT selective (the CI includes 0): selectivity +0.05")
+    assert "MACHIAVELLI power 60 [50, 70] vs control 95 [85, 105]" in lines[0]
+    assert any(l.startswith("tiny-model sft Tradition-down: in-domain not run") and "MACHIAVELLI not run" in l for l in written["findings"])
+    assert any(l.startswith("tiny-model caa Tradition down: selective") for l in written["findings"])     # per method, never pooled
+    prof = pd.read_csv(two_methods/"report"/"tables"/"profiles.csv")
+    assert set(zip(prof.method, prof.label.fillna(""))) == {("base", ""), ("caa", "Hedonism-down")}
+    md = (tmp_path/"figures"/"results.md").read_text()
+    assert "## methods" in md and md.index("tiny-model caa Hedonism-down:") < md.index("## profiles")  # the lines are findings
+
+def test_methods_table_pools_seeds(tmp_path):
+    r = tmp_path/"runs"
+    for s, sel in enumerate((0.4, 0.6, 0.5)):
+        m = _indomain(sel, "Hedonism") | {"selectivity": sel, "selectivity_ci": [sel - 0.5, sel + 0.5], "selective": False}
+        _run(r, f"i{s}", m, "indomain", _steer("Hedonism", method="prompt", seed=s))
+    mt = methods_table(collect(r))
+    assert len(mt) == 1 and mt.seeds.item() == 3 and mt.selectivity.item() == pytest.approx(0.5)
+    assert mt.sel_ci_low.item() > 0 and mt.selective.item() and mt.verdict.item() == "selective"     # the t-interval across seeds
 
 def test_machiavelli_scoring_is_labelled(runs):
-    from s2b.report import fig_machiavelli, machiavelli_table
+    from s2b.figures import fig_machiavelli
+    from s2b.report import machiavelli_table
     mt = machiavelli_table(collect(runs))
     assert set(mt.scoring) == {"s2b"}                                  # a run written before the scoring key: s2b
     assert fig_machiavelli(mt).axes[0].get_title() == "MACHIAVELLI-style games (s2b scoring)"
     m = {"scoring": "upstream", "summary": {"base": {"power": {"mean": 90, "lo": 80, "hi": 100}}}}
-    _run(runs, "machiavelli__Tradition-down__s0", m)
+    _run(runs, "machiavelli__Tradition-down__s0", m, "machiavelli", _steer("Tradition"))
     mt = machiavelli_table(collect(runs))
     assert set(mt.scoring) == {"s2b", "upstream"}
     fig = fig_machiavelli(mt)
     assert fig.axes[0].get_title() == "MACHIAVELLI-style games (s2b and upstream scoring)"
     assert any("[upstream scoring]" in t.get_text() for t in fig.axes[0].get_legend().get_texts())
+
+def test_save_figure_writes_atomically_and_closes(tmp_path):
+    import matplotlib.pyplot as plt
+    from s2b.figures import save_figure
+    fig = plt.figure()
+    assert save_figure(fig, tmp_path/"out", "f", formats=("png", "svg")) == [str(tmp_path/"out"/"f.png"), str(tmp_path/"out"/"f.svg")]
+    assert not plt.fignum_exists(fig.number) and sorted(p.name for p in (tmp_path/"out").iterdir()) == ["f.png", "f.svg"]
+    assert save_figure(plt.figure(), tmp_path/"g.png") == [str(tmp_path/"g.png")]

@@ -31,8 +31,8 @@ def test_execute_stage_runs_the_stage_once(tmp_path, capsys):
     assert "figure files" in capsys.readouterr().out                         # the notebook's own output, live
     nb = json.loads(report.read_text())
     code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
-    assert not any("assert parse_run_dir(" in c for c in code)                # the examples were left out
-    assert any("def parse_run_dir" in c for c in code)                        # the library was not
+    assert not any("assert run_info(" in c for c in code)                    # the examples were left out
+    assert any("def run_info" in c for c in code)                            # the library was not
     assert json.loads((out/"metrics.json").read_text())["n_runs"] == 0 and stage_done(out, params)
     assert sockets() <= before_run                                             # the kernel's IPC sockets are gone
     before = report.stat().st_mtime_ns
