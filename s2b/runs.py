@@ -8,8 +8,8 @@ import datetime as _dt, hashlib, importlib.metadata as _md, json, os, platform, 
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PACKAGES', 'MAX_DOWNLOAD', 'atomic_write_text', 'atomic_write_json', 'atomic_to_parquet', 'read_json', 'sha256_file',
-           'repo_root', 'git_commit', 'package_versions', 'run_record', 'cache_dir', 'fingerprint',
+__all__ = ['PACKAGES', 'MAX_DOWNLOAD', 'atomic_write_text', 'atomic_write_json', 'atomic_to_parquet', 'read_json', 'save_figure',
+           'sha256_file', 'repo_root', 'git_commit', 'package_versions', 'run_record', 'cache_dir', 'fingerprint',
            'inputs_fingerprint', 'is_done', 'download', 'input_path']
 
 # %% ../nbs/00a_runs.ipynb #30195c06
@@ -61,6 +61,28 @@ def read_json(path, default=None):
     path = Path(path)
     if not path.exists(): return default
     return json.loads(path.read_text())
+
+# %% ../nbs/00a_runs.ipynb #savefig1
+def save_figure(fig, path_or_dir, name: str | None = None, formats=None, dpi: int = 130) -> list[str]:
+    "Save `fig` to `path_or_dir` (a file), or to `path_or_dir/name.<format>` for each of `formats` (PNG by default), atomically; close it."
+    import matplotlib.pyplot as plt
+    base = Path(path_or_dir) / name if name else Path(path_or_dir)
+    suffix = base.suffix.lstrip(".").lower() if not name else ""
+    if suffix not in ("png", "svg", "pdf", "jpg", "jpeg"): suffix = ""
+    formats = formats or ((suffix,) if suffix else ("png",))
+    stem = base.with_suffix("") if suffix else base
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    written = []
+    try:
+        for ext in formats:
+            path = stem.with_name(f"{stem.name}.{ext}")
+            tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.{ext}")
+            try: fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=ext); os.replace(tmp, path)
+            finally:
+                if tmp.exists(): tmp.unlink()
+            written.append(str(path))
+    finally: plt.close(fig)
+    return written
 
 # %% ../nbs/00a_runs.ipynb #1c373550
 def sha256_file(path) -> str:
