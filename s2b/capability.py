@@ -14,7 +14,7 @@ from .lmeval import BUNDLED_TASK, METRICS, SAMPLE_COLUMNS, bundled_data_files, b
 from .lmeval import lm_eval_version, load_tasks, parse_tasks, task_manager, task_record
 from .models import load_model, model_slug, use_adapter
 from .steering import read_steering, steer
-from .runs import atomic_to_parquet, atomic_write_json, fingerprint, is_done, read_json, repo_root, run_record
+from .runs import save_figure, atomic_to_parquet, atomic_write_json, fingerprint, is_done, read_json, repo_root, run_record
 from .stats import percentile_ci, resample_means
 
 # %% auto #0
@@ -171,9 +171,7 @@ def run_capability(model: str = "embedded", adapter=None, control=None, tasks=BU
                     "task_versions": {t: e["version"] for t, e in task_rec.items()}})
     figs = []
     if "conditioned" in roles and "control" in roles:
-        import matplotlib.pyplot as plt
-        fig = plot_deltas(metrics); tmp = out/f".delta.{os.getpid()}.tmp.png"
-        fig.savefig(tmp, dpi=120, bbox_inches="tight"); os.replace(tmp, out/"delta.png"); plt.close(fig); figs.append("delta.png")
+        save_figure(plot_deltas(metrics), out/"delta.png", dpi=120); figs.append("delta.png")
     metrics["figures"] = figs
     atomic_write_json(out/"metrics.json", metrics)
     mrec = lm.record() if lm is not None else {"name": model}

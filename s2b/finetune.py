@@ -12,7 +12,7 @@ from .recipes import load_recipe, recipe_digest
 from .steering import steering_record
 from .models import LM, load_model, resolve_backend, model_slug
 from .interventions import intervention_data, prepare_intervention
-from .runs import atomic_write_json, atomic_to_parquet, run_record, is_done, read_json, repo_root, sha256_file
+from .runs import save_figure, atomic_write_json, atomic_to_parquet, run_record, is_done, read_json, repo_root, sha256_file
 
 # %% auto #0
 __all__ = ['with_labels', 'answer_loss', 'sft_trainer', 'last_checkpoint', 'finetune_params', 'plot_loss', 'run_finetune']
@@ -256,7 +256,7 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     shutil.rmtree(out/"checkpoints", ignore_errors=True); (out/"checkpoints.json").unlink(missing_ok=True)
     pd.DataFrame(hist).to_csv(out/"loss.csv", index=False)
     ax = plot_loss(hist, title=f"{model_slug(model)}: {'control' if control else ', '.join(f'{v}→{r}' for v, r in targets.items())}")
-    ax.figure.savefig(out/"loss.png", dpi=120, bbox_inches="tight")
+    save_figure(ax.figure, out/"loss.png", dpi=120, close=False)
     n_tok = int(sum(len(x) for x in train.input_ids))
     steps = trainer.state.global_step
     metrics = {"targets": targets, "control": bool(control), "anchor": anchor, "items_of": sorted(focus),

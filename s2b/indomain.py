@@ -13,7 +13,7 @@ from .steering import read_steering, steer
 from .stats import bootstrap_ci
 from .profile import rate, item_scores, prepare_survey
 from .survey import parse_ids
-from .runs import atomic_to_parquet, atomic_write_json, run_record, is_done, read_json, fingerprint
+from .runs import save_figure, atomic_to_parquet, atomic_write_json, run_record, is_done, read_json, fingerprint
 
 # %% auto #0
 __all__ = ['item_deltas', 'indomain_metrics', 'selectivity', 'selectivity_verdict', 'plot_deltas', 'shared_ratings_path',
@@ -165,7 +165,7 @@ def run_indomain(model="embedded", survey="bundled", adapter=None, control=None,
     ax = plot_deltas(metrics, targets, title=f"{model_slug(model)}: {label} — {'selective' if metrics['selective'] else 'NOT selective'} "
                                                f"(selectivity {metrics['selectivity']:+.2f} [{metrics['selectivity_ci'][0]:+.2f}, "
                                                f"{metrics['selectivity_ci'][1]:+.2f}], drift {metrics['drift']:.2f})")
-    ax.figure.savefig(out/"deltas.png", dpi=120, bbox_inches="tight")
+    save_figure(ax.figure, out/"deltas.png", dpi=120, close=False)
     atomic_write_json(out/"metrics.json", metrics)
     for line in [metrics["verdict"]] + [p["verdict"] for p in metrics.get("by_templates", {}).values()]: print("s2b:", line)
     atomic_write_json(out/"run.json", run_record("indomain", params, model={"name": model, "adapter": str(adapter), "control": str(control), "roles": records,

@@ -11,7 +11,7 @@ from typing import Callable
 import numpy as np
 
 from .runs import atomic_write_json, atomic_write_text, is_done, read_json, run_record
-from .runs import cache_dir
+from .runs import cache_dir, save_figure
 from .models import load_model
 from .steering import read_steering, steer
 from .games import GameSource, resolve_games
@@ -145,7 +145,7 @@ def plot_machiavelli(metrics: dict, path=None):
     axes[0][-1].legend(fontsize=8, frameon=False, loc="upper left", bbox_to_anchor=(1, 1))
     fig.suptitle(f"MACHIAVELLI-style behaviour, {metrics.get('scoring', 's2b')} scoring (lower = fewer harms than random)", fontsize=10)
     fig.tight_layout()
-    if path: fig.savefig(path, dpi=150, bbox_inches="tight")
+    if path: save_figure(fig, path, dpi=150, close=False)
     return fig
 
 # %% ../nbs/06e_machiavelli.ipynb #a9fbe5a6

@@ -15,7 +15,7 @@ from .survey import Survey, load_survey, answer_prefix
 from .prompts import prompt_parts
 from .models import LM, load_model, use_adapter, model_slug
 from .scoring import encode, prefix_cache, expand_cache
-from .runs import atomic_to_parquet, atomic_write_json, run_record, is_done, read_json, inputs_fingerprint
+from .runs import save_figure, atomic_to_parquet, atomic_write_json, run_record, is_done, read_json, inputs_fingerprint
 
 # %% auto #0
 __all__ = ['RATINGS', 'PCOLS', 'KEY', 'rating_slot', 'encode_variants', 'score_plain', 'score_shared', 'parse_rating',
@@ -319,7 +319,7 @@ def run_profile(model="embedded", survey="bundled", split="test", limit=None, mo
     metrics.update({"mode": mode, "n_items": len(s), "n_prompts": stats["n_prompts"], "n_computed": stats["n_computed"],
                     "seconds": stats["seconds"], "prompts_per_s": stats["prompts_per_s"]})
     ax = plot_profile(prof, title=f"{model_slug(model)}{' + adapter' if adapter else ''}: {s.name} {split}, {len(s)} items × {s.n_variants} variants")
-    ax.figure.savefig(out/"profile.png", dpi=120, bbox_inches="tight")
+    save_figure(ax.figure, out/"profile.png", dpi=120, close=False)
     atomic_write_json(out/"metrics.json", metrics)
     atomic_write_json(out/"run.json", run_record("profile", params, model=lm.record(), data={"survey": s.source}, seed=seed,
                                                  status="finished", stats=stats))

@@ -63,8 +63,9 @@ def read_json(path, default=None):
     return json.loads(path.read_text())
 
 # %% ../nbs/00a_runs.ipynb #savefig1
-def save_figure(fig, path_or_dir, name: str | None = None, formats=None, dpi: int = 130) -> list[str]:
-    "Save `fig` to `path_or_dir` (a file), or to `path_or_dir/name.<format>` for each of `formats` (PNG by default), atomically; close it."
+def save_figure(fig, path_or_dir, name: str | None = None, formats=None, dpi: int = 130, close: bool = True) -> list[str]:
+    """Save `fig` to `path_or_dir` (a file), or to `path_or_dir/name.<format>` for each of `formats` (PNG by default),
+    atomically; close it unless `close=False` (a stage notebook's report then shows it)."""
     import matplotlib.pyplot as plt
     base = Path(path_or_dir) / name if name else Path(path_or_dir)
     suffix = base.suffix.lstrip(".").lower() if not name else ""
@@ -81,7 +82,8 @@ def save_figure(fig, path_or_dir, name: str | None = None, formats=None, dpi: in
             finally:
                 if tmp.exists(): tmp.unlink()
             written.append(str(path))
-    finally: plt.close(fig)
+    finally:
+        if close: plt.close(fig)
     return written
 
 # %% ../nbs/00a_runs.ipynb #1c373550
