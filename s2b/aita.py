@@ -12,7 +12,10 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from .models import chat_prompt, continuation_logprobs, download, encode, load_model, model_slug
+from .prompts import chat_prompt
+from .scoring import continuation_logprobs, encode
+from .runs import download
+from .models import load_model, model_slug
 from .runs import atomic_to_parquet, atomic_write_json, is_done, read_json, repo_root, run_record
 from .values import VALUES, UnknownValueError, normalize_value, short_name, value_color, value_index
 
