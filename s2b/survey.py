@@ -91,18 +91,12 @@ class Survey:
         return replace(self, items=items)
 
     def with_templates(self, ids) -> "Survey":
-        "Ask only the answer templates with these indices (held-out-template experiments); ids stay those of the full list."
-        ids = sorted(set(int(j) for j in ids))
-        if not ids or any(not 0 <= j < len(self.templates) for j in ids):
-            raise SurveyError(f"template ids must be within 0..{len(self.templates)-1}, got {ids}")
-        return replace(self, active_templates=tuple(ids))
+        "Ask only the answer templates with these indices (\"0,2\" or [0, 2]; held-out-template experiments); ids stay those of the full list."
+        return replace(self, active_templates=_check_ids_within(parse_ids(ids), len(self.templates), "template"))
 
     def with_instructions(self, ids) -> "Survey":
-        "Ask only the instructions with these indices; ids stay those of the full list."
-        ids = sorted(set(int(j) for j in ids))
-        if not ids or any(not 0 <= j < len(self.instructions) for j in ids):
-            raise SurveyError(f"instruction ids must be within 0..{len(self.instructions)-1}, got {ids}")
-        return replace(self, active_instructions=tuple(ids))
+        "Ask only the instructions with these indices (\"0,2\" or [0, 2]); ids stay those of the full list."
+        return replace(self, active_instructions=_check_ids_within(parse_ids(ids), len(self.instructions), "instruction"))
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([{"item_id": i.id, "statement": i.statement, "value": i.value, "split": i.split} for i in self.items])
