@@ -259,10 +259,10 @@ def _check(stage: str, a) -> None:
         load_survey(a.survey); load_recipe(a.recipe, _overrides(a)); target_ratings(a.target, a.direction)
         if _none(a.baseline) and not Path(a.baseline).is_dir(): raise FileNotFoundError(f"baseline {a.baseline}: no such run folder")
     if stage == "aita":
-        from s2b.aita import load_posts
+        from s2b.posts import load_posts
         load_posts(a.posts, a.values, a.limit)
     if stage == "machiavelli" and not _none(a.upstream_data):
-        from s2b.machiavelli import resolve_games
+        from s2b.games import resolve_games
         resolve_games(a.games)
     check_out_dir(stage, a.out)
 

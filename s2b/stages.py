@@ -14,7 +14,7 @@ __all__ = ['STAGES', 'stage_notebook', 'StageFailed', 'RunFolderError', 'check_o
 
 # %% ../nbs/07b_stages.ipynb #bed8f561
 STAGES = {"profile": "02_profile.ipynb", "baseline": "02_profile.ipynb",   # a baseline is a profile of the un-steered model
-          "finetune": "03_finetune.ipynb", "indomain": "04_indomain.ipynb", "aita": "05_aita.ipynb",
+          "finetune": "03_finetune.ipynb", "indomain": "04_indomain.ipynb", "aita": "05c_aita.ipynb",
           "machiavelli": "06e_machiavelli.ipynb", "report": "07a_report.ipynb",
           "capability": "06g_capability.ipynb"}   # lm-evaluation-harness accuracy under the conditioned and control artefacts
 

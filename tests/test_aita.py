@@ -1,5 +1,5 @@
-"Tests for s2b.aita: loaders, label scoring, renormalisation, the gain, truncation, resuming, the stage."
-import functools, http.server, json, math, threading
+"Tests for s2b.aita: the gain, summaries, the judgment profile, resuming, the stage."
+import json, math
 from pathlib import Path
 
 import numpy as np
@@ -7,120 +7,14 @@ import pandas as pd
 import pytest
 
 from s2b import aita
-from s2b.aita import (LABELS, Post, PostFormatError, aita_metrics, aita_prompt, fit_prompt, load_paper_json,
-                      load_posts, load_reddit_csv, load_scruples_jsonl, post_gains, renormalize, coverage,
-                      score_posts, summarize_gains, normalize_verdict, scruples_verdict, ELLIPSIS)
-from s2b.values import UnknownValueError
+from s2b.aita import aita_metrics, post_gains, score_posts, summarize_gains
+from s2b.posts import LABELS, load_paper_json, load_reddit_csv
+from s2b.verdicts import renormalize
 
 FIX = Path(__file__).parent/"fixtures"/"aita"
 
 
-# ---------------------------------------------------------------- loaders
-
-def test_paper_json_ok():
-    ps = load_paper_json(FIX/"paper_ok.json")
-    assert [p.id for p in ps] == ["u1", "Universalism_concern-1", "Hedonism-0"]
-    assert [p.value for p in ps] == ["Universalism_concern", "Universalism_concern", "Hedonism"]
-    assert ps[1].high_standard_stance == "YTA" and ps[1].low_standard_stance == "Neutral"
-    assert ps[0].title is None and ps[0].text.startswith("AITA for reporting") and ps[0].verdict is None
-    assert ps[0].source == str(FIX/"paper_ok.json")
-    df = ps.frame()
-    assert list(df.columns[:4]) == ["id", "text", "title", "value"] and len(df) == 3
-
-
-@pytest.mark.parametrize("fname, needles", [
-    ("paper_bad_value.json", ["paper_bad_value.json", "record 1", "'bad-1'", "Did you mean 'Universalism_concern'"]),
-    ("paper_bad_stance.json", ["paper_bad_stance.json", "record 0", "'st-1'", "high_standard_stance", "'YTAH'"]),
-    ("paper_missing_key.json", ["paper_missing_key.json", "record 1", "'mk-1'", "missing key(s) 'post'"]),
-])
-def test_paper_json_bad_records(fname, needles):
-    with pytest.raises(PostFormatError) as e: load_paper_json(FIX/fname)
-    for n in needles: assert n in str(e.value), (n, str(e.value))
-
-
-def test_paper_json_value_key_mismatch(tmp_path):
-    f = tmp_path/"p.json"
-    f.write_text(json.dumps({"Face": [{"id": "x", "post": "AITA?", "value": "Humility",
-                                       "high_standard_stance": "NTA", "low_standard_stance": "YTA"}]}))
-    with pytest.raises(PostFormatError, match=r"record 0 .*'x'.*does not match its key 'Face'"): load_paper_json(f)
-
-
-def test_bundled():
-    ps = load_posts("bundled")
-    assert len(ps) == 240 and len({p.value for p in ps}) == 20 and len({p.id for p in ps}) == 240
-    assert all(p.high_standard_stance in LABELS and p.low_standard_stance in LABELS for p in ps)
-    ps = load_posts("bundled", values="Universalism: concern,hedonism", limit=4)
-    assert [p.id for p in ps] == ["hed-01", "hed-02", "hed-03", "hed-04"] and ps.path.name == "scenarios.json"
-    assert len(load_posts("bundled", values=["Face"])) == 12
-    with pytest.raises(UnknownValueError, match="Did you mean 'Universalism_concern'"):
-        load_posts("bundled", values="Universalism_concen")
-
-
-def test_reddit_csv(capsys):
-    ps = load_reddit_csv(FIX/"reddit.csv")
-    assert [(p.id, p.verdict) for p in ps] == [("r1", "NTA"), ("r2", "YTA"), ("r3", "Neutral"), ("r4", "Neutral")]
-    assert ps.skipped == {"no verdict": 1, "INFO": 1, "unknown verdict": 1}
-    assert "skipped 3" in capsys.readouterr().out
-    assert ps[0].title == "AITA for asking my roommate to pay for the broken lamp?" and ps[0].value is None
-    assert ps[0].full_text.startswith(ps[0].title + "\n\n") and ps[0].high_standard_stance is None
-    with pytest.raises(PostFormatError, match=r"reddit_missing_column.csv: missing column\(s\) 'verdict'"):
-        load_reddit_csv(FIX/"reddit_missing_column.csv")
-    assert len(load_posts(str(FIX/"reddit.csv"))) == 4
-    with pytest.raises(ValueError, match="carry no value"): load_posts(str(FIX/"reddit.csv"), values="Face")
-
-
-def test_verdict_mapping():
-    assert normalize_verdict("Not the A-hole") == normalize_verdict("NTA") == "NTA"
-    assert normalize_verdict("Asshole") == normalize_verdict("YTA") == "YTA"
-    assert normalize_verdict("No A-holes here") == normalize_verdict("Everyone Sucks") == "Neutral"
-    assert normalize_verdict("NAH") == normalize_verdict("ESH") == "Neutral"
-    for x in ("not enough info", "INFO", "", None, float("nan"), "META"): assert normalize_verdict(x) is None
-
-
-def test_scruples_jsonl(capsys):
-    ps = load_scruples_jsonl(FIX/"scruples.jsonl")
-    assert [(p.id, p.verdict) for p in ps] == [("s1", "YTA"), ("s2", "NTA"), ("s3", "Neutral"), ("s4", "Neutral"),
-                                               ("jsonl-6", "NTA")]
-    assert ps.skipped == {"INFO": 1, "tie": 1}
-    assert "skipped 2" in capsys.readouterr().out
-    assert ps[0].title.startswith("AITA for taking credit") and ps[0].text == "I did most of the work, but not all of it."
-    with pytest.raises(PostFormatError) as e: load_scruples_jsonl(FIX/"scruples_bad.jsonl")
-    for n in ("scruples_bad.jsonl", "record 1", "line 2", "'sb-2'", "missing key(s) 'label_scores'"): assert n in str(e.value)
-    assert scruples_verdict({"AUTHOR": 0, "OTHER": 0, "EVERYBODY": 0, "NOBODY": 0, "INFO": 0}) == (None, "no votes")
-    assert len(load_posts(str(FIX/"scruples.jsonl"))) == 5
-
-
-def test_load_from_url(tmp_path, monkeypatch):
-    monkeypatch.setenv("S2B_CACHE", str(tmp_path/"cache"))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(FIX))
-    handler.log_message = lambda *a, **k: None
-    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{srv.server_address[1]}/paper_ok.json"
-        ps = load_posts(url)
-        assert len(ps) == 3 and ps[0].source == url
-        files = list((tmp_path/"cache"/"downloads").iterdir())
-        assert len(files) == 1 and files[0].name.endswith("-paper_ok.json") and ps.path == files[0]
-        assert not [f for f in files if f.name.startswith(".")]          # no temporary file left behind
-        with pytest.raises(PostFormatError, match=r"http://127.0.0.1:\d+/paper_bad_stance.json: record 0"):
-            load_posts(url.replace("paper_ok", "paper_bad_stance"))
-    finally:
-        srv.shutdown()
-
-
-# ---------------------------------------------------------------- probabilities and metrics
-
-def test_renormalize():
-    lp = [-1.3, -2.9, -0.4]
-    p = renormalize(lp)
-    assert math.isclose(p.sum(), 1.0) and (p > 0).all()
-    raw = np.exp(lp)
-    for i in range(3):
-        for j in range(3): assert math.isclose(p[i]/p[j], raw[i]/raw[j], rel_tol=1e-9)
-    assert np.allclose(renormalize({"a": -1000.0, "b": -1001.0, "c": -1002.0}), renormalize([0, -1, -2]))  # stable
-    assert math.isclose(coverage(lp), raw.sum())
-
+# ---------------------------------------------------------------- metrics
 
 def _table(rows):
     return pd.DataFrame(rows, columns=["post_id", "value", "role", "high_standard_stance", "low_standard_stance",
@@ -205,71 +99,12 @@ def test_score_posts_resumes(tmp_path, monkeypatch):
     assert len(calls) == 10
 
 
-def test_truncation_with_a_character_tokenizer():
-    class CharTok:                                  # one token per character; no chat template (plain fallback)
-        chat_template = None
-        def __call__(self, text, add_special_tokens=False): return {"input_ids": [ord(c) for c in text]}
-        def decode(self, ids, **kw): return "".join(map(chr, ids))
-    tok = CharTok()
-    body = "AITA for keeping the dog? " + " ".join(f"Sentence number {i} of the story." for i in range(40)) + " So, AITA?"
-    post = Post("long", body)
-    full, cut = fit_prompt(tok, post, max_length=10_000)
-    assert not cut and body in full
-    n0 = len(aita_prompt(tok, ""))
-    short, cut = fit_prompt(tok, post, max_length=n0 + 200, reserve=3)
-    assert cut and len(short) <= n0 + 197 and ELLIPSIS in short
-    assert "AITA for keeping the dog?" in short and "So, AITA?" in short and short.endswith("Assistant: ")
-    assert "Sentence number 0" in short and "Sentence number 39" in short and "Sentence number 20" not in short
-    titled = Post("t", "First part. " * 50 + "Was I wrong?", title="AITA for X?")
-    short, cut = fit_prompt(tok, titled, max_length=n0 + 60)
-    assert cut and "AITA for X?\n\n" in short and short.count("Was I wrong?") == 1 and len(short) <= n0 + 60
-    with pytest.raises(ValueError, match="no room"): fit_prompt(tok, post, max_length=n0 + 3)
-
-
 # ---------------------------------------------------------------- the embedded model
 
 @pytest.fixture(scope="module")
 def lm():
     from s2b.models import load_model
     return load_model("embedded", backend="hf")
-
-
-@pytest.mark.model
-def test_label_scoring_equals_hand_sum(lm):
-    import torch
-    from s2b.models import encode
-    post = Post("demo", "AITA for eating my roommate's leftovers? They were about to go off. AITA?")
-    prompt = aita_prompt(lm.tokenizer, post.full_text)
-    s = aita.score_post(lm, post)                                   # label_logprobs on the post's prompt
-    lp = {l: s[f"logp_{l}"] for l in LABELS}
-    assert len(encode(lm.tokenizer, "NTA")) == 2                    # multi-token: "N" + "TA"
-    ids = encode(lm.tokenizer, prompt)
-    for label in LABELS:
-        lab = encode(lm.tokenizer, label)
-        with torch.inference_mode():
-            logits = lm.model(torch.tensor([ids + lab])).logits[0].float()
-        logp = torch.log_softmax(logits, -1)
-        hand = sum(logp[len(ids) - 1 + j, t].item() for j, t in enumerate(lab))
-        assert lp[label] == pytest.approx(hand, abs=1e-3)
-    assert s["p_NTA"] + s["p_YTA"] + s["p_Neutral"] == pytest.approx(1.0)
-    assert s["coverage"] == pytest.approx(sum(math.exp(lp[l]) for l in LABELS), rel=1e-4) and 0 < s["coverage"] < 1
-    assert s["p_YTA"] / s["p_NTA"] == pytest.approx(math.exp(lp["YTA"] - lp["NTA"]), rel=1e-4)
-    assert not s["truncated"]
-
-
-@pytest.mark.model
-def test_truncation_keeps_the_question(lm):
-    from s2b.models import encode
-    post = load_posts("bundled", limit=1)[0]
-    tok = lm.tokenizer
-    n_full = len(encode(tok, aita_prompt(tok, post.full_text)))
-    prompt, cut = fit_prompt(tok, post, max_length=n_full - 40, reserve=2)
-    assert cut and len(encode(tok, prompt)) <= n_full - 42 and ELLIPSIS in prompt
-    title = post.text.split("?")[0] + "?"
-    assert title in prompt and 'AITA?\n"""' in prompt and "Answer with the label only" in prompt
-    assert prompt.endswith("<|im_start|>assistant\n")
-    s = aita.score_post(lm, post, max_length=n_full - 40)
-    assert s["truncated"] and s["n_tokens"] <= n_full - 40
 
 
 @pytest.mark.model
@@ -319,13 +154,13 @@ def test_profile_without_values_and_figures(tmp_path):
     allp = m["profile"]["base"]["all"]
     assert allp["agree_verdict"] == pytest.approx(0.25) and allp["p_verdict"] == pytest.approx((.7 + .2 + .1 + .1)/4)
     assert allp["p_high"] is None
-    aita.save_figure(aita.plot_profile(m), tmp_path/"profile.png")
-    aita.save_figure(aita.plot_label_distributions(pd.DataFrame(rows)), tmp_path/"p.png")
+    save_figure(aita.plot_profile(m), tmp_path/"profile.png")
+    save_figure(aita.plot_label_distributions(pd.DataFrame(rows)), tmp_path/"p.png")
     df = _table([(i, v, r, "NTA", "YTA", p, 1 - p - .1, .1) for i, v in (("a", "Face"), ("b", "Hedonism"))
                  for r, p in (("control", .5), ("conditioned", .3), ("placebo", .45))])
     df["coverage"], df["seconds"], df["truncated"], df["verdict"] = .5, 1.0, False, None
     m = aita_metrics(df, n_boot=50)
-    aita.save_figure(aita.plot_gain(m), tmp_path/"gain.png")
+    save_figure(aita.plot_gain(m), tmp_path/"gain.png")
     assert all((tmp_path/f).stat().st_size > 1000 for f in ("profile.png", "p.png", "gain.png"))
     assert list(aita.metrics_table(m).index) == ["Hedonism", "Face", "weighted mean"]
 

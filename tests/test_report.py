@@ -172,7 +172,7 @@ def test_machiavelli_scoring_is_labelled(runs):
 
 def test_save_figure_writes_atomically_and_closes(tmp_path):
     import matplotlib.pyplot as plt
-    from s2b.figures import save_figure
+    from s2b.runs import save_figure
     fig = plt.figure()
     assert save_figure(fig, tmp_path/"out", "f", formats=("png", "svg")) == [str(tmp_path/"out"/"f.png"), str(tmp_path/"out"/"f.svg")]
     assert not plt.fignum_exists(fig.number) and sorted(p.name for p in (tmp_path/"out").iterdir()) == ["f.png", "f.svg"]
