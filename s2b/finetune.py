@@ -9,13 +9,12 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from .values import target_ratings
 from .recipes import load_recipe, recipe_digest
-from .steering import steering_record
 from .models import LM, load_model, resolve_backend, model_slug
-from .interventions import intervention_data, prepare_intervention
+from .interventions import intervention_data, prepare_intervention, steering_params, write_steering_run
 from .runs import save_figure, atomic_write_json, atomic_to_parquet, run_record, is_done, read_json, repo_root, sha256_file
 
 # %% auto #0
-__all__ = ['with_labels', 'answer_loss', 'sft_trainer', 'last_checkpoint', 'finetune_params', 'plot_loss', 'run_finetune']
+__all__ = ['with_labels', 'answer_loss', 'sft_trainer', 'last_checkpoint', 'plot_loss', 'run_finetune']
 
 # %% ../nbs/03_finetune.ipynb #f5ca8d07
 def _linear_names(model) -> list[str]:
@@ -168,15 +167,6 @@ def _clock():
             if state.log_history: state.log_history[-1]["s2b_seconds"] = self.offset + time.perf_counter() - self.t0
     return Clock()
 
-# %% ../nbs/03_finetune.ipynb #2e25d95f
-def finetune_params(model="embedded", survey="bundled", target=None, direction="down", control=False, recipe=None,
-                    overrides=None, baseline=None, backend="auto", seed=0, items_of=None) -> dict:
-    return dict(model=model, survey=str(survey), target=json.dumps(target) if isinstance(target, dict) else target, items_of=items_of,
-                direction=direction, control=bool(control), recipe=str(recipe) if recipe else None,
-                recipe_sha256=recipe_digest(recipe),
-                overrides={k: v for k, v in (overrides or {}).items() if v is not None}, baseline=str(baseline) if baseline else None,
-                backend=backend, seed=seed)
-
 # %% ../nbs/03_finetune.ipynb #9dda9cb6
 def plot_loss(history: list[dict], ax=None, title=None):
     import matplotlib.pyplot as plt, seaborn as sns
@@ -198,7 +188,7 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     control are trained on the same items); default: the target's values."""
     import torch, transformers
     out = Path(out)
-    params = finetune_params(model, survey, target, direction, control, recipe, overrides, baseline, backend, seed, items_of)
+    params = steering_params(model, survey, target, direction, control, recipe, overrides, baseline, backend, seed, items_of)
     if not force and is_done(out, params, ("metrics.json", "adapter/adapter_config.json")):
         print(f"s2b: {out} is finished with these parameters; reusing it (force=True to redo)")
         return read_json(out/"metrics.json")
@@ -267,9 +257,5 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
                    trainer.state.epoch < float(cfg["training"]["num_train_epochs"]) - 1e-6),
                "seconds": secs, "session_seconds": session, "resumed_from": Path(last).name if last else None, "eval_seconds": eval_secs, "seconds_per_step": (secs - eval_secs) / max(steps, 1),
                "train_tokens_per_s": n_tok * (trainer.state.epoch or 0) / (secs - eval_secs) if secs > eval_secs else None,
-               "backend": backend, "device": lm.device, "recipe": cfg}
-    atomic_write_json(out/"metrics.json", metrics)
-    atomic_write_json(out/"run.json", run_record("finetune", params, model=lm.record(), data={"survey": full.source},
-                                                 seed=seed, recipe=cfg, backend=backend,
-                                                 steering=steering_record("sft", targets, direction if targets else None, seed)))
-    return metrics
+               "backend": backend, "device": lm.device, "recipe": {k: cfg[k] for k in ("lora", "training", "data")}}
+    return write_steering_run(out, "finetune", "sft", params, lm, full.source, targets, direction, seed, cfg, metrics, backend=backend)

@@ -4,6 +4,7 @@
 
 # %% ../nbs/02b_interventions.ipynb #725188fb
 from __future__ import annotations
+import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -11,11 +12,13 @@ from .values import VALUES, normalize_value, target_ratings
 from .survey import Survey, load_survey
 from .models import LM, load_model
 from .profile import encode_variants, rate, item_scores
-from .runs import atomic_to_parquet
+from .recipes import recipe_digest
+from .steering import steering_record
+from .runs import atomic_to_parquet, atomic_write_json, is_done, run_record
 
 # %% auto #0
 __all__ = ['ANCHORS', 'select_items', 'anchor_answers', 'intervention_data', 'baseline_ratings', 'Intervention',
-           'prepare_intervention']
+           'prepare_intervention', 'steering_params', 'write_steering_run']
 
 # %% ../nbs/02b_interventions.ipynb #d2c3aedf
 def select_items(survey: Survey, values, others_per_value=None, target_limit=None, seed: int = 0) -> Survey:
@@ -118,3 +121,23 @@ def prepare_intervention(lm: LM, survey, target, direction, control: bool, data:
     if not evaluates: eval_s = replace(eval_s, items=[])            # no evaluation: no eval items to rate
     base = baseline_ratings(lm, replace(train_s, items=train_s.items + eval_s.items), baseline, cache=cache)
     return Intervention(full, train_s, eval_s, base, targets, focus, data.get("anchor") or "majority")
+
+# %% ../nbs/02b_interventions.ipynb #2a9cc3ee
+def steering_params(model="embedded", survey="bundled", target=None, direction="down", control=False, recipe=None,
+                    overrides=None, baseline=None, backend="auto", seed=0, items_of=None) -> dict:
+    "The parameters that identify a steering run of any method (`run.json`'s `params`)."
+    return dict(model=model, survey=str(survey), target=json.dumps(target) if isinstance(target, dict) else target, items_of=items_of,
+                direction=direction, control=bool(control), recipe=str(recipe) if recipe else None,
+                recipe_sha256=recipe_digest(recipe),
+                overrides={k: v for k, v in (overrides or {}).items() if v is not None}, baseline=str(baseline) if baseline else None,
+                backend=backend, seed=seed)
+
+# %% ../nbs/02b_interventions.ipynb #62d552a0
+def write_steering_run(out, stage: str, method: str, params: dict, lm: LM, survey_source, targets: dict, direction,
+                       seed: int, cfg: dict, metrics: dict, **extra) -> dict:
+    "Write a steering run's `metrics.json`, then its `run.json` with the steering block (last: it marks the run done)."
+    atomic_write_json(Path(out)/"metrics.json", metrics)
+    atomic_write_json(Path(out)/"run.json", run_record(stage, params, model=lm.record(), data={"survey": survey_source}, seed=seed,
+                                                       recipe=cfg, steering=steering_record(method, targets, direction if targets else None, seed),
+                                                       **extra))
+    return metrics

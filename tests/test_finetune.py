@@ -5,7 +5,8 @@ from s2b.survey import load_survey
 from s2b.values import target_ratings
 from s2b.recipes import load_recipe
 from s2b.interventions import intervention_data, select_items, anchor_answers
-from s2b.finetune import (sft_trainer, run_finetune, finetune_params,
+from s2b.interventions import steering_params
+from s2b.finetune import (sft_trainer, run_finetune,
                           answer_loss)
 from s2b.profile import PCOLS
 
@@ -24,13 +25,13 @@ def test_recipe_override_order(tmp_path):
 
 def test_edited_recipe_is_not_a_finished_run(tmp_path):
     p = tmp_path/"r.yaml"; p.write_text("lora: {r: 8}\n")
-    before = finetune_params(target="Hedonism", recipe=p)
-    assert before == finetune_params(target="Hedonism", recipe=p)     # same file, same parameters
+    before = steering_params(target="Hedonism", recipe=p)
+    assert before == steering_params(target="Hedonism", recipe=p)     # same file, same parameters
     p.write_text("lora: {r: 16}\n")
-    after = finetune_params(target="Hedonism", recipe=p)
+    after = steering_params(target="Hedonism", recipe=p)
     assert before["recipe"] == after["recipe"] and before["recipe_sha256"] != after["recipe_sha256"]
     with pytest.raises(FileNotFoundError, match="recipe"):
-        finetune_params(target="Hedonism", recipe=tmp_path/"missing.yaml")
+        steering_params(target="Hedonism", recipe=tmp_path/"missing.yaml")
 
 def test_targets():
     assert target_ratings("Hedonism") == {"Hedonism": 1} and target_ratings("hedonism", "up") == {"Hedonism": 6}
