@@ -15,9 +15,10 @@ from .runs import repo_root, sha256_file
 __all__ = ['SPLITS', 'SurveyError', 'parse_ids', 'Item', 'Survey', 'bundled_survey_path', 'load_kvs', 'load_s2b_json', 'load_csv',
            'load_survey', 'answer_prefix']
 
-# %% ../nbs/01_survey.ipynb #004eb8f0
+# %% ../nbs/01_survey.ipynb #dedf2f19
 SPLITS = ("train", "eval", "test")
 
+# %% ../nbs/01_survey.ipynb #8190b018
 class SurveyError(ValueError):
     "A survey file that cannot be used; the message names the file and the item."
 
