@@ -61,7 +61,7 @@ RULES = {"lora.r": "int>0", "lora.alpha": "num>0", "lora.dropout": "0<=num<1", "
          "training.early_stopping_threshold": "num>=0", "data.others_per_value": "int>=0|None", "data.target_limit": "int>0|None",
          "data.eval_limit": "int>=0|None", "lora.top_layers": "int>0|None", "data.anchor": "one of:majority,expected,distribution"}
 
-# %% ../nbs/00c_recipes.ipynb #badb07e5
+# %% ../nbs/00c_recipes.ipynb #abfbcd57
 def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)
 
 # %% ../nbs/00c_recipes.ipynb #d9a3c122

@@ -15,7 +15,7 @@ from .runs import repo_root, sha256_file
 __all__ = ['SPLITS', 'SurveyError', 'parse_ids', 'Item', 'Survey', 'bundled_survey_path', 'load_kvs', 'load_s2b_json', 'load_csv',
            'load_survey', 'answer_prefix']
 
-# %% ../nbs/01_survey.ipynb #dedf2f19
+# %% ../nbs/01_survey.ipynb #004eb8f0
 SPLITS = ("train", "eval", "test")
 
 # %% ../nbs/01_survey.ipynb #8190b018
@@ -29,6 +29,7 @@ def parse_ids(ids) -> list[int] | None:
     parts = str(ids).split(",") if isinstance(ids, (str, int)) else ids
     return sorted({int(str(j).strip()) for j in parts if str(j).strip()})
 
+# %% ../nbs/01_survey.ipynb #a8f01643
 def _check_ids_within(ids, n: int, what: str) -> tuple[int, ...]:
     if not ids or any(not 0 <= j < n for j in ids): raise SurveyError(f"{what} ids must be within 0..{n-1}, got {ids}")
     return tuple(ids)
