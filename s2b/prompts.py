@@ -18,6 +18,7 @@ def has_chat_template(tok) -> bool:
 # %% ../nbs/01a_prompts.ipynb #0275ce8a
 PLAIN_FALLBACK = "{system}User: {user}\nAssistant: "
 
+# %% ../nbs/01a_prompts.ipynb #6217455a
 def _thinking(tok, thinking: bool | None) -> bool:
     return bool(getattr(tok, "s2b_thinking", False) if thinking is None else thinking)
 

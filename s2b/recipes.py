@@ -63,6 +63,8 @@ RULES = {"lora.r": "int>0", "lora.alpha": "num>0", "lora.dropout": "0<=num<1", "
 
 # %% ../nbs/00c_recipes.ipynb #abfbcd57
 def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)
+
+# %% ../nbs/00c_recipes.ipynb #d9a3c122
 def _num(v):
     "A number, or a string YAML left unparsed ('1e-4'); else None."
     if _is_int(v) or isinstance(v, float): return v

@@ -18,6 +18,7 @@ __all__ = ['SPLITS', 'SurveyError', 'parse_ids', 'Item', 'Survey', 'bundled_surv
 # %% ../nbs/01_survey.ipynb #004eb8f0
 SPLITS = ("train", "eval", "test")
 
+# %% ../nbs/01_survey.ipynb #8190b018
 class SurveyError(ValueError):
     "A survey file that cannot be used; the message names the file and the item."
 
@@ -28,6 +29,7 @@ def parse_ids(ids) -> list[int] | None:
     parts = str(ids).split(",") if isinstance(ids, (str, int)) else ids
     return sorted({int(str(j).strip()) for j in parts if str(j).strip()})
 
+# %% ../nbs/01_survey.ipynb #a8f01643
 def _check_ids_within(ids, n: int, what: str) -> tuple[int, ...]:
     if not ids or any(not 0 <= j < n for j in ids): raise SurveyError(f"{what} ids must be within 0..{n-1}, got {ids}")
     return tuple(ids)
