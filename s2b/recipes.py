@@ -23,6 +23,10 @@ FINETUNE_DEFAULTS = {
                  "gradient_checkpointing": False, "lr_scheduler_type": "linear"},
     "data": {"train_templates": None, "instructions": None, "others_per_value": None, "target_limit": None, "eval_limit": None,
              "anchor": "majority"},
+    # the other steering methods (s2b.steering): each reads its own section
+    "prompt": {"examples": 3},                       # train statements of the target quoted in the persona
+    "caa": {"multiplier": 4.0, "layers": None},      # the vectors are added × multiplier; layers: None = the middle layer
+    "dpo": {"beta": 0.1},                            # DPO's inverse temperature
 }
 
 # %% ../nbs/00c_recipes.ipynb #00aee5fa
@@ -59,7 +63,8 @@ RULES = {"lora.r": "int>0", "lora.alpha": "num>0", "lora.dropout": "0<=num<1", "
          "training.gradient_accumulation_steps": "int>0", "training.per_device_eval_batch_size": "int>0",
          "training.max_length": "int>0", "training.eval_every": "epoch|int>0|None", "training.early_stopping_patience": "int>0",
          "training.early_stopping_threshold": "num>=0", "data.others_per_value": "int>=0|None", "data.target_limit": "int>0|None",
-         "data.eval_limit": "int>=0|None", "lora.top_layers": "int>0|None", "data.anchor": "one of:majority,expected,distribution"}
+         "data.eval_limit": "int>=0|None", "lora.top_layers": "int>0|None", "data.anchor": "one of:majority,expected,distribution",
+         "prompt.examples": "int>=0", "caa.multiplier": "num", "caa.layers": "layers", "dpo.beta": "num>0"}
 
 # %% ../nbs/00c_recipes.ipynb #abfbcd57
 def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)
@@ -92,6 +97,9 @@ def _check_setting(key: str, v, default):
     if rule == "str|list":
         if isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)): return v
         raise ValueError(f"{key} must be a string or a list of module names, got {v!r}")
+    if rule == "layers":
+        if v is None or _is_int(v) and v >= 0 or isinstance(v, list) and v and all(_is_int(x) and x >= 0 for x in v): return v
+        raise ValueError(f"{key} must be null (the middle layer), a layer index or a list of them, got {v!r}")
     if rule == "steps":
         if _is_int(v) and (v == -1 or v > 0): return v
         raise ValueError(f"{key} must be -1 (train by epochs) or a positive integer, got {v!r}")
@@ -106,7 +114,7 @@ def _check_setting(key: str, v, default):
         return v
     x = _num(v)
     if x is None: raise ValueError(f"{key} must be a number, got {v!r}")
-    bad = {"num>0": x <= 0, "num>=0": x < 0, "0<=num<1": not 0 <= x < 1, "0<=num<=1": not 0 <= x <= 1}[rule]
+    bad = {"num": False, "num>0": x <= 0, "num>=0": x < 0, "0<=num<1": not 0 <= x < 1, "0<=num<=1": not 0 <= x <= 1}[rule]
     if bad: raise ValueError(f"{key} must be {rule.replace('num', 'x').replace('x>0', 'positive').replace('x>=0', 'zero or more')}, got {v!r}")
     return x
 

@@ -27,6 +27,7 @@ def atomic_write_text(path, text: str) -> Path:
 
 # %% ../nbs/00a_runs.ipynb #96d69904
 def _jsonable(o):
+    if getattr(o, "ndim", 0) and hasattr(o, "tolist"): return o.tolist()   # numpy / torch arrays
     if hasattr(o, "item") and callable(o.item): return o.item()      # numpy / torch scalars
     if hasattr(o, "tolist"): return o.tolist()
     if isinstance(o, (set, tuple)): return list(o)
