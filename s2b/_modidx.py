@@ -312,6 +312,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                           's2b.runs._nan_to_none': ('runs.html#_nan_to_none', 's2b/runs.py'),
                           's2b.runs._norm': ('runs.html#_norm', 's2b/runs.py'),
                           's2b.runs._sha_cached': ('runs.html#_sha_cached', 's2b/runs.py'),
+                          's2b.runs.atomic_path': ('runs.html#atomic_path', 's2b/runs.py'),
                           's2b.runs.atomic_to_parquet': ('runs.html#atomic_to_parquet', 's2b/runs.py'),
                           's2b.runs.atomic_write_json': ('runs.html#atomic_write_json', 's2b/runs.py'),
                           's2b.runs.atomic_write_text': ('runs.html#atomic_write_text', 's2b/runs.py'),
