@@ -33,7 +33,8 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not model" tests
 
-# The docs site (site/): notebooks as pages, the API, the latest demo's results. NO_MKDOCS_2_WARNING
+# The docs site (site/): the notebooks, executed (their outputs and figures; cached in build/docs/, so
+# a rebuild executes only changed notebooks), the API, the latest demo's results. NO_MKDOCS_2_WARNING
 # silences mkdocs-material's end-of-life banner (not a build warning; --strict still fails on any).
 docs: $(STAMP)
 	$(BIN)/python docs/build.py

@@ -1,7 +1,9 @@
-"""The docs site builds without warnings (with and without demo results) and renders in a browser.
+"""The docs site builds without warnings (with and without demo results) and renders in a browser;
+its notebook pages show what the executed notebooks print.
 
-The site is built in a temporary copy of the docs sources (the code, notebooks and recipes are
-symlinked), so the test never touches docs/ or site/ of the checkout. The browser check needs
+The site is built in a temporary copy of the docs sources (the code, notebooks, data and recipes are
+symlinked), so the test never touches docs/, site/ or build/ of the checkout. To stay fast it
+executes one small notebook (`EXECUTED`); `make docs` executes them all. The browser check needs
 Debian's `chromium` (/usr/bin/chromium) and is skipped without it.
 """
 from __future__ import annotations
@@ -17,6 +19,7 @@ GENERATED = ("nbs", "results")  # written by docs/build.py (git-ignored)
 # A 1x1 PNG, standing in for a figure of `s2b report`.
 PNG = base64.b64decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==")
 TABLE = "| value | target drop |\n|:--|--:|\n| Universalism_concern | 0.412 |\n"
+EXECUTED = "00_values"  # the notebook the site tests execute: small, no model
 
 
 def _mkdocs_available():
@@ -30,9 +33,9 @@ def _skeleton(dest: Path) -> Path:
     shutil.copy2(ROOT / "mkdocs.yml", dest / "mkdocs.yml")
     shutil.copytree(ROOT / "docs", dest / "docs",
                     ignore=lambda d, names: [n for n in names if Path(d) == ROOT / "docs" and n in GENERATED])
-    for name in ("nbs", "s2b", "recipes"):
+    for name in ("nbs", "s2b", "recipes", "data", "pyproject.toml"):
         if (ROOT / name).exists():
-            (dest / name).symlink_to(ROOT / name, target_is_directory=True)
+            (dest / name).symlink_to(ROOT / name, target_is_directory=(ROOT / name).is_dir())
     (dest / "figures").mkdir()
     (dest / "papermill_runs").mkdir()
     return dest
@@ -43,7 +46,7 @@ def _build(root: Path, site: Path) -> str:
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # mkdocs-material's end-of-life banner
     bindir = Path(sys.executable).parent
     mkdocs = [str(bindir / "mkdocs")] if (bindir / "mkdocs").exists() else [sys.executable, "-m", "mkdocs"]
-    steps = [[sys.executable, "docs/build.py", str(root)],
+    steps = [[sys.executable, "docs/build.py", str(root), "--execute", EXECUTED],
              mkdocs + ["build", "--strict", "-f", str(root / "mkdocs.yml"), "-d", str(site)]]
     log = ""
     for cmd in steps:
@@ -61,7 +64,7 @@ def sites(tmp_path_factory):
     _mkdocs_available()
     root = _skeleton(tmp_path_factory.mktemp("docs") / "repo")
     plain = root / "site-plain"
-    _build(root, plain)
+    first = _build(root, plain)
     (root / "figures" / "profiles.png").write_bytes(PNG)
     (root / "figures" / "results.md").write_text(f"# s2b results\n\n## indomain\n\n{TABLE}")
     tables = root / "papermill_runs" / "report" / "tables"
@@ -69,8 +72,8 @@ def sites(tmp_path_factory):
     (tables / "indomain.md").write_text(TABLE)  # also inside results.md: shown once
     (tables / "summary.md").write_text(f"# s2b results\n\n## indomain\n\n{TABLE}")
     with_results = root / "site-results"
-    _build(root, with_results)
-    return {"root": root, "plain": plain, "results": with_results}
+    second = _build(root, with_results)
+    return {"root": root, "plain": plain, "results": with_results, "logs": [first, second]}
 
 
 def _build_module():
@@ -81,14 +84,15 @@ def _build_module():
 
 
 def test_clean_notebook():
-    "nbdev directives go, hidden and default_exp cells go, outputs and other cells stay."
+    "nbdev directives go, hidden and default_exp cells go, stderr goes, other outputs and cells stay."
     b = _build_module()
     code = lambda src, **kw: {"cell_type": "code", "source": src, "metadata": kw.get("metadata", {}),
                               "outputs": kw.get("outputs", []), "execution_count": None}
     out = [{"output_type": "stream", "name": "stdout", "text": "hi\n"}]
+    err = [{"output_type": "stream", "name": "stderr", "text": "\rLoading: 100%\n"}]
     nb = {"cells": [{"cell_type": "markdown", "source": "# profile\n\n> A summary.", "metadata": {}},
                     code("#| default_exp profile"), code("#| hide\nimport secret"),
-                    code("#| export\ndef f(): return 1", outputs=out),
+                    code("#| export\ndef f(): return 1", outputs=out + err),
                     code("x = 1", metadata={"tags": ["injected-parameters"]}),
                     code("#| echo: false\nprint(2)"), code("#|export\n"),
                     code("y = 2", metadata={"tags": ["parameters"], "papermill": {"duration": 1}})],
@@ -113,6 +117,48 @@ def test_report_tables_deduplicated(tmp_path):
         "figures/results.md", "papermill_runs/report/tables/aita.md"]
 
 
+def _nb(*sources, tags=None) -> dict:
+    cells = [{"id": f"c{i}", "cell_type": "code", "source": src, "metadata": {"tags": tags} if tags and i == 0 else {},
+              "outputs": [], "execution_count": None} for i, src in enumerate(sources)]
+    return {"cells": cells, "metadata": {"kernelspec": {"name": "python3", "display_name": "python3", "language": "python"}},
+            "nbformat": 4, "nbformat_minor": 5}
+
+
+def test_execution_sandbox_cache_and_failure(tmp_path):
+    "Notebooks run in build/docs/run (a stage's '../papermill_runs' lands there), once per content; a failure names its notebook."
+    b = _build_module()
+    root = tmp_path / "repo"
+    (root / "nbs").mkdir(parents=True)
+    (root / "s2b").mkdir()
+    (root / "s2b" / "__init__.py").write_text("from pathlib import Path\nHOME = Path(__file__).resolve().parent.parent\n")
+    (root / "nbs" / "00_run.ipynb").write_text(json.dumps(_nb(
+        'out = "../papermill_runs/embedded/x-default"',
+        "import s2b\nfrom pathlib import Path\nPath(out).mkdir(parents=True)\n(Path(out)/'m.json').write_text('{}')\n"
+        "print('home', s2b.HOME)\nprint('run', (Path(out)/'m.json').resolve())",
+        "#| eval: false\nraise SystemExit('an eval: false cell ran')", tags=["parameters"])))
+    logs = []
+    out = b.executed_notebooks(root, None, log=logs.append)
+    assert not (root / "papermill_runs").exists()                       # nothing written into the checkout
+    box = root / "build" / "docs" / "run"
+    assert (box / "papermill_runs" / "embedded" / "x-default" / "m.json").is_file()
+    printed = "".join("".join(o.get("text", "")) for c in out["00_run.ipynb"]["cells"] for o in c.get("outputs", []))
+    assert "run papermill_runs/embedded/x-default/m.json" in printed     # sandbox paths shown relative to the checkout
+    assert f"home {box.resolve()}\n" in printed                         # the kernel imported the sandbox's s2b
+    assert logs == ["docs/build.py: nbs/00_run.ipynb: executed" + logs[0].split("executed")[1]]
+    logs.clear()
+    assert b.executed_notebooks(root, None, log=logs.append) == out and logs == ["docs/build.py: nbs/00_run.ipynb: cached"]
+    assert b.executed_notebooks(root, [], log=logs.append) == {}         # --execute none
+    nb = json.loads((root / "nbs" / "00_run.ipynb").read_text())         # edited: executed again, on a fresh run folder
+    nb["cells"].append({**_nb("print('edited')")["cells"][0], "id": "c9"})
+    (root / "nbs" / "00_run.ipynb").write_text(json.dumps(nb))
+    again = b.executed_notebooks(root, None, log=logs.append)["00_run.ipynb"]
+    assert "".join(again["cells"][-1]["outputs"][0]["text"]) == "edited\n" and len(list((root / "build" / "docs" / "executed").iterdir())) == 1
+    (root / "nbs" / "01_broken.ipynb").write_text(json.dumps(_nb("raise ValueError('boom')")))
+    with pytest.raises(SystemExit, match=r"nbs/01_broken\.ipynb failed to execute: .*ValueError: boom"):
+        b.executed_notebooks(root, ["01_*"], log=logs.append)
+    assert (root / "build" / "docs" / "failed" / "01_broken.ipynb").is_file()
+
+
 def _notebook_pages(site: Path) -> list[Path]:
     return sorted((site / "nbs").glob("*.html"))
 
@@ -130,6 +176,32 @@ def test_site_pages(sites):
         assert "#| export" not in text and "#| default_exp" not in text and "#| hide" not in text, nb.name
     if (ROOT / "recipes" / "paper.yaml").is_file():  # the recipe is included verbatim
         assert "Falcon3-7B-Instruct" in (site / "reproduce.html").read_text()
+
+
+def _text_outputs(nb: dict) -> list[str]:
+    "The non-empty lines that the code cells of a notebook print (stream outputs and plain-text results)."
+    lines = []
+    for c in nb["cells"]:
+        for o in c.get("outputs", []) if c["cell_type"] == "code" else []:
+            t = o.get("text") or (o.get("data") or {}).get("text/plain") or ""
+            lines += [l.strip() for l in ("".join(t) if isinstance(t, list) else t).splitlines() if l.strip()]
+    return lines
+
+
+@pytest.mark.slow
+def test_executed_notebook_page_shows_its_outputs(sites):
+    "The executed notebook's page holds what it printed; the committed notebook has no outputs; a rebuild uses the cache."
+    committed = json.loads((ROOT / "nbs" / f"{EXECUTED}.ipynb").read_text())
+    assert not _text_outputs(committed), "notebooks are committed without outputs"
+    executed = json.loads((sites["root"] / "docs" / "nbs" / f"{EXECUTED}.ipynb").read_text())
+    printed = _text_outputs(executed)
+    assert printed, f"{EXECUTED} printed nothing when executed"
+    page = html.unescape((sites["plain"] / "nbs" / f"{EXECUTED}.html").read_text())
+    assert "jp-OutputArea-output" in page and all(line in page for line in printed[:5])
+    assert f"nbs/{EXECUTED}.ipynb: executed" in sites["logs"][0]
+    assert f"nbs/{EXECUTED}.ipynb: cached" in sites["logs"][1]          # the second build did not execute it again
+    other = next(p for p in sorted((ROOT / "nbs").glob("*.ipynb")) if p.stem != EXECUTED)   # not selected: as committed
+    assert not _text_outputs(json.loads((sites["root"] / "docs" / "nbs" / other.name).read_text()))
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """Repack the lm_eval wheel without `lm_eval/tasks/` (15,000 task files, ~8 MiB): bench/profile_speed.py imports only
 lm_eval.models.huggingface and lm_eval.api, never the tasks. RECORD is rewritten so the wheel stays valid.
-  python3 bench/tools/slim_lm_eval.py lm_eval-0.4.13-py3-none-any.whl .whl-bench/lm_eval-0.4.13-0slim-py3-none-any.whl"""
+  python3 bench/slim_lm_eval.py lm_eval-0.4.13-py3-none-any.whl .whl-bench/lm_eval-0.4.13-0slim-py3-none-any.whl"""
 import base64, hashlib, sys, zipfile
 src, dst = sys.argv[1], sys.argv[2]
 def h(b): return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(b).digest()).rstrip(b"=").decode()
