@@ -9,9 +9,11 @@ tokenizer is loaded.
 """
 import pytest
 
-from s2b.models import LM, encode
+from s2b.models import LM
+from s2b.scoring import encode
 from s2b.profile import encode_variants, rating_slot
-from s2b.survey import load_survey, prompt_parts
+from s2b.survey import load_survey
+from s2b.prompts import prompt_parts
 
 
 @pytest.fixture(scope="module")
