@@ -133,11 +133,13 @@ def steering_params(model="embedded", survey="bundled", target=None, direction="
                 backend=backend, seed=seed)
 
 # %% ../nbs/02b_interventions.ipynb #62d552a0
-def write_steering_run(out, stage: str, method: str, params: dict, lm: LM, survey_source, targets: dict, direction,
+def write_steering_run(out, stage: str, method: str, params: dict, model, survey_source, targets: dict, direction,
                        seed: int, cfg: dict, metrics: dict, **extra) -> dict:
-    "Write a steering run's `metrics.json`, then its `run.json` with the steering block (last: it marks the run done)."
+    """Write a steering run's `metrics.json`, then its `run.json` with the steering block (last: it marks the run done).
+    `model`: the `LM` it used, or what to record of a model it did not load."""
     atomic_write_json(Path(out)/"metrics.json", metrics)
-    atomic_write_json(Path(out)/"run.json", run_record(stage, params, model=lm.record(), data={"survey": survey_source}, seed=seed,
+    record = model.record() if isinstance(model, LM) else model
+    atomic_write_json(Path(out)/"run.json", run_record(stage, params, model=record, data={"survey": survey_source}, seed=seed,
                                                        recipe=cfg, steering=steering_record(method, targets, direction if targets else None, seed),
                                                        **extra))
     return metrics
