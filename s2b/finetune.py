@@ -14,7 +14,7 @@ from .interventions import intervention_data, prepare_intervention, steering_par
 from .runs import save_figure, atomic_write_json, atomic_to_parquet, run_record, is_done, read_json, repo_root, sha256_file
 
 # %% auto #0
-__all__ = ['with_labels', 'answer_loss', 'sft_trainer', 'last_checkpoint', 'plot_loss', 'run_finetune']
+__all__ = ['lora_model', 'with_labels', 'answer_loss', 'sft_trainer', 'last_checkpoint', 'plot_loss', 'run_finetune']
 
 # %% ../nbs/03_finetune.ipynb #f5ca8d07
 def _linear_names(model) -> list[str]:
@@ -23,7 +23,8 @@ def _linear_names(model) -> list[str]:
     return sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and ".layers." in n})
 
 # %% ../nbs/03_finetune.ipynb #dfda49e2
-def _lora_model(lm: LM, lora: dict, backend: str, seed: int, gradient_checkpointing: bool):
+def lora_model(lm: LM, lora: dict, backend: str = "hf", seed: int = 0, gradient_checkpointing: bool = False):
+    "`lm.model` with LoRA from the recipe's `lora` section (peft, or Unsloth's on its backend); `top_layers: N`: the last N layers only."
     targets = lora["target_modules"]
     top = lora.get("top_layers")
     # LoRA on the last `top_layers` decoder layers only: the backward pass then stops at the lowest of them
@@ -97,7 +98,7 @@ def sft_trainer(lm: LM, train: pd.DataFrame, evald: pd.DataFrame | None, cfg: di
     from datasets import Dataset
     from transformers import TrainingArguments, EarlyStoppingCallback
     t = cfg["training"]
-    model = _lora_model(lm, cfg["lora"], backend, seed, t["gradient_checkpointing"])
+    model = lora_model(lm, cfg["lora"], backend, seed, t["gradient_checkpointing"])
     cols = ["input_ids", "labels", "soft", "cand"]
     max_len = int(t["max_length"])
     def _ds(df):

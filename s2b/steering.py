@@ -4,7 +4,7 @@
 
 # %% ../nbs/02a_steering.ipynb #979e02b6
 from __future__ import annotations
-import contextlib
+import contextlib, json
 from dataclasses import dataclass, field
 from pathlib import Path
 from .values import normalize_value
@@ -64,32 +64,37 @@ def read_steering(path) -> Steering:
 
 # %% ../nbs/02a_steering.ipynb #793d184c
 def decoder_layers(model):
-    "The model's stack of decoder layers (through a peft wrapper)."
-    m = model.get_base_model() if hasattr(model, "get_base_model") else model
-    dec = m.get_decoder() if hasattr(m, "get_decoder") else m.model
-    return dec.layers
+    "The model's list of decoder layers (the `ModuleList` of `num_hidden_layers` blocks), through any peft wrapper."
+    import torch
+    n = model.config.get_text_config().num_hidden_layers
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.ModuleList) and len(m) == n and name.endswith("layers"): return m
+    raise ValueError(f"no list of {n} decoder layers found in {type(model).__name__}")
 
 # %% ../nbs/02a_steering.ipynb #32c170d3
 @contextlib.contextmanager
 def add_vectors(lm: LM, vectors: dict, multiplier: float = 1.0):
-    "Within the block, every layer `i` in `vectors` outputs its hidden states plus `multiplier * vectors[i]`."
-    layers = decoder_layers(lm.model)
-    def hook(v):
-        def add(module, args, output):
-            if isinstance(output, tuple): return (output[0] + v.to(output[0].dtype),) + tuple(output[1:])
-            return output + v.to(output.dtype)
-        return add
-    handles = [layers[int(i)].register_forward_hook(hook(multiplier * v.to(lm.model.device))) for i, v in vectors.items()]
+    "Within the block, each layer `l` of `vectors` adds `multiplier * vectors[l]` to its output at every position."
+    blocks = decoder_layers(lm.model)
+    def add(v):
+        def hook(module, inputs, output):
+            h = output[0] if isinstance(output, tuple) else output
+            h = h + (multiplier * v).to(device=h.device, dtype=h.dtype)
+            return (h, *output[1:]) if isinstance(output, tuple) else h
+        return hook
+    handles = [blocks[int(l)].register_forward_hook(add(v)) for l, v in vectors.items()]
     try: yield lm
     finally:
         for h in handles: h.remove()
 
 # %% ../nbs/02a_steering.ipynb #490b27f5
 def load_vectors(path) -> tuple[dict, dict]:
-    "The steering vectors {layer: tensor} in `path` (safetensors) and their metadata."
+    "({layer: tensor}, meta) from a safetensors file written by `s2b.caa.save_vectors` (keys `layer.<l>`)."
     from safetensors import safe_open
     with safe_open(str(path), "pt") as f:
-        return {int(k): f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        meta = json.loads((f.metadata() or {}).get("s2b", "{}"))
+        vectors = {int(k.split(".", 1)[1]): f.get_tensor(k) for k in f.keys()}
+    return dict(sorted(vectors.items())), meta
 
 # %% ../nbs/02a_steering.ipynb #c7f23f58
 @contextlib.contextmanager

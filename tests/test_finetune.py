@@ -175,9 +175,9 @@ def test_items_of_gives_adapters_and_control_the_same_items():
 
 @pytest.mark.model
 def test_top_layers_puts_lora_on_the_last_layers_only(lm):
-    from s2b.finetune import _lora_model
+    from s2b.finetune import lora_model
     from s2b.models import load_model
-    m = _lora_model(load_model("embedded", training=True), {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": "all-linear", "top_layers": 3},
+    m = lora_model(load_model("embedded", training=True), {"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": "all-linear", "top_layers": 3},
                     "hf", 0, False)
     n = m.base_model.model.config.num_hidden_layers
     layers = {int(k.split(".layers.")[1].split(".")[0]) for k, _ in m.named_parameters() if "lora_A" in k}

@@ -7,7 +7,8 @@ from s2b.values import VALUES
 from s2b.survey import Survey, Item
 from s2b.models import LM, prepare_tokenizer
 from s2b.persona import persona_prompt, persona_examples, neutral_prompt
-from s2b.caa import caa_pairs, caa_vectors, shuffled_pairs, add_vectors, save_vectors, load_vectors, decoder_layers
+from s2b.caa import caa_pairs, caa_vectors, shuffled_pairs, save_vectors
+from s2b.steering import add_vectors, load_vectors, decoder_layers
 from s2b.dpo import dpo_pairs, train_dpo
 
 INSTRUCTION = "Rate the statement from 1 to 6."

@@ -41,7 +41,7 @@ def test_vectors_on_a_model_multiplier_zero_is_the_model(tmp_path):
     from safetensors.torch import save_file
     lm = load_model("embedded"); ids = torch.tensor([[1, 2, 3, 4]])
     with torch.inference_mode(): base = lm.model(ids).logits
-    v = {"5": torch.randn(lm.model.config.hidden_size)}
+    v = {"layer.5": torch.randn(lm.model.config.hidden_size)}
     save_file(v, str(tmp_path/"steering.safetensors"))
     for m, same in ((0.0, True), (8.0, False)):
         atomic_write_json(tmp_path/"run.json", {"steering": steering_record("caa", {"Hedonism": 1}, "down", 0)})
