@@ -272,8 +272,8 @@ def run_grid(recipe, executor: str = "local", dry_run: bool = False, force: bool
     "Plan a grid recipe and execute it (or print the plan with `dry_run`)."
     g = load_grid(recipe)
     runs = plan(g, runs_dir)
-    log(f"s2b grid {g['name']}: {len(runs)} runs ({len(g['models'])} models × {len(g['values'])} values × "
-        f"{len(g['directions'])} directions × {len(g['seeds'])} seeds)")
+    log(f"s2b grid {g['name']}: {len(runs)} runs ({len(g['models'])} models × {len(g['methods'])} methods × "
+        f"{len(g['values'])} values × {len(g['directions'])} directions × {len(g['seeds'])} seeds)")
     if dry_run:
         log(describe(runs)); return {"planned": len(runs)}
     if executor == "slurm": return run_slurm(runs, g["slurm"], force)
