@@ -176,6 +176,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               's2b.indomain.run_indomain': ('indomain.html#run_indomain', 's2b/indomain.py'),
                               's2b.indomain.selectivity': ('indomain.html#selectivity', 's2b/indomain.py'),
                               's2b.indomain.selectivity_verdict': ('indomain.html#selectivity_verdict', 's2b/indomain.py'),
+                              's2b.indomain.selectivity_word': ('indomain.html#selectivity_word', 's2b/indomain.py'),
                               's2b.indomain.shared_ratings_path': ('indomain.html#shared_ratings_path', 's2b/indomain.py')},
             's2b.interventions': { 's2b.interventions.Intervention': ('interventions.html#intervention', 's2b/interventions.py'),
                                    's2b.interventions.anchor_answers': ('interventions.html#anchor_answers', 's2b/interventions.py'),

@@ -16,8 +16,8 @@ from .survey import parse_ids
 from .runs import save_figure, atomic_to_parquet, atomic_write_json, run_record, is_done, read_json, fingerprint
 
 # %% auto #0
-__all__ = ['item_deltas', 'indomain_metrics', 'selectivity', 'selectivity_verdict', 'plot_deltas', 'shared_ratings_path',
-           'run_indomain']
+__all__ = ['NEGLIGIBLE', 'item_deltas', 'indomain_metrics', 'selectivity', 'selectivity_word', 'selectivity_verdict',
+           'plot_deltas', 'shared_ratings_path', 'run_indomain']
 
 # %% ../nbs/04_indomain.ipynb #c3478e32
 def item_deltas(cond: pd.DataFrame, ctrl: pd.DataFrame, templates=None) -> pd.DataFrame:
@@ -66,15 +66,23 @@ def selectivity(d: pd.DataFrame, targets: dict[str, int], n_boot: int = 1000, se
     return {"selectivity": float(toward.mean() - drift.mean()), "selectivity_ci": ci, "selective": bool(ci[0] > 0),
             "toward_goal": float(toward.mean()), "target_rank": rank, "n_values": int(len(size))}
 
+# %% ../nbs/04_indomain.ipynb #0c15d579
+NEGLIGIBLE = 0.05      # rating points on the 1-6 scale: a smaller selectivity is no effect worth the name
+
+def selectivity_word(selective: bool, selectivity: float, ci_high: float) -> str:
+    "'selective', 'selective, but negligibly (...)' or 'NOT selective (why)': the words of every selectivity verdict."
+    if selective and selectivity < NEGLIGIBLE: return f"selective, but negligibly (selectivity {selectivity:.1g} < {NEGLIGIBLE} rating points)"
+    if selective: return "selective"
+    return "NOT selective " + ("(the target moved no more than the other values)" if ci_high < 0 else "(the CI includes 0)")
+
 # %% ../nbs/04_indomain.ipynb #55199717
 def selectivity_verdict(m: dict, label: str = "") -> str:
     "One line that says in words whether an in-domain result is selective."
     if m.get("undefined"): return f"{label + ': ' if label else ''}NOT selective: selectivity undefined ({m['undefined']})"
     rank = ", ".join(f"{short_name(v)} rank {r}/{m['n_values']}" for v, r in m["target_rank"].items())
     lo, hi = m["selectivity_ci"]
-    word = "selective" if m["selective"] else "NOT selective"
-    why = "" if m["selective"] else (" (the target moved no more than the other values)" if hi < 0 else " (the CI includes 0)")
-    return (f"{label + ': ' if label else ''}{word}{why}: toward the goal {m['toward_goal']:+.2f}, drift {m['drift']:.2f}, "
+    word = selectivity_word(m["selective"], m["selectivity"], hi)
+    return (f"{label + ': ' if label else ''}{word}: toward the goal {m['toward_goal']:+.2f}, drift {m['drift']:.2f}, "
             f"selectivity {m['selectivity']:+.2f} [{lo:+.2f}, {hi:+.2f}]; {rank}")
 
 # %% ../nbs/04_indomain.ipynb #8902645c

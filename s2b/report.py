@@ -10,6 +10,7 @@ import numpy as np, pandas as pd
 from .values import VALUES
 from .runs import read_json, atomic_write_text, atomic_write_json
 from .models import model_slug
+from .indomain import selectivity_word
 from .runs import save_figure
 from .figures import fig_profiles, fig_drop_heatmap, fig_selectivity, fig_side_effects
 from .figures import fig_aita, fig_machiavelli, fig_transfer, fig_methods
@@ -177,12 +178,11 @@ def selectivity_lines(ind: pd.DataFrame) -> list[str]:
             if pd.isna(r.selectivity): continue                              # a run from before selectivity was measured
             line = f"{who}: {r.verdict.split(': ', 1)[1] if ': ' in str(r.verdict) else r.verdict}"
             if "held_out_selectivity" in g and pd.notna(r.get("held_out_selectivity")):
-                line += (f"; held-out templates: {'selective' if r.held_out_selective else 'NOT selective'} "
+                line += (f"; held-out templates: {selectivity_word(r.held_out_selective, r.held_out_selectivity, r.held_out_sel_ci_high)} "
                          f"{r.held_out_selectivity:+.2f} [{r.held_out_sel_ci_low:+.2f}, {r.held_out_sel_ci_high:+.2f}]")
         else:
             mean, lo, hi = _across_seeds(g.selectivity)
-            word = "selective" if lo > 0 else "NOT selective"
-            line = (f"{who}: {word} across {len(g)} seeds: selectivity {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] (t-interval over "
+            line = (f"{who}: {selectivity_word(lo > 0, mean, hi)} across {len(g)} seeds: selectivity {mean:+.2f} [{lo:+.2f}, {hi:+.2f}] (t-interval over "
                     f"seeds); selective in {int(g.selective.sum())}/{len(g)} seeds")
         lines.append(line)
     return lines
@@ -256,8 +256,7 @@ def methods_table(runs: pd.DataFrame) -> pd.DataFrame:
             x, lo, hi = _pool(ind, f"{part}selectivity", f"{part}sel_ci_low", f"{part}sel_ci_high")
             row[f"{part}selectivity"], row[f"{part}sel_ci_low"], row[f"{part}sel_ci_high"] = x, lo, hi
             row[f"{part}selective"] = None if np.isnan(x) else bool(lo > 0)
-            row[f"{part}verdict"] = ("not run" if np.isnan(x) else "selective" if lo > 0 else
-                                     "NOT selective (the target moved no more than the other values)" if hi < 0 else "NOT selective (the CI includes 0)")
+            row[f"{part}verdict"] = "not run" if np.isnan(x) else selectivity_word(lo > 0, x, hi)
         row["aita_gain"], row["aita_gain_ci_low"], row["aita_gain_ci_high"] = _pool(at, "gain", "gain_ci_low", "gain_ci_high")
         row["aita_placebo"] = pd.to_numeric(at.get("placebo_gain", pd.Series(dtype=float)), errors="coerce").mean()
         for role, pre in ((["adapter", "conditioned"], ""), (["control"], "control_")):
