@@ -10,7 +10,7 @@ import numpy as np, pandas as pd
 from .values import VALUES
 from .runs import read_json, atomic_write_text, atomic_write_json
 from .models import model_slug
-from .indomain import selectivity_word
+from .indomain import selectivity_verdict, selectivity_word
 from .runs import save_figure
 from .figures import fig_profiles, fig_drop_heatmap, fig_selectivity, fig_side_effects
 from .figures import fig_aita, fig_machiavelli, fig_transfer, fig_methods
@@ -91,7 +91,8 @@ def indomain_table(runs: pd.DataFrame) -> pd.DataFrame:
             if "selectivity" in e:
                 row[f"{part}_selectivity"] = e["selectivity"]; row[f"{part}_selective"] = e["selective"]
                 row[f"{part}_sel_ci_low"], row[f"{part}_sel_ci_high"] = _ci(e["selectivity_ci"])
-        row["verdict"] = m.get("verdict")
+        label = ", ".join(f"{v}→{x}" for v, x in (m.get("targets") or {}).items())
+        row["verdict"] = selectivity_verdict(m, label) if "selectivity" in m else m.get("verdict")   # in today's words
         rows.append(row)
     return pd.DataFrame(rows)
 
