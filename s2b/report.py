@@ -92,7 +92,8 @@ def indomain_table(runs: pd.DataFrame) -> pd.DataFrame:
                 row[f"{part}_selectivity"] = e["selectivity"]; row[f"{part}_selective"] = e["selective"]
                 row[f"{part}_sel_ci_low"], row[f"{part}_sel_ci_high"] = _ci(e["selectivity_ci"])
         label = ", ".join(f"{v}→{x}" for v, x in (m.get("targets") or {}).items())
-        row["verdict"] = selectivity_verdict(m, label) if "selectivity" in m else m.get("verdict")   # in today's words
+        whole = {"selectivity", "selectivity_ci", "toward_goal", "drift", "target_rank", "n_values"} <= set(m)
+        row["verdict"] = selectivity_verdict(m, label) if whole else m.get("verdict")   # in today's words where the numbers allow
         rows.append(row)
     return pd.DataFrame(rows)
 
