@@ -327,7 +327,7 @@ def build_report(runs_dir="papermill_runs", figures="figures", out=None) -> dict
         fig, d = fig_transfer(ind, tables["aita"])
         written["figures"] += save(fig, "transfer"); d.to_csv(out/"tables"/"transfer.csv", index=False)
         md += ["\n## transfer (in-domain drop vs AITA gain)\n\n", to_markdown(d)]
-    if many: written["figures"] += save(fig_methods(tables["methods"]), "methods")
+    if many and not tables["methods"].empty: written["figures"] += save(fig_methods(tables["methods"]), "methods")
     atomic_write_text(out/"tables"/"summary.md", "".join(md))
     atomic_write_text(figures/"results.md", "".join(md))
     return written
