@@ -119,7 +119,7 @@ def dpo_trainer(lm: LM, pairs, recipe, out_dir, seed: int = 0):
     gpu = str(lm.device).startswith("cuda")
     args = TrainingArguments(
         output_dir=str(Path(out_dir)/"checkpoints"), seed=seed, data_seed=seed,
-        learning_rate=float(t["learning_rate"]), warmup_steps=float(t["warmup_ratio"]), lr_scheduler_type=t["lr_scheduler_type"],
+        learning_rate=float(cfg["dpo"]["learning_rate"] or t["learning_rate"]), warmup_steps=float(t["warmup_ratio"]), lr_scheduler_type=t["lr_scheduler_type"],
         num_train_epochs=float(t["num_train_epochs"]), max_steps=int(t["max_steps"]),
         per_device_train_batch_size=int(t["per_device_train_batch_size"]),
         gradient_accumulation_steps=int(t["gradient_accumulation_steps"]), eval_strategy="no", save_strategy="no",

@@ -26,7 +26,7 @@ FINETUNE_DEFAULTS = {
     # the other steering methods (s2b.steering): each reads its own section
     "prompt": {"examples": 3},                       # train statements of the target quoted in the persona
     "caa": {"multiplier": 4.0, "layers": None},      # the vectors are added × multiplier; layers: None = the middle layer
-    "dpo": {"beta": 0.1},                            # DPO's inverse temperature
+    "dpo": {"beta": 0.1, "learning_rate": None},     # DPO's inverse temperature; its own learning rate (None: training's)
 }
 
 # %% ../nbs/00c_recipes.ipynb #00aee5fa
@@ -64,7 +64,7 @@ RULES = {"lora.r": "int>0", "lora.alpha": "num>0", "lora.dropout": "0<=num<1", "
          "training.max_length": "int>0", "training.eval_every": "epoch|int>0|None", "training.early_stopping_patience": "int>0",
          "training.early_stopping_threshold": "num>=0", "data.others_per_value": "int>=0|None", "data.target_limit": "int>0|None",
          "data.eval_limit": "int>=0|None", "lora.top_layers": "int>0|None", "data.anchor": "one of:majority,expected,distribution",
-         "prompt.examples": "int>=0", "caa.multiplier": "num", "caa.layers": "layers", "dpo.beta": "num>0"}
+         "prompt.examples": "int>=0", "caa.multiplier": "num", "caa.layers": "layers", "dpo.beta": "num>0", "dpo.learning_rate": "num>0|None"}
 
 # %% ../nbs/00c_recipes.ipynb #abfbcd57
 def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)
@@ -114,7 +114,7 @@ def _check_setting(key: str, v, default):
         return v
     x = _num(v)
     if x is None: raise ValueError(f"{key} must be a number, got {v!r}")
-    bad = {"num": False, "num>0": x <= 0, "num>=0": x < 0, "0<=num<1": not 0 <= x < 1, "0<=num<=1": not 0 <= x <= 1}[rule]
+    bad = {"num": False, "num>0": x <= 0, "num>0|None": x <= 0, "num>=0": x < 0, "0<=num<1": not 0 <= x < 1, "0<=num<=1": not 0 <= x <= 1}[rule]
     if bad: raise ValueError(f"{key} must be {rule.replace('num', 'x').replace('x>0', 'positive').replace('x>=0', 'zero or more')}, got {v!r}")
     return x
 
