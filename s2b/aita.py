@@ -4,13 +4,11 @@
 
 # %% ../nbs/05c_aita.ipynb #7a3b24bc
 from __future__ import annotations
-import hashlib, json, os, warnings
+import hashlib, json, warnings
 from pathlib import Path
 from typing import Sequence
-
 import numpy as np
 import pandas as pd
-
 from .models import load_model, model_slug
 from .posts import LABELS, Post, load_posts, normalize_stance
 from .runs import atomic_to_parquet, atomic_write_json, fingerprint, is_done, read_json, repo_root, run_record, save_figure

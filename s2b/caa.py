@@ -11,7 +11,7 @@ from .values import normalize_value
 from .survey import Survey
 from .models import LM, load_model
 from .profile import encode_variants
-from .steering import add_vectors, decoder_layers, load_vectors
+from .steering import decoder_layers
 from .interventions import anchor_answers, prepare_intervention, steering_params, write_steering_run
 from .recipes import load_recipe
 from .runs import atomic_path, atomic_write_json, is_done, read_json

@@ -4,12 +4,10 @@
 
 # %% ../nbs/06g_capability.ipynb #0e46d535
 from __future__ import annotations
-import contextlib, hashlib, json, os, time, warnings, zlib
+import hashlib, json, time, warnings, zlib
 from pathlib import Path
-
 import numpy as np
 import pandas as pd
-
 from .lmeval import BUNDLED_TASK, METRICS, SAMPLE_COLUMNS, bundled_data_files, bundled_tasks, evaluate_role, hflm
 from .lmeval import lm_eval_version, load_tasks, parse_tasks, task_manager, task_record
 from .models import load_model, model_slug, use_adapter

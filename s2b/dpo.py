@@ -4,10 +4,11 @@
 
 # %% ../nbs/03d_dpo.ipynb #fd868aa6
 from __future__ import annotations
+import json          # the run cell reads its overrides
 import os, shutil
 from pathlib import Path
-import numpy as np, pandas as pd
-import json, time
+import pandas as pd
+import time
 from .values import normalize_value
 from .survey import Survey, answer_prefix
 from .prompts import prompt_parts
@@ -107,7 +108,6 @@ def dpo_trainer(lm: LM, pairs, recipe, out_dir, seed: int = 0):
     "A transformers `Trainer` with DPO's loss on `pairs` (`dpo_pairs`), LoRA and training settings from `recipe`."
     import torch
     from datasets import Dataset
-    from peft import get_peft_model
     from transformers import TrainingArguments
     cfg = load_recipe(recipe)
     beta, t = float(cfg["dpo"]["beta"]), cfg["training"]

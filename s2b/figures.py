@@ -4,11 +4,8 @@
 
 # %% ../nbs/07_figures.ipynb #d069827d
 from __future__ import annotations
-import os
-from pathlib import Path
 import numpy as np, pandas as pd
 from .values import VALUES, short_name, value_color
-from .runs import save_figure
 
 # %% auto #0
 __all__ = ['fig_profiles', 'fig_drop_heatmap', 'fig_selectivity', 'fig_side_effects', 'fig_aita', 'fig_machiavelli',
@@ -100,7 +97,7 @@ def fig_side_effects(mat: pd.DataFrame, model: str, direction: str = "down", met
 # %% ../nbs/07_figures.ipynb #889ef55d
 def fig_aita(at: pd.DataFrame):
     "AITA probability gain per model (× method) × value with its 95% CI, and the placebo (×)."
-    import matplotlib.pyplot as plt, seaborn as sns
+    import matplotlib.pyplot as plt
     many = "method" in at and at.method.nunique() > 1
     keys = ["model", "method", "value"] if many else ["model", "value"]
     g = at.groupby(keys).agg(gain=("gain", "mean"), lo=("gain_ci_low", "mean"), hi=("gain_ci_high", "mean"),
@@ -146,7 +143,7 @@ def fig_machiavelli(mt: pd.DataFrame):
 # %% ../nbs/07_figures.ipynb #ff000356
 def fig_transfer(ind: pd.DataFrame, at: pd.DataFrame):
     "In-domain target drop against AITA gain per model × value (× method, one marker each); returns the figure and its table."
-    import matplotlib.pyplot as plt, seaborn as sns
+    import matplotlib.pyplot as plt
     keys = ["model", "method", "value"] if "method" in ind and "method" in at else ["model", "value"]
     a = ind.groupby(keys).target_drop.mean().reset_index()
     b = at[at.value == at.adapter_value].groupby(keys).gain.mean().reset_index()

@@ -7,11 +7,10 @@ from __future__ import annotations
 import json, os, time
 from pathlib import Path
 import numpy as np, pandas as pd
-from .values import target_ratings
-from .recipes import load_recipe, recipe_digest
+from .recipes import load_recipe
 from .models import LM, load_model, resolve_backend, model_slug
 from .interventions import intervention_data, prepare_intervention, steering_params, write_steering_run
-from .runs import save_figure, atomic_write_json, atomic_to_parquet, run_record, is_done, read_json, repo_root, sha256_file
+from .runs import save_figure, atomic_write_json, atomic_to_parquet, is_done, read_json
 
 # %% auto #0
 __all__ = ['lora_model', 'with_labels', 'answer_loss', 'sft_trainer', 'last_checkpoint', 'plot_loss', 'run_finetune']
@@ -187,7 +186,7 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     """Train a steering adapter (or the control adapter) and write the run directory `out`; return the metrics.
     `items_of`: values whose train items are all used (a grid passes all its values, so that every target's adapter and the
     control are trained on the same items); default: the target's values."""
-    import torch, transformers
+    import transformers
     out = Path(out)
     params = steering_params(model, survey, target, direction, control, recipe, overrides, baseline, backend, seed, items_of)
     if not force and is_done(out, params, ("metrics.json", "adapter/adapter_config.json")):

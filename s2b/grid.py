@@ -7,11 +7,9 @@ from __future__ import annotations
 import json, os, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
-import yaml
-from .values import normalize_value
 from .models import model_slug
 from .stages import execute_stage, stage_done, StageFailed
-from .runs import repo_root, input_path
+from .runs import input_path
 from .recipes import CAPABILITY_DEFAULTS, load_grid, load_recipe, merge, recipe_digest
 from .steering import METHODS, METHOD_STAGES
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from .values import VALUES, normalize_value, target_ratings
 from .survey import Survey, load_survey
-from .models import LM, load_model
+from .models import LM
 from .profile import encode_variants, rate, item_scores
 from .recipes import recipe_digest
 from .steering import steering_record
-from .runs import atomic_to_parquet, atomic_write_json, is_done, run_record
+from .runs import atomic_to_parquet, atomic_write_json, run_record
 
 # %% auto #0
 __all__ = ['ANCHORS', 'select_items', 'anchor_answers', 'intervention_data', 'baseline_ratings', 'Intervention',

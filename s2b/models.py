@@ -4,12 +4,12 @@
 
 # %% ../nbs/01b_models.ipynb #144cf1c9
 from __future__ import annotations
-import importlib.util, json, os, re, shutil, tempfile, time
+import importlib.util, json, os, re, shutil, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from .runs import cache_dir
-from .prompts import chat_settings, has_chat_template
+from .prompts import chat_settings
 
 # %% auto #0
 __all__ = ['EMBEDDED', 'EMBEDDED_ID', 'embedded_gguf', 'materialize_embedded', 'cuda_available', 'unsloth_installed',
@@ -157,7 +157,6 @@ def load_model(name: str = EMBEDDED, adapter: str | None = None, backend: str = 
     """Load `name` ('embedded', an HF id or a local path), optionally with a LoRA `adapter` on top.
     `thinking` (default `$S2B_THINKING`, off) is the chat templates' thinking switch; `trust_remote_code` (default
     `$S2B_TRUST_REMOTE_CODE`, off) allows a model whose tokenizer or model needs its repository's code."""
-    import torch
     thinking = _env_flag("S2B_THINKING") if thinking is None else bool(thinking)
     trust = _env_flag("S2B_TRUST_REMOTE_CODE") if trust_remote_code is None else bool(trust_remote_code)
     backend = resolve_backend(backend, training=training)

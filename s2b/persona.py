@@ -4,11 +4,11 @@
 
 # %% ../nbs/03b_persona.ipynb #4c7f146b
 from __future__ import annotations
-import json
+import json          # the run cell reads its overrides
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 import numpy as np
-from .values import VALUES, normalize_value, target_ratings
+from .values import normalize_value, target_ratings
 from .survey import Survey, load_survey
 from .recipes import load_recipe
 from .interventions import steering_params, write_steering_run

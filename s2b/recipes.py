@@ -4,7 +4,7 @@
 
 # %% ../nbs/00c_recipes.ipynb #0cd43cfa
 from __future__ import annotations
-import copy, difflib
+import copy
 from pathlib import Path
 import yaml
 from .values import VALUES, normalize_value
