@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from s2b import aita
+from s2b.runs import save_figure
 from s2b.aita import aita_metrics, post_gains, score_posts, summarize_gains
 from s2b.posts import LABELS, load_paper_json, load_reddit_csv
 from s2b.verdicts import renormalize
