@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 import numpy as np, pandas as pd
 from .values import VALUES
-from .runs import read_json, atomic_write_text
+from .runs import read_json, atomic_write_text, atomic_write_json   # the run cell writes run.json
 from .models import model_slug
 from .indomain import selectivity_verdict, selectivity_word
 from .runs import save_figure

@@ -132,3 +132,23 @@ def test_a_terminated_run_leaves_no_kernel_files(tmp_path):
     out, _ = p.communicate(timeout=60)
     assert p.returncode == 130 and "interrupted" in out
     assert not files()
+
+
+def test_a_stage_run_defines_every_name_its_run_uses():
+    "The cells a stage run executes (first cell, library, parameters, run) define every name the run cells read."
+    import ast, builtins
+    from s2b.stages import is_library_cell
+    for st in sorted(set(STAGES)):
+        nb = stage_copy(repo_root()/"nbs"/STAGES[st])
+        defined, used = set(dir(builtins)) | {"display"}, set()
+        params = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])][0]
+        for i, c in enumerate(nb.cells):
+            if c.cell_type != "code": continue
+            tree = ast.parse("\n".join(l for l in c.source.split("\n") if not l.startswith(("#|", "%", "!"))))
+            for n in ast.walk(tree):
+                if isinstance(n, (ast.Import, ast.ImportFrom)): defined |= {(a.asname or a.name).split(".")[0] for a in n.names}
+                elif isinstance(n, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)): defined.add(n.name)
+                elif isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store): defined.add(n.id)
+                elif isinstance(n, ast.arg): defined.add(n.arg)
+                elif isinstance(n, ast.Name) and i > params and not is_library_cell(c): used.add(n.id)
+        assert not used - defined, f"stage {st}: its run reads {sorted(used - defined)}, which a stage run never defines"
