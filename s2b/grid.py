@@ -56,13 +56,23 @@ def _model_runs(g: dict, model: str, base: Path, s: dict) -> tuple[list[Run], di
                  recipe_sha256=recipe_digest(ft_recipe))
     return runs, steer, common
 
+# %% ../nbs/08_grid.ipynb #d7a99522
+def _control_of(method: str, v: str | None, d: str | None, seed) -> str:
+    "The run folder of the control an artefact is compared with (the `sft` control: one per seed, any target)."
+    return f"finetune__control__s{seed}" if method == "sft" else f"{method}__control__{v}-{d}__s{seed}"
+
+def _artefact_of(method: str, v: str, d: str, seed) -> str:
+    "The run folder of the artefact `method` makes for target `v`, `d`."
+    return f"{'finetune__' if method == 'sft' else ''}{_tag(method, v, d, seed)}"
+
 # %% ../nbs/08_grid.ipynb #4f06a035
 def _baseline_source(g: dict, slug: str, base: Path, seed) -> tuple[list[str], dict]:
     """(deps, parameter overrides) of a run that reads the baseline: the baseline stage's run, or, without one
     (`skip: [baseline]`), the `sft` control, which rates the baseline once for every other run to read."""
     if "baseline" not in set(g["skip"]): return [f"{slug}/baseline"], {}
     if "sft" not in g["methods"]: raise ValueError("grid recipe: skip: [baseline] needs the sft method (its control rates the baseline)")
-    return [f"{slug}/finetune__control__s{seed}"], {"baseline": str(base/f"finetune__control__s{seed}")}
+    ctrl = _control_of("sft", None, None, seed)
+    return [f"{slug}/{ctrl}"], {"baseline": str(base/ctrl)}
 
 # %% ../nbs/08_grid.ipynb #5d952383
 def _steering_runs(g: dict, slug: str, base: Path, steer: dict, method: str, seed, v: str | None, d: str | None) -> list[Run]:
@@ -71,31 +81,25 @@ def _steering_runs(g: dict, slug: str, base: Path, steer: dict, method: str, see
     stage = METHOD_STAGES[method]
     deps, over = _baseline_source(g, slug, base, seed)
     if v is None:
-        return [Run(f"{slug}/finetune__control__s{seed}", "finetune", base/f"finetune__control__s{seed}",
+        ctrl = _control_of("sft", None, None, seed)
+        return [Run(f"{slug}/{ctrl}", "finetune", base/ctrl,
                     dict(steer, target=None, control=True, seed=seed), deps if "baseline" not in set(g["skip"]) else [])]
     runs = []
     if method != "sft":
-        ck = _control_of(method, slug, v, d, seed).split("/", 1)[1]
+        ck = _control_of(method, v, d, seed)
         runs.append(Run(f"{slug}/{ck}", stage, base/ck, dict(steer, **over, target=v, direction=d, control=True, seed=seed), deps))
-    ak = _artefact_of(method, slug, v, d, seed).split("/", 1)[1]
+    ak = _artefact_of(method, v, d, seed)
     runs.append(Run(f"{slug}/{ak}", stage, base/ak, dict(steer, **over, target=v, direction=d, control=False, seed=seed), deps))
     return runs
-
-# %% ../nbs/08_grid.ipynb #d7a99522
-def _control_of(method: str, slug: str, v: str, d: str, seed) -> str:
-    "The key of the control an artefact is compared with."
-    return f"{slug}/finetune__control__s{seed}" if method == "sft" else f"{slug}/{method}__control__{v}-{d}__s{seed}"
-
-def _artefact_of(method: str, slug: str, v: str, d: str, seed) -> str:
-    return f"{slug}/{'finetune__' if method == 'sft' else ''}{_tag(method, v, d, seed)}"
 
 # %% ../nbs/08_grid.ipynb #54353145
 def _evaluation_runs(g: dict, s: dict, slug: str, base: Path, common: dict, method: str, seed, i: int, v: str, d: str) -> list[Run]:
     "The in-domain, AITA, MACHIAVELLI and capability runs of one artefact (the `i`-th target of the grid)."
     skip, targets = set(g["skip"]), [(v_, d_) for v_ in g["values"] for d_ in g["directions"]]
-    art, ctrl = _artefact_of(method, slug, v, d, seed), _control_of(method, slug, v, d, seed)
+    art, ctrl = _artefact_of(method, v, d, seed), _control_of(method, v, d, seed)
     tag, ev = _tag(method, v, d, seed), dict(model=common["model"], backend=common["backend"], seed=seed)
-    pair = dict(adapter=str(base/art.split("/", 1)[1]), control=str(base/ctrl.split("/", 1)[1]))
+    pair = dict(adapter=str(base/art), control=str(base/ctrl))
+    art, ctrl = f"{slug}/{art}", f"{slug}/{ctrl}"                     # their runs' keys
     runs = []
     if "indomain" not in skip:
         runs.append(Run(f"{slug}/indomain__{tag}", "indomain", base/f"indomain__{tag}",
@@ -104,8 +108,8 @@ def _evaluation_runs(g: dict, s: dict, slug: str, base: Path, common: dict, meth
         a = dict(s["aita"]); use_placebo = a.pop("placebo", True) and len(targets) > 1
         deps, placebo = [art, ctrl], None
         if use_placebo:                                    # the next target's artefact of the same method
-            pk = _artefact_of(method, slug, *targets[(i + 1) % len(targets)], seed)
-            placebo = str(base/pk.split("/", 1)[1]); deps.append(pk)
+            pk = _artefact_of(method, *targets[(i + 1) % len(targets)], seed)
+            placebo = str(base/pk); deps.append(f"{slug}/{pk}")
         runs.append(Run(f"{slug}/aita__{tag}", "aita", base/f"aita__{tag}", {**ev, **pair, "placebo": placebo, "values": v,
                         "limit": None, "posts": input_path(a.pop("posts", "bundled")), **a}, deps))
     if "machiavelli" not in skip:
