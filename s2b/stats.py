@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 # %% auto #0
-__all__ = ['resample_means', 'percentile_ci', 'bootstrap_ci']
+__all__ = ['resample_means', 'percentile_ci', 'bootstrap_ci', 'mde', 'mean_se', 'diff_se']
 
 # %% ../nbs/00b_stats.ipynb #6303bc88
 def resample_means(x, n_boot: int, rng: np.random.Generator) -> np.ndarray:
@@ -30,3 +30,23 @@ def bootstrap_ci(x, n_boot: int = 1000, seed: int = 0, stat=np.mean, level: floa
     rng = np.random.default_rng(seed)
     lo, hi = percentile_ci(stat(x[rng.integers(0, len(x), (n_boot, len(x)))], axis=1), level)
     return lo, hi
+
+# %% ../nbs/00b_stats.ipynb #6ab71f67
+def mde(se: float, alpha: float = 0.05, power: float = 0.8) -> float:
+    "Minimum detectable effect (two-sided `alpha`, `power`) of an estimate with standard error `se` (NaN stays NaN)."
+    from statistics import NormalDist
+    z = NormalDist().inv_cdf
+    return float((z(1 - alpha / 2) + z(power)) * se)
+
+# %% ../nbs/00b_stats.ipynb #d2071f44
+def mean_se(x) -> float:
+    "Standard error of the mean of `x` (NaN entries left out); NaN with fewer than 2 values or no spread."
+    x = np.asarray(x, float); x = x[~np.isnan(x)]
+    if len(x) < 2: return float("nan")
+    sd = float(x.std(ddof=1))
+    return sd / np.sqrt(len(x)) if sd > 0 else float("nan")
+
+# %% ../nbs/00b_stats.ipynb #ca477301
+def diff_se(a, b) -> float:
+    "Standard error of mean(a) − mean(b) for independent samples; NaN when either has no variance to measure."
+    return float(np.hypot(mean_se(a), mean_se(b)))
