@@ -9,8 +9,8 @@ from pathlib import Path
 from .runs import atomic_write_json, atomic_write_text, inputs_fingerprint, is_done, read_json, repo_root
 
 # %% auto #0
-__all__ = ['STAGES', 'stage_notebook', 'StageFailed', 'RunFolderError', 'check_out_dir', 'stage_done', 'clean_kernel_files',
-           'is_library_cell', 'stage_copy', 'execute_stage']
+__all__ = ['STAGES', 'MARKER', 'stage_notebook', 'StageFailed', 'RunFolderError', 'foreign_entries', 'check_out_dir',
+           'stage_done', 'clean_kernel_files', 'is_library_cell', 'stage_copy', 'execute_stage']
 
 # %% ../nbs/07b_stages.ipynb #bed8f561
 STAGES = {"profile": "02_profile.ipynb", "baseline": "02_profile.ipynb",   # a baseline is a profile of the un-steered model
@@ -41,24 +41,80 @@ class RunFolderError(ValueError):
 _SAME_STAGE = {"baseline": "profile"}
 
 # %% ../nbs/07b_stages.ipynb #06481ce8
+MARKER = ".s2b-stage"    # in every folder s2b made for a run: {"stage": ..., "entries": [what the run left there]}
+
+def _marker(out_dir: Path) -> dict | None:
+    "The run-folder marker of `out_dir` ({'stage', 'entries'?}), or None when s2b did not make the folder."
+    m = out_dir/MARKER
+    if not m.is_file(): return None
+    t = m.read_text().strip()
+    try: rec = json.loads(t)
+    except ValueError: return {"stage": t or None}          # the plain-text marker of earlier versions
+    return rec if isinstance(rec, dict) else {"stage": None}
+
+# %% ../nbs/07b_stages.ipynb #0a8268eb
+def _mark(out_dir: Path, stage: str, entries=None):
+    "Mark `out_dir` as s2b's run folder of `stage`; `entries`: the names the finished (or failed) run left in it."
+    rec = {"stage": stage, **({"entries": sorted(entries)} if entries is not None else {})}
+    atomic_write_text(out_dir/MARKER, json.dumps(rec) + "\n")
+
+# %% ../nbs/07b_stages.ipynb #f2695573
 def _stage_of(out_dir: Path) -> str | None:
     "The stage whose run `out_dir` holds, if any (from `run.json`, or the marker of an unfinished stage run)."
     rec = read_json(out_dir/"run.json", {}) if (out_dir/"run.json").is_file() else {}
-    if rec.get("notebook_stage") or rec.get("stage"): return rec.get("notebook_stage") or rec.get("stage")
-    m = out_dir/".s2b-stage"
-    return m.read_text().strip() or None if m.is_file() else None
+    if isinstance(rec, dict) and (rec.get("notebook_stage") or rec.get("stage")): return rec.get("notebook_stage") or rec.get("stage")
+    return (_marker(out_dir) or {}).get("stage")
+
+# %% ../nbs/07b_stages.ipynb #c1572a99
+_LATER = {"ratings", "checkpoints", "checkpoints.json", "adapter", "baseline_ratings.parquet"}   # added to a run folder after its run
+_OLD_RUN_FILES = re.compile(r"(report(\.failed)?\.ipynb|run\.json|metrics\.json|[\w.-]+\.(parquet|png|svg|csv|jsonl)|summary\.md|"
+                            r"steering\.(json|safetensors)|config\.json|tables|report|adapter|checkpoints(\.json)?|ratings)")
+
+def _ours(name: str, entries) -> bool:
+    "Is the entry `name` of a run folder s2b's: listed by the run, a later cache, or one of s2b's temporary files?"
+    return (name in entries or name in _LATER or name == MARKER or name == ".report.running.ipynb"
+            or (name.startswith(".") and name.endswith((".tmp", ".next", ".old"))))
+
+# %% ../nbs/07b_stages.ipynb #83f4072d
+def foreign_entries(out_dir) -> list[str]:
+    "The entries of the folder `out_dir` that s2b did not write (empty for a new, empty or s2b-made run folder)."
+    out_dir = Path(out_dir)
+    if not out_dir.is_dir(): return []
+    names = sorted(p.name for p in out_dir.iterdir())
+    m = _marker(out_dir)
+    if m is None:                                            # not marked: empty, a run of an earlier version, or not s2b's
+        rec = read_json(out_dir/"run.json", {}) if (out_dir/"run.json").is_file() else None
+        old_run = isinstance(rec, dict) and (rec.get("notebook_stage") or rec.get("stage"))
+        return [n for n in names if not (old_run and _OLD_RUN_FILES.fullmatch(n))]
+    if "entries" not in m: return []                         # a first run under way or killed: s2b made the folder empty
+    return [n for n in names if not _ours(n, m["entries"])]
+
+# %% ../nbs/07b_stages.ipynb #50a8f95c
+def _refuse_special(out_dir: Path):
+    "Refuse `/`, the home folder and a git work tree as a run folder (resolved: a link to them is refused too)."
+    why = ("the file-system root" if out_dir == Path(out_dir.anchor) else "your home folder" if out_dir == Path.home().resolve()
+           else "a git work tree" if (out_dir/".git").exists() else None)
+    if why: raise RunFolderError(f"out {out_dir} is {why}; s2b writes a run only into a folder of its own (e.g. {out_dir/'runs'/'NAME'})")
 
 # %% ../nbs/07b_stages.ipynb #52eb4639
 def check_out_dir(stage: str, out_dir) -> Path:
-    "`out_dir`, resolved and created; refused when it is a file, is not writable or holds another stage's run."
+    """`out_dir`, resolved, created and marked as s2b's; refused when it is `/`, the home folder, a git work tree or a file,
+    holds anything s2b did not write, holds another stage's run, or is not writable."""
     out_dir = Path(out_dir).expanduser().resolve()
+    _refuse_special(out_dir)
     if out_dir.exists() and not out_dir.is_dir(): raise RunFolderError(f"out {out_dir} is a file, not a run folder")
+    foreign = foreign_entries(out_dir)
+    if foreign:
+        shown = ", ".join(foreign[:4]) + (f" and {len(foreign) - 4} more" if len(foreign) > 4 else "")
+        raise RunFolderError(f"out {out_dir} holds files s2b did not write ({shown}); s2b writes a run only into a new or "
+                             "empty folder or one of its own runs: choose another --out")
     other = _stage_of(out_dir) if out_dir.is_dir() else None
     if other and _SAME_STAGE.get(other, other) != _SAME_STAGE.get(stage, stage):
         raise RunFolderError(f"out {out_dir} holds a {other} run; a {stage} run goes into another folder")
     try: out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e: raise RunFolderError(f"out {out_dir}: cannot create the folder ({e.strerror})") from None
     if not os.access(out_dir, os.W_OK | os.X_OK): raise RunFolderError(f"out {out_dir}: folder is not writable")
+    if _marker(out_dir) is None: _mark(out_dir, stage, [p.name for p in out_dir.iterdir()] or None)
     return out_dir
 
 # %% ../nbs/07b_stages.ipynb #5c967b1d
@@ -144,17 +200,29 @@ def stage_copy(nb_path, examples: bool = False):
     nb.cells = [c for i, c in enumerate(nb.cells) if i == 0 or i in lib or i == params[0] or i > last]
     return nb
 
+# %% ../nbs/07b_stages.ipynb #34c13eea
+def _remove_own(d: Path):
+    "Remove the folder `d` if it is an s2b run folder holding nothing else; refuse otherwise."
+    import shutil
+    if _marker(d) is None or foreign_entries(d):
+        raise RunFolderError(f"{d} is in the way and is not an s2b run folder; move it away and run again")
+    shutil.rmtree(d)
+
 # %% ../nbs/07b_stages.ipynb #d3bd5c85
 def _move_run(work: Path, out_dir: Path):
-    "Put the finished run in `work` in place of `out_dir`: the paths its files name are rewritten, then the folders swap."
+    """Put the finished run in `work` in place of `out_dir`: the paths its files name are rewritten, then the folders swap.
+    Refused, with the new run left in `work`, when `out_dir` came to hold anything s2b did not write meanwhile."""
     import shutil
+    foreign = foreign_entries(out_dir)
+    if foreign: raise RunFolderError(f"out {out_dir} came to hold files s2b did not write ({', '.join(foreign[:4])}) while "
+                                     f"the run ran; nothing was replaced, the new run is in {work}")
     for f in list(work.glob("*.json")) + list(work.glob("*.ipynb")):
         t = f.read_text()
         if str(work) in t: atomic_write_text(f, t.replace(str(work), str(out_dir)))
     old = out_dir.with_name(f".{out_dir.name}.old")
-    if old.exists(): shutil.rmtree(old)
+    if old.exists(): _remove_own(old)
     os.replace(out_dir, old); os.replace(work, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove_own(old)
 
 # %% ../nbs/07b_stages.ipynb #0a648391
 def execute_stage(stage: str, out_dir, params: dict, *, force: bool = False, progress: bool = True,
@@ -175,9 +243,9 @@ def execute_stage(stage: str, out_dir, params: dict, *, force: bool = False, pro
     inputs = inputs_fingerprint(params)
     finished = (out_dir/"metrics.json").exists() and report.exists()
     work = out_dir.with_name(f".{out_dir.name}.next") if finished else out_dir
-    if work != out_dir and (force or _stage_of(work) not in (None, stage)): shutil.rmtree(work, ignore_errors=True)
+    if work != out_dir and work.exists() and (force or _stage_of(work) not in (None, stage)): _remove_own(work)
     work.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(work/".s2b-stage", stage)
+    if work != out_dir or _marker(work) is None: _mark(work, stage)
     run_params = {**params, "out": str(work), **({"force": True} if force else {})}
     running, failed = work/".report.running.ipynb", work/"report.failed.ipynb"
     try:
@@ -188,11 +256,13 @@ def execute_stage(stage: str, out_dir, params: dict, *, force: bool = False, pro
     except KeyboardInterrupt: _end_kernels(); raise
     except pm.PapermillExecutionError as e:
         if running.exists(): os.replace(running, failed)
+        _mark(work, stage, [p.name for p in work.iterdir()])
         kept = f"\n  the finished run in {out_dir} is kept as it was" if finished else ""
         raise StageFailed(f"stage {stage!r} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
                           f"  read the failed notebook: {failed}{kept}") from None
     os.replace(running, work/"report.ipynb")
     failed.unlink(missing_ok=True)
+    _mark(work, stage, [p.name for p in work.iterdir()])
     if work != out_dir: _move_run(work, out_dir)
     rec = read_json(out_dir/"run.json", {})
     atomic_write_json(out_dir/"run.json", {**rec, "notebook_stage": stage, "notebook_params": params,

@@ -152,3 +152,38 @@ def test_a_stage_run_defines_every_name_its_run_uses():
                 elif isinstance(n, ast.arg): defined.add(n.arg)
                 elif isinstance(n, ast.Name) and i > params and not is_library_cell(c): used.add(n.id)
         assert not used - defined, f"stage {st}: its run reads {sorted(used - defined)}, which a stage run never defines"
+
+@pytest.mark.slow
+def test_a_users_files_survive_every_rerun_force_and_failure(tmp_path, monkeypatch):
+    "Nothing s2b did not write is ever deleted: files beside a run, and a folder that is not s2b's, stay as they were."
+    from s2b.stages import StageFailed, RunFolderError
+    _toy_stage(tmp_path, monkeypatch)
+    home = tmp_path/"project"; (home/"data").mkdir(parents=True)
+    (home/"thesis.tex").write_text("chapter 1"); (home/"data"/"raw.csv").write_text("a,b\n1,2\n")
+    mine = lambda: sorted((str(p.relative_to(home)), p.read_bytes()) for p in home.rglob("*") if p.is_file() and not {"run", ".run.next"} & set(p.parts))
+    before = mine()
+    out = home/"run"
+    for params, force in (({"value": 1}, False), ({"value": 2}, False), ({"value": 2}, True), ({"value": 3}, True)):
+        execute_stage("toy", out, params, force=force, progress=False)
+        assert mine() == before and json.loads((out/"metrics.json").read_text())["value"] == params["value"]
+    with pytest.raises(StageFailed): execute_stage("toy", out, {"value": 4, "fail": True}, progress=False)
+    with pytest.raises(StageFailed): execute_stage("toy", out, {"value": 4, "fail": True}, force=True, progress=False)
+    assert mine() == before and json.loads((out/"metrics.json").read_text())["value"] == 3
+    # the user's own folder as --out: refused before anything is written, on the first run and on every rerun
+    for force in (False, True):
+        with pytest.raises(RunFolderError, match="holds files s2b did not write"): execute_stage("toy", home, {"value": 1}, force=force, progress=False)
+    assert mine() == before and not (home/".s2b-stage").exists() and not (home/"metrics.json").exists()
+    # a file the user puts into a finished run folder is not deleted by a rerun: the rerun is refused, naming it
+    (out/"notes.txt").write_text("keep me")
+    with pytest.raises(RunFolderError, match="notes.txt"): execute_stage("toy", out, {"value": 5}, force=True, progress=False)
+    assert (out/"notes.txt").read_text() == "keep me"
+
+def test_out_may_not_be_the_root_home_or_a_git_work_tree(tmp_path, monkeypatch):
+    "`--out .` in a clone, `--out ~` and a link to / are refused with one line, and nothing is written."
+    from s2b.stages import RunFolderError, check_out_dir
+    clone = tmp_path/"clone"; (clone/".git").mkdir(parents=True)
+    link = tmp_path/"to-root"; link.symlink_to("/")
+    monkeypatch.setenv("HOME", str(tmp_path/"home")); (tmp_path/"home").mkdir()
+    for out, said in ((clone, "a git work tree"), (link, "the file-system root"), (tmp_path/"home", "your home folder")):
+        with pytest.raises(RunFolderError, match=said): check_out_dir("profile", out)
+    assert sorted(p.name for p in clone.iterdir()) == [".git"] and not (tmp_path/"home"/".s2b-stage").exists()
