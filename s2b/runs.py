@@ -8,18 +8,27 @@ import contextlib, datetime as _dt, hashlib, importlib.metadata as _md, json, os
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PACKAGES', 'MAX_DOWNLOAD', 'atomic_path', 'atomic_write_text', 'atomic_write_json', 'atomic_to_parquet', 'read_json',
-           'save_figure', 'sha256_file', 'repo_root', 'git_commit', 'package_versions', 'run_record', 'cache_dir',
-           'fingerprint', 'inputs_fingerprint', 'is_done', 'download', 'input_path']
+__all__ = ['PACKAGES', 'PATH_PARAMS', 'MAX_DOWNLOAD', 'atomic_path', 'atomic_write_text', 'atomic_write_json',
+           'atomic_to_parquet', 'read_json', 'save_figure', 'sha256_file', 'repo_root', 'git_commit',
+           'package_versions', 'run_record', 'cache_dir', 'fingerprint', 'inputs_fingerprint', 'is_done', 'download',
+           'input_path']
 
 # %% ../nbs/00a_runs.ipynb #eb2fe20b
+def _umask() -> int:
+    m = os.umask(0); os.umask(m)
+    return m
+
+_FILE_MODE = 0o666 & ~_umask()     # what an ordinary open() would give: 0644 under the default umask
+
 @contextlib.contextmanager
 def atomic_path(path, suffix: str = ".tmp"):
-    "A temporary path beside `path`: it replaces `path` when the block ends without error, and is removed otherwise."
+    """A temporary path beside `path`: it replaces `path` when the block ends without error, and is removed otherwise.
+    The file gets the mode an ordinary write would (the user's umask), not the private 0600 of a temporary file."""
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix); os.close(fd)
     try:
         yield Path(tmp)
+        if os.path.isfile(tmp): os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.unlink(tmp)
@@ -188,16 +197,24 @@ def fingerprint(path) -> str | None:
     return h.hexdigest()
 
 # %% ../nbs/00a_runs.ipynb #d7a5b7e4
-_NOT_INPUTS = {"out", "runs_dir", "figures", "force"}
+PATH_PARAMS = ("model", "survey", "recipe", "baseline", "adapter", "control", "placebo", "posts", "games", "upstream_data", "tasks")
+_BUNDLED = {"survey": "data/survey/s2b_survey.json", "posts": "data/aita/scenarios.json", "games": "data/games"}
+
+def _bundled(k: str) -> Path | None:
+    "The bundled data a parameter's 'bundled' names (the games folder: `$S2B_GAMES` where set)."
+    if k == "games" and os.environ.get("S2B_GAMES"): return Path(os.environ["S2B_GAMES"])
+    return repo_root()/_BUNDLED[k] if k in _BUNDLED else None
 
 def inputs_fingerprint(params: dict) -> dict:
-    "{parameter: fingerprint} for every parameter that names an existing file or folder (the outputs left out)."
+    """{parameter: fingerprint} for every parameter of `PATH_PARAMS` that names an existing file or folder, 'bundled'
+    data included. Other parameters are never read as paths (a folder called `test` does not make `split="test"` one)."""
     out = {}
     for k, v in (params or {}).items():
-        if k in _NOT_INPUTS or not isinstance(v, (str, Path)) or str(v) in ("", "bundled", "embedded") or "://" in str(v): continue
-        try: ok = Path(v).expanduser().exists()
+        if k not in PATH_PARAMS or not isinstance(v, (str, Path)) or str(v) in ("", "embedded") or "://" in str(v): continue
+        p = _bundled(k) if str(v) == "bundled" else Path(v).expanduser()
+        try: ok = p is not None and p.exists()
         except (OSError, ValueError): ok = False
-        if ok: out[k] = fingerprint(Path(v).expanduser())
+        if ok: out[k] = fingerprint(p)
     return out
 
 # %% ../nbs/00a_runs.ipynb #4d4e9ba0

@@ -4,13 +4,13 @@
 
 # %% ../nbs/07b_stages.ipynb #ccf50c17
 from __future__ import annotations
-import json, os, re, tempfile
+import contextlib, json, os, re, tempfile
 from pathlib import Path
 from .runs import atomic_write_json, atomic_write_text, inputs_fingerprint, is_done, read_json, repo_root
 
 # %% auto #0
 __all__ = ['STAGES', 'MARKER', 'stage_notebook', 'StageFailed', 'RunFolderError', 'foreign_entries', 'check_out_dir',
-           'stage_done', 'clean_kernel_files', 'is_library_cell', 'stage_copy', 'execute_stage']
+           'stage_done', 'clean_kernel_files', 'is_library_cell', 'stage_copy', 'RunFolderBusy', 'execute_stage']
 
 # %% ../nbs/07b_stages.ipynb #bed8f561
 STAGES = {"profile": "02_profile.ipynb", "baseline": "02_profile.ipynb",   # a baseline is a profile of the un-steered model
@@ -72,7 +72,7 @@ _OLD_RUN_FILES = re.compile(r"(report(\.failed)?\.ipynb|run\.json|metrics\.json|
 
 def _ours(name: str, entries) -> bool:
     "Is the entry `name` of a run folder s2b's: listed by the run, a later cache, or one of s2b's temporary files?"
-    return (name in entries or name in _LATER or name == MARKER or name == ".report.running.ipynb"
+    return (name in entries or name in _LATER or name.startswith(".s2b-") or name == ".report.running.ipynb"
             or (name.startswith(".") and name.endswith((".tmp", ".next", ".old"))))
 
 # %% ../nbs/07b_stages.ipynb #83f4072d
@@ -224,16 +224,40 @@ def _move_run(work: Path, out_dir: Path):
     os.replace(out_dir, old); os.replace(work, out_dir)
     _remove_own(old)
 
-# %% ../nbs/07b_stages.ipynb #0a648391
-def execute_stage(stage: str, out_dir, params: dict, *, force: bool = False, progress: bool = True,
-                  log_output: bool = False, examples: bool = False, stream: bool = False) -> Path:
-    """Run a stage notebook with papermill into `out_dir/report.ipynb` (skipped when already done); return that path.
-    The notebook's examples are left out of the run (`stage_copy`) unless `examples`. `progress` shows papermill's
-    bar of cells; `stream` instead passes the notebook's own output (its messages and progress bars) to this
-    process's stdout and stderr as it runs. A finished run in `out_dir` is replaced only by a run that succeeds: a
-    rerun works in `.<name>.next` beside it and moves into place at the end."""
+# %% ../nbs/07b_stages.ipynb #a1c7ee65
+class RunFolderBusy(RunFolderError):
+    "Another s2b process is writing this run folder."
+
+# %% ../nbs/07b_stages.ipynb #2204e753
+@contextlib.contextmanager
+def _writer_lock(out_dir: Path):
+    "Hold the run folder's write lock (`.s2b-lock`) within the block; refuse when another process holds it."
+    import fcntl
+    f = open(out_dir/".s2b-lock", "a+")
+    try:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0); who = f.read().strip() or "another process"
+            raise RunFolderBusy(f"out {out_dir} is being written by {who}; wait for it to finish or choose another --out") from None
+        f.seek(0); f.truncate(); f.write(f"s2b process {os.getpid()}"); f.flush()
+        yield
+    finally: f.close()
+
+# %% ../nbs/07b_stages.ipynb #e6ec9641
+@contextlib.contextmanager
+def _safe_path_kernels():
+    "Kernels started within the block never put their working folder on `sys.path` (PYTHONSAFEPATH, Python 3.11+)."
+    old = os.environ.get("PYTHONSAFEPATH")
+    os.environ["PYTHONSAFEPATH"] = "1"
+    try: yield
+    finally:
+        if old is None: os.environ.pop("PYTHONSAFEPATH", None)
+        else: os.environ["PYTHONSAFEPATH"] = old
+
+# %% ../nbs/07b_stages.ipynb #723ec70b
+def _execute(stage: str, out_dir: Path, params: dict, *, force, progress, log_output, examples, stream) -> Path:
+    "`execute_stage` once the run folder is checked and locked."
     import papermill as pm, shutil, sys
-    out_dir = check_out_dir(stage, out_dir)
     report = out_dir/"report.ipynb"
     params = {**params, "out": str(out_dir)}
     if not force and stage_done(out_dir, params):
@@ -249,10 +273,11 @@ def execute_stage(stage: str, out_dir, params: dict, *, force: bool = False, pro
     run_params = {**params, "out": str(work), **({"force": True} if force else {})}
     running, failed = work/".report.running.ipynb", work/"report.failed.ipynb"
     try:
-        pm.execute_notebook(stage_copy(stage_notebook(stage), examples), str(running), parameters=run_params, cwd=str(work),
-                            progress_bar=progress and not stream, log_output=log_output, kernel_name="python3",
-                            kernel_manager_class=_kernel_manager(),
-                            stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
+        with _safe_path_kernels():
+            pm.execute_notebook(stage_copy(stage_notebook(stage), examples), str(running), parameters=run_params, cwd=str(work),
+                                progress_bar=progress and not stream, log_output=log_output, kernel_name="python3",
+                                kernel_manager_class=_kernel_manager(),
+                                stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
     except KeyboardInterrupt: _end_kernels(); raise
     except pm.PapermillExecutionError as e:
         if running.exists(): os.replace(running, failed)
@@ -268,3 +293,15 @@ def execute_stage(stage: str, out_dir, params: dict, *, force: bool = False, pro
     atomic_write_json(out_dir/"run.json", {**rec, "notebook_stage": stage, "notebook_params": params,
                                            "notebook_inputs": inputs, "report": str(report)})
     return report
+
+# %% ../nbs/07b_stages.ipynb #0a648391
+def execute_stage(stage: str, out_dir, params: dict, *, force: bool = False, progress: bool = True,
+                  log_output: bool = False, examples: bool = False, stream: bool = False) -> Path:
+    """Run a stage notebook with papermill into `out_dir/report.ipynb` (skipped when already done); return that path.
+    The notebook's examples are left out of the run (`stage_copy`) unless `examples`. `progress` shows papermill's
+    bar of cells; `stream` instead passes the notebook's own output (its messages and progress bars) to this
+    process's stdout and stderr as it runs. A finished run in `out_dir` is replaced only by a run that succeeds: a
+    rerun works in `.<name>.next` beside it and moves into place at the end."""
+    out_dir = check_out_dir(stage, out_dir)
+    with _writer_lock(out_dir):
+        return _execute(stage, out_dir, params, force=force, progress=progress, log_output=log_output, examples=examples, stream=stream)

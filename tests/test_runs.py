@@ -58,7 +58,9 @@ def _toy_stage(tmp_path, monkeypatch):
     import nbformat, s2b.stages as R
     nb = nbformat.v4.new_notebook(cells=[
         nbformat.v4.new_code_cell("import json, pathlib"),
-        nbformat.v4.new_code_cell('out = "x"\nvalue = 1\nfail = False\nsurvey = None\nforce = False', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('out = "x"\nvalue = 1\nfail = False\nsurvey = None\nforce = False\nprobe = False', metadata={"tags": ["parameters"]}),
+        nbformat.v4.new_code_cell('if probe:\n    try: import s2b_probe_module\n    except ModuleNotFoundError: pass\n'
+                                  '    else: raise RuntimeError("imported code from the run folder")'),
         nbformat.v4.new_code_cell('if fail: raise ValueError("bad value")\n'
                                   'pathlib.Path(out, "metrics.json").write_text(json.dumps({"value": value, "out": out}))\n'
                                   'pathlib.Path(out, "run.json").write_text(json.dumps({"stage": "toy", "params": {"value": value}}))'),
@@ -187,3 +189,26 @@ def test_out_may_not_be_the_root_home_or_a_git_work_tree(tmp_path, monkeypatch):
     for out, said in ((clone, "a git work tree"), (link, "the file-system root"), (tmp_path/"home", "your home folder")):
         with pytest.raises(RunFolderError, match=said): check_out_dir("profile", out)
     assert sorted(p.name for p in clone.iterdir()) == [".git"] and not (tmp_path/"home"/".s2b-stage").exists()
+
+@pytest.mark.slow
+def test_a_stage_never_imports_from_its_run_folder(tmp_path, monkeypatch):
+    from s2b.stages import check_out_dir
+    _toy_stage(tmp_path, monkeypatch)
+    out = check_out_dir("toy", tmp_path/"run")                                       # s2b's folder, a first run under way
+    (out/"s2b_probe_module.py").write_text("raise SystemExit('code from the run folder ran')")
+    execute_stage("toy", out, {"value": 1, "probe": True}, progress=False)
+    assert json.loads((out/"metrics.json").read_text())["value"] == 1
+
+def test_one_writer_per_run_folder(tmp_path):
+    "A second command into a run folder that another one is writing is refused, naming it; nothing is replaced."
+    import subprocess, sys, time
+    from s2b.stages import RunFolderBusy, check_out_dir, execute_stage
+    out = check_out_dir("toy", tmp_path/"run")
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+'); "
+                               "fcntl.flock(f, fcntl.LOCK_EX); f.write('s2b process 4242'); f.flush(); print('held', flush=True); time.sleep(30)",
+                               str(out/".s2b-lock")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunFolderBusy, match="being written by s2b process 4242"): execute_stage("toy", out, {"value": 1}, progress=False)
+    finally: holder.kill(); holder.wait()
+    assert not (out/"metrics.json").exists()
