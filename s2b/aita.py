@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from .models import load_model, model_slug
 from .posts import LABELS, Post, load_posts, normalize_stance
-from .runs import atomic_to_parquet, atomic_write_json, fingerprint, is_done, read_json, repo_root, run_record, save_figure
+from .runs import atomic_to_parquet, atomic_write_json, read_parquet_verified, fingerprint, is_done, read_json, repo_root, run_record, save_figure
 from .steering import read_steering, steer
 from .stats import percentile_ci, resample_means
 from .values import VALUES, short_name, value_color, value_index
@@ -37,8 +37,8 @@ def scoring_config(lm, adapter=None, system: str | None = None, max_length: int 
 
 # %% ../nbs/05c_aita.ipynb #ff0b3600
 def _read_cache(cache) -> pd.DataFrame:
-    if cache is None or not Path(cache).exists(): return pd.DataFrame(columns=POST_COLUMNS)
-    return pd.read_parquet(cache)
+    old = read_parquet_verified(cache) if cache is not None else None
+    return pd.DataFrame(columns=POST_COLUMNS) if old is None else old
 
 # %% ../nbs/05c_aita.ipynb #02c2b981
 def score_posts(lm, posts: Sequence[Post], role: str = "base", *, system: str | None = None,

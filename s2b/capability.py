@@ -12,7 +12,7 @@ from .lmeval import BUNDLED_TASK, METRICS, SAMPLE_COLUMNS, bundled_data_files, b
 from .lmeval import lm_eval_version, load_tasks, parse_tasks, task_manager, task_record
 from .models import load_model, model_slug, use_adapter
 from .steering import read_steering, steer
-from .runs import save_figure, atomic_to_parquet, atomic_write_json, fingerprint, is_done, read_json, repo_root, run_record
+from .runs import save_figure, atomic_to_parquet, read_parquet_verified, atomic_write_json, fingerprint, is_done, read_json, repo_root, run_record
 from .stats import percentile_ci, resample_means
 
 # %% auto #0
@@ -128,7 +128,8 @@ def run_capability(model: str = "embedded", adapter=None, control=None, tasks=BU
     roles = (["base"] if base or not adapters else []) + list(adapters)
     cache = out/"samples.parquet"
     out.mkdir(parents=True, exist_ok=True)
-    old = pd.read_parquet(cache) if cache.exists() and not force else pd.DataFrame(columns=[*SAMPLE_COLUMNS, "seconds", "cpu_seconds", "config"])
+    old = None if force else read_parquet_verified(cache)
+    if old is None: old = pd.DataFrame(columns=[*SAMPLE_COLUMNS, "seconds", "cpu_seconds", "config"])
     lm = h = None
     frames, results = [], {}
     for role in roles:

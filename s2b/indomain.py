@@ -13,7 +13,7 @@ from .steering import read_steering, steer
 from .stats import bootstrap_ci
 from .profile import rate, item_scores, prepare_survey
 from .survey import parse_ids
-from .runs import save_figure, atomic_to_parquet, atomic_write_json, run_record, is_done, read_json, fingerprint
+from .runs import save_figure, atomic_to_parquet, read_parquet_verified, atomic_write_json, run_record, is_done, read_json, fingerprint
 
 # %% auto #0
 __all__ = ['NEGLIGIBLE', 'item_deltas', 'indomain_metrics', 'selectivity', 'selectivity_word', 'selectivity_verdict',
@@ -141,7 +141,7 @@ def run_indomain(model="embedded", survey="bundled", adapter=None, control=None,
     for role, ad in (("control", control), ("conditioned", adapter)):
         # the control is shared by many runs: its ratings are cached beside it and copied here
         cache = shared_ratings_path(ad, model, s) if role == "control" else out/f"ratings_{role}.parquet"
-        done = pd.read_parquet(cache) if role == "control" and cache.exists() else None
+        done = read_parquet_verified(cache) if role == "control" else None
         if done is not None and len(done) == len(s) * s.n_variants:          # complete: no need to load the model
             print(f"s2b: control ratings reused from {cache}")
             ratings[role] = done

@@ -14,7 +14,7 @@ from .models import LM
 from .profile import encode_variants, rate, item_scores
 from .recipes import recipe_digest
 from .steering import steering_record
-from .runs import atomic_to_parquet, atomic_write_json, run_record
+from .runs import atomic_to_parquet, atomic_write_json, read_parquet_verified, run_record
 
 # %% auto #0
 __all__ = ['ANCHORS', 'select_items', 'anchor_answers', 'intervention_data', 'baseline_ratings', 'Intervention',
@@ -82,8 +82,8 @@ def baseline_ratings(lm: LM, survey: Survey, baseline_dir=None, cache=None) -> p
         # a profile run's ratings, or another fine-tune's cached baseline
         src = next((p for p in (Path(baseline_dir)/"ratings.parquet", Path(baseline_dir)/"baseline_ratings.parquet") if p.exists()), None)
         if src is not None:
-            prev = pd.read_parquet(src)
-            if "p1" in prev:                                  # only logit-mode ratings seed the cache
+            prev = read_parquet_verified(src)
+            if prev is not None and "p1" in prev:                                  # only logit-mode ratings seed the cache
                 want = survey.variants()[KEY]
                 seed_rows = prev.merge(want, on=KEY)
                 if len(seed_rows): atomic_to_parquet(seed_rows, cache)

@@ -8,7 +8,7 @@ import importlib.util, json, os, re, shutil, tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from .runs import cache_dir
+from .runs import cache_dir, verify_checksums, write_checksums
 from .prompts import chat_settings
 
 # %% auto #0
@@ -38,7 +38,11 @@ def materialize_embedded(force: bool = False) -> Path:
     "Dequantise the embedded GGUF once and cache it as a safetensors model directory; return the directory."
     out = cache_dir()/"models"/"SmolLM2-135M-Instruct"
     marker = out/"s2b_source.json"
-    if marker.exists() and json.loads(marker.read_text()).get("format") == _CACHE_FORMAT and not force: return out
+    if marker.exists() and json.loads(marker.read_text()).get("format") == _CACHE_FORMAT and not force:
+        bad = verify_checksums(out)
+        if bad == []: return out                     # every file as it was written
+        what = "has corrupted files (" + ", ".join(bad) + ")" if bad else "has no checksums"
+        print(f"s2b: the converted model in {out} {what}; converting again")
     from transformers import AutoModelForCausalLM, AutoTokenizer
     gguf = embedded_gguf()
     print(f"s2b: dequantising {gguf.name} once (about 40 s on 2 cores); cached in {out}")
@@ -55,6 +59,7 @@ def materialize_embedded(force: bool = False) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
     model.save_pretrained(tmp); tok.save_pretrained(tmp)
     (tmp/"s2b_source.json").write_text(json.dumps({"gguf": str(gguf), "id": EMBEDDED_ID, "quant": "Q4_1", "format": _CACHE_FORMAT}))
+    write_checksums(tmp)
     if out.exists(): shutil.rmtree(out, ignore_errors=True)
     try: os.replace(tmp, out)                        # atomic: a killed conversion leaves no half model
     except OSError:                                  # another process finished the same conversion first

@@ -15,7 +15,7 @@ from .survey import Survey, load_survey, answer_prefix
 from .prompts import prompt_parts
 from .models import LM, load_model, use_adapter, model_slug
 from .scoring import encode, prefix_cache, expand_cache
-from .runs import save_figure, atomic_to_parquet, atomic_write_json, run_record, is_done, read_json, inputs_fingerprint
+from .runs import save_figure, atomic_to_parquet, read_parquet_verified, atomic_write_json, run_record, is_done, read_json, inputs_fingerprint
 
 # %% auto #0
 __all__ = ['RATINGS', 'PCOLS', 'KEY', 'rating_slot', 'encode_variants', 'score_plain', 'score_shared', 'parse_rating',
@@ -182,7 +182,8 @@ def rate(lm: LM, survey: Survey, mode: str = "logits", cache=None, batch_size: i
     if batch_size is None: batch_size = 256 if str(lm.device).startswith("cuda") else 16   # measured best on an H100 / 2-core CPU
     enc = encode_variants(lm, survey, system)
     cols = KEY + ["value", "split"] + (PCOLS + ["mass"] if mode == "logits" else ["sampled"])
-    done = pd.read_parquet(cache) if cache and Path(cache).exists() else pd.DataFrame(columns=cols)
+    done = read_parquet_verified(cache) if cache else None
+    if done is None: done = pd.DataFrame(columns=cols)
     done = done[[c for c in cols if c in done]]
     keys = [tuple(map(str, k)) for k in enc[KEY].to_numpy()]
     have = set(map(tuple, done[KEY].astype(str).to_numpy())) if len(done) else set()

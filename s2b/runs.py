@@ -8,10 +8,10 @@ import contextlib, datetime as _dt, hashlib, importlib.metadata as _md, json, os
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['PACKAGES', 'PATH_PARAMS', 'MAX_DOWNLOAD', 'atomic_path', 'atomic_write_text', 'atomic_write_json',
-           'atomic_to_parquet', 'read_json', 'save_figure', 'sha256_file', 'repo_root', 'git_commit',
-           'package_versions', 'run_record', 'cache_dir', 'fingerprint', 'inputs_fingerprint', 'is_done', 'download',
-           'input_path']
+__all__ = ['CHECKSUMS', 'PACKAGES', 'PATH_PARAMS', 'MAX_DOWNLOAD', 'atomic_path', 'atomic_write_text', 'atomic_write_json',
+           'sha256_file', 'atomic_to_parquet', 'set_aside', 'read_parquet_verified', 'write_checksums',
+           'verify_checksums', 'read_json', 'save_figure', 'repo_root', 'git_commit', 'package_versions', 'run_record',
+           'cache_dir', 'fingerprint', 'inputs_fingerprint', 'is_done', 'download', 'input_path']
 
 # %% ../nbs/00a_runs.ipynb #eb2fe20b
 def _umask() -> int:
@@ -61,11 +61,61 @@ def atomic_write_json(path, obj) -> Path:
     obj = _nan_to_none(json.loads(json.dumps(obj, default=_jsonable)))
     return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
+# %% ../nbs/00a_runs.ipynb #1c373550
+def sha256_file(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
+    return h.hexdigest()
+
 # %% ../nbs/00a_runs.ipynb #1041a757
+def _sidecar(path: Path) -> Path: return path.with_name(f".{path.name}.sha256")
+
 def atomic_to_parquet(df, path) -> Path:
-    "Write a DataFrame to parquet atomically."
-    with atomic_path(path) as tmp: df.to_parquet(tmp, index=False)
-    return Path(path)
+    "Write a DataFrame to parquet atomically, with its sha256 beside it (`.<name>.sha256`) so a reader can verify it."
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        df.to_parquet(tmp, index=False)
+        atomic_write_text(_sidecar(path), sha256_file(tmp) + "\n")
+    return path
+
+# %% ../nbs/00a_runs.ipynb #a4953d15
+def set_aside(path, why: str) -> Path:
+    "Move a file that cannot be trusted to `<name>.corrupt` (its checksum too), say so, and return the new path."
+    path = Path(path); bad = path.with_name(path.name + ".corrupt")
+    os.replace(path, bad); _sidecar(path).unlink(missing_ok=True)
+    print(f"s2b: {path} {why}; set aside as {bad.name} and computed again")
+    return bad
+
+# %% ../nbs/00a_runs.ipynb #6945c7ea
+def read_parquet_verified(path):
+    "The table at `path`, or None when it does not exist or does not verify (then it is set aside: `set_aside`)."
+    import pandas as pd
+    path = Path(path)
+    if not path.is_file(): return None
+    want = _sidecar(path).read_text().strip() if _sidecar(path).is_file() else None
+    if want and sha256_file(path) != want: set_aside(path, "does not match the checksum written with it"); return None
+    try: return pd.read_parquet(path)
+    except Exception as e:
+        set_aside(path, f"cannot be read ({type(e).__name__})"); return None
+
+# %% ../nbs/00a_runs.ipynb #e3e15269
+CHECKSUMS = "s2b-checksums.json"
+
+def write_checksums(folder) -> Path:
+    "Record the sha256 of every file in `folder` (recursively) in `folder/s2b-checksums.json`."
+    folder = Path(folder)
+    sums = {str(f.relative_to(folder)): sha256_file(f) for f in sorted(folder.rglob("*")) if f.is_file() and f.name != CHECKSUMS}
+    return atomic_write_json(folder/CHECKSUMS, sums)
+
+# %% ../nbs/00a_runs.ipynb #617edd43
+def verify_checksums(folder) -> list[str] | None:
+    "The files of `folder` that are missing or differ from `s2b-checksums.json` (empty: all verify); None without the file."
+    folder = Path(folder)
+    try: sums = json.loads((folder/CHECKSUMS).read_text())
+    except (OSError, ValueError): return None
+    if not isinstance(sums, dict): return None
+    return [n for n, h in sums.items() if not (folder/n).is_file() or sha256_file(folder/n) != h]
 
 # %% ../nbs/00a_runs.ipynb #f12f4d80
 def read_json(path, default=None):
@@ -94,13 +144,6 @@ def save_figure(fig, path_or_dir, name: str | None = None, formats=None, dpi: in
     finally:
         if close: plt.close(fig)
     return written
-
-# %% ../nbs/00a_runs.ipynb #1c373550
-def sha256_file(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""): h.update(chunk)
-    return h.hexdigest()
 
 # %% ../nbs/00a_runs.ipynb #b30ceb1f
 def repo_root() -> Path:
@@ -223,12 +266,14 @@ def _norm(d): return json.loads(json.dumps(d, default=_jsonable))
 # %% ../nbs/00a_runs.ipynb #3b67a3ce
 def is_done(out_dir, params: dict, outputs=("metrics.json",), record: str = "") -> bool:
     """True when `out_dir` holds `outputs` and a `run.json` that asked for these parameters, on inputs with the same
-    content. `record` is the prefix of the keys compared: "" for what a stage wrote (`params`, `inputs`), "notebook_"
-    for what the stage runner wrote around it (`s2b.stages`)."""
+    content, and every table in it still verifies. `record` is the prefix of the keys compared: "" for what a stage wrote
+    (`params`, `inputs`), "notebook_" for what the stage runner wrote around it (`s2b.stages`)."""
     out_dir = Path(out_dir)
-    rec = read_json(out_dir/"run.json")
-    if rec is None or any(not (out_dir/o).exists() for o in outputs): return False
-    return _norm(rec.get(f"{record}params")) == _norm(params) and rec.get(f"{record}inputs") == inputs_fingerprint(params)
+    try: rec = read_json(out_dir/"run.json")
+    except (OSError, ValueError): return False                        # a corrupt run.json: not a finished run
+    if not isinstance(rec, dict) or any(not (out_dir/o).exists() for o in outputs): return False
+    if _norm(rec.get(f"{record}params")) != _norm(params) or rec.get(f"{record}inputs") != inputs_fingerprint(params): return False
+    return all(read_parquet_verified(t) is not None for t in out_dir.glob("*.parquet") if _sidecar(t).is_file())
 
 # %% ../nbs/00a_runs.ipynb #5601e383
 MAX_DOWNLOAD = 1 << 30      # bytes; $S2B_MAX_DOWNLOAD overrides
