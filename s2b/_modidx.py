@@ -355,6 +355,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                           's2b.runs.save_figure': ('runs.html#save_figure', 's2b/runs.py'),
                           's2b.runs.set_aside': ('runs.html#set_aside', 's2b/runs.py'),
                           's2b.runs.sha256_file': ('runs.html#sha256_file', 's2b/runs.py'),
+                          's2b.runs.start_run': ('runs.html#start_run', 's2b/runs.py'),
                           's2b.runs.verify_checksums': ('runs.html#verify_checksums', 's2b/runs.py'),
                           's2b.runs.write_checksums': ('runs.html#write_checksums', 's2b/runs.py')},
             's2b.scoring': { 's2b.scoring.PromptCache': ('scoring.html#promptcache', 's2b/scoring.py'),

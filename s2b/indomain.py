@@ -13,7 +13,7 @@ from .steering import read_steering, steer
 from .stats import bootstrap_ci
 from .profile import rate, item_scores, prepare_survey
 from .survey import parse_ids
-from .runs import save_figure, atomic_to_parquet, read_parquet_verified, atomic_write_json, run_record, is_done, read_json, fingerprint
+from .runs import save_figure, atomic_to_parquet, read_parquet_verified, start_run, atomic_write_json, run_record, is_done, read_json, fingerprint
 
 # %% auto #0
 __all__ = ['NEGLIGIBLE', 'item_deltas', 'indomain_metrics', 'selectivity', 'selectivity_word', 'selectivity_verdict',
@@ -136,7 +136,7 @@ def run_indomain(model="embedded", survey="bundled", adapter=None, control=None,
     targets = target_ratings(target, direction) if target else steering["conditioned"].targets
     if not targets: raise ValueError(f"no target given and none recorded in the steering run {adapter}")
     s = prepare_survey(survey, split, limit, templates, instructions=instructions)
-    out.mkdir(parents=True, exist_ok=True)
+    start_run(out, "indomain", params, ["ratings_*.parquet"])     # resume only ratings made by the same adapters and survey
     ratings, records, lm = {}, {}, None
     for role, ad in (("control", control), ("conditioned", adapter)):
         # the control is shared by many runs: its ratings are cached beside it and copied here

@@ -11,7 +11,7 @@ from pathlib import Path
 __all__ = ['CHECKSUMS', 'PACKAGES', 'PATH_PARAMS', 'MAX_DOWNLOAD', 'atomic_path', 'atomic_write_text', 'atomic_write_json',
            'sha256_file', 'atomic_to_parquet', 'set_aside', 'read_parquet_verified', 'write_checksums',
            'verify_checksums', 'read_json', 'save_figure', 'repo_root', 'git_commit', 'package_versions', 'run_record',
-           'cache_dir', 'fingerprint', 'inputs_fingerprint', 'is_done', 'download', 'input_path']
+           'cache_dir', 'fingerprint', 'inputs_fingerprint', 'is_done', 'start_run', 'download', 'input_path']
 
 # %% ../nbs/00a_runs.ipynb #eb2fe20b
 def _umask() -> int:
@@ -274,6 +274,25 @@ def is_done(out_dir, params: dict, outputs=("metrics.json",), record: str = "") 
     if not isinstance(rec, dict) or any(not (out_dir/o).exists() for o in outputs): return False
     if _norm(rec.get(f"{record}params")) != _norm(params) or rec.get(f"{record}inputs") != inputs_fingerprint(params): return False
     return all(read_parquet_verified(t) is not None for t in out_dir.glob("*.parquet") if _sidecar(t).is_file())
+
+# %% ../nbs/00a_runs.ipynb #48436914
+def start_run(out_dir, stage: str, params: dict, caches=()) -> Path:
+    """Begin (or resume) `stage` in `out_dir`: remove the `caches` (glob patterns in `out_dir`) when an earlier run there
+    had other parameters or inputs, then record this run as running. Returns `out_dir`."""
+    import shutil
+    out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
+    try: prev = read_json(out_dir/"run.json", None)
+    except (OSError, ValueError): prev = {}
+    if isinstance(prev, dict) or prev is None:
+        same = prev is None or (_norm(prev.get("params")) == _norm(params) and prev.get("inputs") == inputs_fingerprint(params))
+    else: same = False
+    stale = [] if same else [p for g in caches for p in sorted(out_dir.glob(g))]
+    for p in stale:
+        if p.is_dir(): shutil.rmtree(p)
+        else: p.unlink(missing_ok=True); _sidecar(p).unlink(missing_ok=True)
+    if stale: print(f"s2b: {out_dir}: {len(stale)} cached results of other parameters or inputs removed ({', '.join(p.name for p in stale[:3])})")
+    atomic_write_json(out_dir/"run.json", {"stage": stage, "params": params, "inputs": inputs_fingerprint(params), "status": "running"})
+    return out_dir
 
 # %% ../nbs/00a_runs.ipynb #5601e383
 MAX_DOWNLOAD = 1 << 30      # bytes; $S2B_MAX_DOWNLOAD overrides
