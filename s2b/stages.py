@@ -188,16 +188,18 @@ def is_library_cell(cell) -> bool:
 # %% ../nbs/07b_stages.ipynb #616ff56f
 def stage_copy(nb_path, examples: bool = False):
     """The notebook a stage run executes: its first cell, the library (the cells nbdev exports), the `parameters` cell and
-    the run (every cell after the last exported one). The examples in between (code nbdev does not export: the
-    notebook's documentation tests, run by `nbdev-test`) are left out unless `examples`."""
+    the run (every cell after the parameters cell, or after the last exported cell where the parameters stand higher).
+    The examples (code nbdev does not export: the notebook's documentation tests, run by `nbdev-test`), also those
+    between the last exported cell and the parameters, are left out unless `examples`; prose is kept."""
     import nbformat
     nb = nbformat.read(str(nb_path), as_version=4)
     if examples: return nb
     params = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
     if not params: raise ValueError(f"{nb_path} has no cell tagged 'parameters': it is not a stage notebook")
     lib = [i for i, c in enumerate(nb.cells) if is_library_cell(c)]
-    last = max(lib, default=-1)
-    nb.cells = [c for i, c in enumerate(nb.cells) if i == 0 or i in lib or i == params[0] or i > last]
+    p, last = params[0], max(lib, default=-1)
+    run = lambda i, c: i > last and (p < last or i > p or c.cell_type != "code")
+    nb.cells = [c for i, c in enumerate(nb.cells) if i == 0 or i in lib or i == p or run(i, c)]
     return nb
 
 # %% ../nbs/07b_stages.ipynb #34c13eea

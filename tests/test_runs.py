@@ -212,3 +212,14 @@ def test_one_writer_per_run_folder(tmp_path):
         with pytest.raises(RunFolderBusy, match="being written by s2b process 4242"): execute_stage("toy", out, {"value": 1}, progress=False)
     finally: holder.kill(); holder.wait()
     assert not (out/"metrics.json").exists()
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_no_example_runs_in_a_stage_run(stage):
+    "A stage run executes the library, the parameters and the run only: no example, which may write outside --out."
+    from s2b.stages import stage_notebook
+    nb = stage_copy(stage_notebook(stage))
+    lib = [i for i, c in enumerate(nb.cells) if is_library_cell(c)]
+    par = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
+    code = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and i not in lib and i not in par]
+    assert all(i > max(lib) and i > par[0] for i in code), [nb.cells[i].source[:60] for i in code]
+    assert not any("mkdtemp" in nb.cells[i].source for i in code)
