@@ -421,6 +421,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                             's2b.survey.Survey.with_instructions': ('survey.html#survey.with_instructions', 's2b/survey.py'),
                             's2b.survey.Survey.with_templates': ('survey.html#survey.with_templates', 's2b/survey.py'),
                             's2b.survey.SurveyError': ('survey.html#surveyerror', 's2b/survey.py'),
+                            's2b.survey._blank': ('survey.html#_blank', 's2b/survey.py'),
                             's2b.survey._check_ids': ('survey.html#_check_ids', 's2b/survey.py'),
                             's2b.survey._check_ids_within': ('survey.html#_check_ids_within', 's2b/survey.py'),
                             's2b.survey._check_instructions': ('survey.html#_check_instructions', 's2b/survey.py'),
