@@ -263,6 +263,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            's2b.posts.Posts.__init__': ('posts.html#posts.__init__', 's2b/posts.py'),
                            's2b.posts.Posts._like': ('posts.html#posts._like', 's2b/posts.py'),
                            's2b.posts.Posts.frame': ('posts.html#posts.frame', 's2b/posts.py'),
+                           's2b.posts._check_utf8': ('posts.html#_check_utf8', 's2b/posts.py'),
                            's2b.posts._read_json_file': ('posts.html#_read_json_file', 's2b/posts.py'),
                            's2b.posts._report_skipped': ('posts.html#_report_skipped', 's2b/posts.py'),
                            's2b.posts._skip_reason': ('posts.html#_skip_reason', 's2b/posts.py'),
