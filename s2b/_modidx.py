@@ -451,6 +451,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               's2b.upstream.UpstreamEnv.step': ('upstream.html#upstreamenv.step', 's2b/upstream.py'),
                               's2b.upstream._in_data_root': ('upstream.html#_in_data_root', 's2b/upstream.py'),
                               's2b.upstream._no_cwd_imports': ('upstream.html#_no_cwd_imports', 's2b/upstream.py'),
+                              's2b.upstream._other_files': ('upstream.html#_other_files', 's2b/upstream.py'),
                               's2b.upstream.default_upstream_factory': ('upstream.html#default_upstream_factory', 's2b/upstream.py'),
                               's2b.upstream.upstream_available': ('upstream.html#upstream_available', 's2b/upstream.py'),
                               's2b.upstream.upstream_env_class': ('upstream.html#upstream_env_class', 's2b/upstream.py'),

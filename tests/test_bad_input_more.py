@@ -141,6 +141,17 @@ def test_a_csv_survey_with_a_byte_order_mark_is_read(tmp_path):
     p = tmp_path/"bom.csv"; p.write_bytes("\ufeffid,statement,value\na1,I like maps,Hedonism\n".encode("utf-8"))
     assert [i.id for i in load_survey(p).items] == ["a1"]
 
+def test_an_upstream_game_without_its_source_or_variables_entry_is_named(tmp_path):
+    "Upstream loads a game's source/ file and its variables.json entry too: one is missing, one line names both."
+    from s2b.upstream import upstream_games
+    d = tmp_path/"game_data"
+    for f in ("trees/a_game_tree.json", "annotations_clean/a.json", "trees/b_game_tree.json", "annotations_clean/b.json", "source/a.json"):
+        (d/f).parent.mkdir(parents=True, exist_ok=True); (d/f).write_text("{}")
+    (d/"game_metadata.json").write_text(json.dumps({"a": {}, "b": {}})); (d/"variables.json").write_text(json.dumps({"a": {}}))
+    assert upstream_games(tmp_path) == ["a"]
+    with pytest.raises(FileNotFoundError, match=r"'b': missing its source file in .*source, its entry in .*variables.json"):
+        upstream_games(tmp_path, ["b"])
+
 if __name__ == "__main__":
     import tempfile
     os.environ["HF_HUB_OFFLINE"] = "1"
