@@ -312,6 +312,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              's2b.recipes._read_recipe': ('recipes.html#_read_recipe', 's2b/recipes.py'),
                              's2b.recipes._rule_value': ('recipes.html#_rule_value', 's2b/recipes.py'),
                              's2b.recipes._unknown': ('recipes.html#_unknown', 's2b/recipes.py'),
+                             's2b.recipes.grid_stages': ('recipes.html#grid_stages', 's2b/recipes.py'),
                              's2b.recipes.load_grid': ('recipes.html#load_grid', 's2b/recipes.py'),
                              's2b.recipes.load_recipe': ('recipes.html#load_recipe', 's2b/recipes.py'),
                              's2b.recipes.merge': ('recipes.html#merge', 's2b/recipes.py'),

@@ -12,7 +12,7 @@ from .runs import repo_root, sha256_file
 
 # %% auto #0
 __all__ = ['FINETUNE_DEFAULTS', 'GRID_KEYS', 'RULES', 'BOUNDS', 'GRID_DEFAULTS', 'CAPABILITY_DEFAULTS', 'GRID_RULES',
-           'STAGE_RULES', 'merge', 'recipe_path', 'recipe_digest', 'load_recipe', 'load_grid']
+           'STAGE_RULES', 'merge', 'recipe_path', 'recipe_digest', 'load_recipe', 'load_grid', 'grid_stages']
 
 # %% ../nbs/00c_recipes.ipynb #84dc8e0f
 FINETUNE_DEFAULTS = {
@@ -265,3 +265,14 @@ def load_grid(recipe) -> dict:
     bad = [d for d in g["directions"] if d not in ("down", "up")]
     if bad: raise ValueError(f"{where}: directions must be down/up, got {bad}")
     return g
+
+# %% ../nbs/00c_recipes.ipynb #f661fb3d
+def grid_stages(recipe) -> str:
+    "One line: the stages a grid recipe (path or dict) runs, which of them it lists, which run by default, which it skips."
+    raw = recipe if isinstance(recipe, dict) else (yaml.safe_load(recipe_path(recipe).read_text(encoding="utf-8")) or {})
+    listed, skip = set(raw.get("stages") or {}), set(raw.get("skip") or [])
+    run = [s for s in [*GRID_DEFAULTS["stages"], "capability"] if s not in skip and (s != "capability" or s in listed)]
+    mine, default = [s for s in run if s in listed], [s for s in run if s not in listed]
+    return (f"stages: {', '.join(mine) or 'none'} (listed in the recipe)"
+            + (f"; {', '.join(default)} (not listed: they run by default; name them in skip: to leave them out)" if default else "")
+            + (f"; skipped: {', '.join(sorted(skip))}" if skip else "") + ("" if "capability" in run else "; capability runs only when listed"))
