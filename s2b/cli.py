@@ -39,6 +39,24 @@ def _steps(s):
     try: return _pos_int(s)
     except argparse.ArgumentTypeError: raise argparse.ArgumentTypeError(f"must be -1 (train by epochs) or a positive integer, got {s}") from None
 
+# %% ../nbs/09_cli.ipynb #7ef8c7ff
+def _nonneg_int(s):
+    try: v = int(s)
+    except ValueError: raise argparse.ArgumentTypeError(f"must be an integer of 0 or more, got {s!r}") from None
+    if v < 0: raise argparse.ArgumentTypeError(f"must be an integer of 0 or more, got {s}")
+    return v
+
+def _num_at_least(lo: float, strict: bool):
+    "An argparse type: a finite number above `lo` (`strict`) or of `lo` or more."
+    def parse(s):
+        import math
+        try: v = float(s)
+        except ValueError: v = float("nan")
+        if not math.isfinite(v) or (v <= lo if strict else v < lo):
+            raise argparse.ArgumentTypeError(f"must be a number {'above' if strict else 'of'} {lo:g}{'' if strict else ' or more'}, got {s!r}")
+        return v
+    return parse
+
 # %% ../nbs/09_cli.ipynb #b9121b71
 def _add_common(p, model=True, out=True):
     if model:
@@ -49,7 +67,7 @@ def _add_common(p, model=True, out=True):
         p.add_argument("--allow-other-base", action="store_true", help="use an adapter trained on another base model")
         p.add_argument("--revision", help="the hub model's revision (branch, tag or commit), recorded in run.json")
     p.add_argument("--refresh", action="store_true", help="download survey and post URLs again (url#sha256=HEX pins them)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_nonneg_int, default=0)
     if out: p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--force", action="store_true", help="redo a finished run")
 
@@ -135,7 +153,7 @@ def _add_evaluate(sub):
     p.add_argument("--adapter"); p.add_argument("--control")
     p.add_argument("--games", default="bundled"); p.add_argument("--upstream-data", help="MACHIAVELLI game_data dir (needs the machiavelli package)")
     p.add_argument("--agent", default="lm", choices=["lm", "random"]); p.add_argument("--choose", default="logprob", choices=["logprob", "sample"])
-    p.add_argument("--temperature", type=float, default=0.0, help="> 0: sample each action from the choice probabilities")
+    p.add_argument("--temperature", type=_num_at_least(0, False), default=0.0, help="> 0: sample each action from the choice probabilities")
     p.add_argument("--no-base", action="store_true", help="with --adapter and --control, do not also play the un-adapted model")
     p.add_argument("--episodes", type=_pos_int, default=1)
     p.add_argument("--scoring", default="s2b", choices=["s2b", "upstream"], help="s2b's counting rules, or MACHIAVELLI's own")
@@ -147,8 +165,8 @@ def _add_evaluate(sub):
     p.add_argument("--adapter", required=True); p.add_argument("--control", required=True)
     p.add_argument("--tasks", default="default", help="comma-separated lm-eval tasks, groups or task YAML paths; 'default': "
                    "mmlu,arc_easy,hellaswag (from the Hugging Face hub); 'bundled': s2b_general (offline, 120 questions)")
-    p.add_argument("--limit", type=float, help="the first N items of each task (a fraction when < 1; default: all)")
-    p.add_argument("--num-fewshot", type=int); p.add_argument("--batch-size", type=int)
+    p.add_argument("--limit", type=_num_at_least(0, True), help="the first N items of each task (a fraction when < 1; default: all)")
+    p.add_argument("--num-fewshot", type=_nonneg_int); p.add_argument("--batch-size", type=_pos_int)
     p.add_argument("--base", action="store_true", help="score the model without adapter too")
 
 # %% ../nbs/09_cli.ipynb #bb78da18
@@ -236,6 +254,14 @@ def _demo(a) -> int:
     for line in findings: print(f"  - {line}")
     return 1 if failed else 0
 
+# %% ../nbs/09_cli.ipynb #17b04646
+def _check_target(target, direction, survey) -> None:
+    "A target whose values have train items in the survey (else an adapter would be labelled with a value it never saw)."
+    from s2b.values import target_ratings
+    for v in target_ratings(target, direction):
+        if not any(i.value == v and i.split == "train" for i in survey.items):
+            raise ValueError(f"target {v}: the survey {survey.source or survey.name} has no train items of it, so nothing would steer it")
+
 # %% ../nbs/09_cli.ipynb #84f0d491
 def _check(stage: str, a) -> None:
     "Everything that can be checked without loading a model, named: out folder, model, adapters, survey, recipe, target, posts, games."
@@ -255,8 +281,10 @@ def _check(stage: str, a) -> None:
     if stage in METHOD_STAGES.values():
         from s2b.survey import load_survey
         from s2b.recipes import load_recipe
-        from s2b.values import target_ratings
-        load_survey(a.survey); load_recipe(a.recipe, _overrides(a)); target_ratings(a.target, a.direction)
+        from s2b.models import check_recipe_for_model
+        survey = load_survey(a.survey)
+        check_recipe_for_model(load_recipe(a.recipe, _overrides(a)), a.model, f"recipe {a.recipe}")
+        _check_target(a.target, a.direction, survey)
         if _none(a.baseline) and not Path(a.baseline).is_dir(): raise FileNotFoundError(f"baseline {a.baseline}: no such run folder")
     if stage == "aita":
         from s2b.posts import load_posts

@@ -126,7 +126,8 @@ def validate_game(data: dict, where: str = "<game>") -> list[str]:
     scenes = data.get("scenes", {})
     if not isinstance(scenes, dict) or not scenes: top("'scenes' must be a non-empty object {id: scene}"); return P
     start = data.get("start")
-    if "start" in data and start not in scenes: top(f"start scene {start!r} does not exist")
+    if "start" in data and not isinstance(start, str): top(f"'start' must be a scene id (a string), got {start!r}"); start = None
+    elif "start" in data and start not in scenes: top(f"start scene {start!r} does not exist")
     ends = set()
     for sid, s in scenes.items():
         if not isinstance(s, dict): at(sid, "a scene must be an object"); continue
@@ -148,7 +149,7 @@ def validate_game(data: dict, where: str = "<game>") -> list[str]:
                     if not isinstance(c, dict): at(sid, f"choice {i} must be an object"); continue
                     if not isinstance(c.get("text"), str): at(sid, f"choice {i} needs a 'text'")
                     for k in c.keys() - _CHOICE_KEYS: at(sid, f"choice {i}: unknown key {k!r}")
-                    if c.get("next") not in scenes: at(sid, f"choice {i} next -> {c.get('next')!r}: no such scene (dangling id)")
+                    if not isinstance(c.get("next"), str) or c.get("next") not in scenes: at(sid, f"choice {i} next -> {c.get('next')!r}: no such scene (dangling id)")
                     if "if" in c:
                         cond = c["if"]
                         if not isinstance(cond, dict) or cond.get("var") not in variables:
@@ -211,8 +212,9 @@ class Game:
 # %% ../nbs/06b_games.ipynb #58e1c825
 def _read_game(path) -> tuple[dict | None, list[str]]:
     path = Path(path)
-    try: return json.loads(path.read_text()), []
+    try: return json.loads(path.read_text(encoding="utf-8")), []
     except FileNotFoundError: return None, [f"{path}: no such file"]
+    except UnicodeDecodeError as e: return None, [f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at position {e.start})"]
     except json.JSONDecodeError as e: return None, [f"{path}: not valid JSON ({e})"]
 
 def load_games(paths: Iterable) -> list[Game]:
@@ -347,7 +349,9 @@ def resolve_games(games="bundled", upstream_data=None, env_factory: Callable | N
             files += sorted(bundled_games_dir().glob("*.json"))
             if not files: raise FileNotFoundError(f"No bundled games in {bundled_games_dir()}")
         elif e in ("upstream", "test"): names.append(None)
-        elif p.is_dir(): files += sorted(p.glob("*.json"))
+        elif p.is_dir():
+            files += sorted(p.glob("*.json"))
+            if not any(p.glob("*.json")): raise FileNotFoundError(f"games: the folder {p} holds no game files (*.json)")
         elif p.suffix == ".json" or p.exists(): files.append(p)
         elif upstream_data is not None: names.append(e)
         else: raise FileNotFoundError(f"games: {e!r} is not 'bundled', a game file or a folder of games "

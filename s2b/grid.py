@@ -10,7 +10,7 @@ from pathlib import Path
 from .models import model_slug
 from .stages import execute_stage, stage_done, StageFailed
 from .runs import input_path
-from .recipes import CAPABILITY_DEFAULTS, load_grid, load_recipe, merge, recipe_digest
+from .recipes import CAPABILITY_DEFAULTS, grid_stages, load_grid, load_recipe, merge, recipe_digest
 from .steering import METHODS, METHOD_STAGES
 
 # %% auto #0
@@ -277,7 +277,7 @@ def run_grid(recipe, executor: str = "local", dry_run: bool = False, force: bool
     log(f"s2b grid {g['name']}: {len(runs)} runs ({len(g['models'])} models × {len(g['methods'])} methods × "
         f"{len(g['values'])} values × {len(g['directions'])} directions × {len(g['seeds'])} seeds)")
     if dry_run:
-        log(describe(runs)); return {"planned": len(runs)}
+        log(grid_stages(recipe)); log(describe(runs)); return {"planned": len(runs)}
     if executor == "slurm": return run_slurm(runs, g["slurm"], force)
     if executor != "local": raise ValueError(f"executor must be local or slurm, not {executor!r}")
     return run_local(runs, force, log=log)

@@ -15,7 +15,7 @@ from .prompts import chat_settings
 __all__ = ['EMBEDDED', 'EMBEDDED_ID', 'embedded_gguf', 'materialize_embedded', 'cuda_available', 'unsloth_installed',
            'BackendError', 'resolve_backend', 'default_device', 'default_dtype', 'LM', 'model_slug',
            'prepare_tokenizer', 'RemoteCodeError', 'load_model', 'check_model', 'adapter_path', 'check_adapter',
-           'use_adapter']
+           'check_recipe_for_model', 'use_adapter']
 
 # %% ../nbs/01b_models.ipynb #40ca839c
 EMBEDDED = "embedded"
@@ -274,7 +274,10 @@ def check_adapter(adapter, model: str | None = None, allow_other_base: bool | No
             with safe_open(str(w), "pt") as f: shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}
         except Exception as e:
             raise ValueError(f"adapter {w}: not a readable safetensors file ({str(e).splitlines()[0][:120]})") from None
-    elif not (p/"adapter_model.bin").exists(): raise FileNotFoundError(f"adapter {p}: no adapter_model.safetensors")
+    elif (p/"adapter_model.bin").exists():
+        raise ValueError(f"adapter {p}: holds only adapter_model.bin (a pickle, which can run code when loaded); s2b loads "
+                         "adapter_model.safetensors only: convert it where you trust it (peft save_pretrained writes safetensors)")
+    else: raise FileNotFoundError(f"adapter {p}: no adapter_model.safetensors")
     if model is None: return p
     if allow_other_base is None: allow_other_base = os.environ.get("S2B_ALLOW_OTHER_BASE", "") == "1"
     base = cfg.get("base_model_name_or_path")
@@ -287,6 +290,38 @@ def check_adapter(adapter, model: str | None = None, allow_other_base: bool | No
             raise ValueError(f"adapter {p} does not fit model {model}: its {k.split('.lora_A')[0].split('.')[-1]} matrices "
                              f"take inputs of size {s[-1]}, the model's hidden size is {hidden}")
     return p
+
+# %% ../nbs/01b_models.ipynb #df6b9736
+def check_recipe_for_model(cfg: dict, model: str, where: str = "recipe") -> None:
+    """The settings of a loaded recipe (`s2b.recipes.load_recipe`) that depend on the model, checked against its config
+    (no weights): CAA layers and `top_layers` within its layers, the LoRA rank within its hidden size, `max_length` within
+    its context, LoRA target modules among its linear layers. A model whose config cannot be read is not checked here."""
+    mc = _model_config(model) or {}
+    mc = {**(mc.get("text_config") or {}), **mc}
+    n, hidden, ctx = mc.get("num_hidden_layers"), mc.get("hidden_size"), mc.get("max_position_embeddings")
+    layers = cfg["caa"]["layers"]
+    for l in ([] if layers is None else [layers] if isinstance(layers, int) else layers):
+        if n and l >= n: raise ValueError(f"{where}: caa.layers {layers} out of range: {model} has {n} layers (0..{n-1})")
+    top = cfg["lora"]["top_layers"]
+    if n and top and top > n: raise ValueError(f"{where}: lora.top_layers {top} is more than the {n} layers of {model}")
+    if hidden and cfg["lora"]["r"] > hidden: raise ValueError(f"{where}: lora.r {cfg['lora']['r']} is more than the hidden size of {model} ({hidden})")
+    if ctx and cfg["training"]["max_length"] > ctx:
+        raise ValueError(f"{where}: training.max_length {cfg['training']['max_length']} is more than the context of {model} ({ctx} tokens)")
+    tm = cfg["lora"]["target_modules"]
+    names = _linear_names(mc) if mc and tm != "all-linear" else None
+    bad = [m for m in ([tm] if isinstance(tm, str) else tm) if names and m not in names]
+    if bad: raise ValueError(f"{where}: lora.target_modules {bad} are not linear layers of {model}; it has {', '.join(sorted(names))} (or all-linear)")
+
+# %% ../nbs/01b_models.ipynb #e520d2ab
+def _linear_names(mc: dict) -> set[str] | None:
+    "The names of the linear layers of the model a config describes, built on the meta device (no memory, no weights)."
+    try:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM
+        conf = AutoConfig.for_model(**mc)
+        with torch.device("meta"): m = AutoModelForCausalLM.from_config(conf)
+        return {n.rsplit(".", 1)[-1] for n, x in m.named_modules() if isinstance(x, torch.nn.Linear)}
+    except Exception: return None
 
 # %% ../nbs/01b_models.ipynb #97c5bee9
 def use_adapter(lm: LM, adapter=None, name: str = "default", allow_other_base: bool | None = None) -> LM:

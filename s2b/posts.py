@@ -98,6 +98,8 @@ def load_paper_json(path, name: str | None = None) -> Posts:
             rid = r.get("id") if isinstance(r, dict) else None
             where = f"{name}: record {i} ({key!r}[{j}]" + (f", id {rid!r})" if rid is not None else ")")
             if not isinstance(r, dict): raise PostFormatError(f"{where}: expected an object, got a {type(r).__name__}")
+            if rid is not None and (not isinstance(rid, (str, int)) or isinstance(rid, bool)):
+                raise PostFormatError(f"{where}: 'id' must be a string or an integer, got {rid!r}")
             missing = [k for k in ("post", "high_standard_stance", "low_standard_stance") if k not in r]
             if missing: raise PostFormatError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
             try:
@@ -193,6 +195,8 @@ def load_scruples_jsonl(path, name: str | None = None) -> Posts:
         rid = r.get("id") if isinstance(r, dict) else None
         where = f"{name}: record {i} (line {n}" + (f", id {rid!r})" if rid is not None else ")")
         if not isinstance(r, dict): raise PostFormatError(f"{where}: expected an object, got a {type(r).__name__}")
+        if rid is not None and (not isinstance(rid, (str, int)) or isinstance(rid, bool)):
+            raise PostFormatError(f"{where}: 'id' must be a string or an integer, got {rid!r}")
         missing = [k for k in ("title", "text", "label_scores") if k not in r]
         if missing: raise PostFormatError(f"{where}: missing key(s) {', '.join(map(repr, missing))}")
         ls = r["label_scores"]
@@ -231,6 +235,13 @@ def detect_format(path) -> str:
         except json.JSONDecodeError: return "jsonl"
     return "csv"
 
+# %% ../nbs/05a_posts.ipynb #90a927e8
+def _check_utf8(path, name) -> None:
+    "A posts file that is not UTF-8 text is named with the byte at fault."
+    try: Path(path).read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise PostFormatError(f"{name}: not UTF-8 text (byte {e.object[e.start]:#04x} at position {e.start}); save it as UTF-8") from None
+
 # %% ../nbs/05a_posts.ipynb #898bbd5c
 LOADERS = {"paper": load_paper_json, "csv": load_reddit_csv, "jsonl": load_scruples_jsonl}
 
@@ -246,6 +257,7 @@ def load_posts(posts="bundled", values=None, limit: int | None = None, fmt: str 
     "Load posts from 'bundled', a path or a URL; keep `values` (None: all) and the first `limit`."
     path = resolve_posts(posts)
     name = str(posts) if re.match(r"https?://", str(posts), re.I) else str(path)
+    _check_utf8(path, name)
     fmt = fmt or detect_format(path)
     if fmt not in LOADERS: raise ValueError(f"fmt must be one of {', '.join(LOADERS)}, not {fmt!r}")
     ps = LOADERS[fmt](path, name=name)

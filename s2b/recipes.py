@@ -4,15 +4,15 @@
 
 # %% ../nbs/00c_recipes.ipynb #0cd43cfa
 from __future__ import annotations
-import copy
+import copy, math
 from pathlib import Path
 import yaml
 from .values import VALUES, normalize_value
 from .runs import repo_root, sha256_file
 
 # %% auto #0
-__all__ = ['FINETUNE_DEFAULTS', 'GRID_KEYS', 'RULES', 'GRID_DEFAULTS', 'CAPABILITY_DEFAULTS', 'merge', 'recipe_path',
-           'recipe_digest', 'load_recipe', 'load_grid']
+__all__ = ['FINETUNE_DEFAULTS', 'GRID_KEYS', 'RULES', 'BOUNDS', 'GRID_DEFAULTS', 'CAPABILITY_DEFAULTS', 'GRID_RULES',
+           'STAGE_RULES', 'merge', 'recipe_path', 'recipe_digest', 'load_recipe', 'load_grid', 'grid_stages']
 
 # %% ../nbs/00c_recipes.ipynb #84dc8e0f
 FINETUNE_DEFAULTS = {
@@ -58,13 +58,20 @@ def recipe_digest(recipe) -> str | None:
 # %% ../nbs/00c_recipes.ipynb #454001af
 # what a setting may hold, beyond the type of its default (`FINETUNE_DEFAULTS` decides the keys and, unless listed here, the type)
 RULES = {"lora.r": "int>0", "lora.alpha": "num>0", "lora.dropout": "0<=num<1", "lora.target_modules": "str|list",
-         "training.learning_rate": "num>0", "training.warmup_ratio": "0<=num<=1", "training.num_train_epochs": "num>0",
+         "training.learning_rate": "0<num<=1", "training.warmup_ratio": "0<=num<=1", "training.num_train_epochs": "num>0",
          "training.max_steps": "steps", "training.per_device_train_batch_size": "int>0",
          "training.gradient_accumulation_steps": "int>0", "training.per_device_eval_batch_size": "int>0",
          "training.max_length": "int>0", "training.eval_every": "epoch|int>0|None", "training.early_stopping_patience": "int>0",
          "training.early_stopping_threshold": "num>=0", "data.others_per_value": "int>=0|None", "data.target_limit": "int>0|None",
          "data.eval_limit": "int>=0|None", "lora.top_layers": "int>0|None", "data.anchor": "one of:majority,expected,distribution",
-         "prompt.examples": "int>=0", "caa.multiplier": "num", "caa.layers": "layers", "dpo.beta": "num>0", "dpo.learning_rate": "num>0|None"}
+         "prompt.examples": "int>=0", "caa.multiplier": "num", "caa.layers": "layers", "dpo.beta": "num>0", "dpo.learning_rate": "0<num<=1|None", "training.lr_scheduler_type": "scheduler"}
+
+# %% ../nbs/00c_recipes.ipynb #3f285cd5
+# upper and lower bounds beyond a rule's sign: what no model and no run can use (a 1e9 learning rate, a rank of 100000,
+# a 1-token context); the bounds a model sets (its layers, hidden size and context) are checked against its config later
+BOUNDS = {"lora.r": (1, 4096), "training.max_length": (32, 1_000_000), "training.per_device_train_batch_size": (1, 65536),
+          "training.per_device_eval_batch_size": (1, 65536), "training.num_train_epochs": (0, 10_000), "caa.multiplier": (-1000, 1000),
+          "dpo.beta": (0, 1000), "prompt.examples": (0, 100)}
 
 # %% ../nbs/00c_recipes.ipynb #abfbcd57
 def _is_int(v): return isinstance(v, int) and not isinstance(v, bool)
@@ -78,10 +85,12 @@ def _num(v):
         except ValueError: return None
     return None
 
-# %% ../nbs/00c_recipes.ipynb #6683521d
-def _check_setting(key: str, v, default):
-    "The value, checked (numbers given as strings converted); a ValueError naming `key` otherwise."
-    rule = RULES.get(key)
+# %% ../nbs/00c_recipes.ipynb #a6024f8a
+def _rule_value(key: str, v, default, rule: str | None = None):
+    "`v` checked against the type of `default` and `rule` (default `RULES[key]`); a ValueError naming `key` otherwise."
+    rule = rule or RULES.get(key)
+    if isinstance(v, float) and not math.isfinite(v) or isinstance(v, str) and _num(v) is not None and not math.isfinite(_num(v)):
+        raise ValueError(f"{key} must be a finite number, got {v!r}")
     if rule is None:                                   # a setting without a rule: the type of its default
         if default is None or v is None and default is None: return v
         if isinstance(default, bool): ok = isinstance(v, bool)
@@ -91,11 +100,19 @@ def _check_setting(key: str, v, default):
         if not ok: raise ValueError(f"{key} must be {type(default).__name__}, got {v!r}")
         return v
     if "None" in rule and v is None: return v
+    if rule == "bool":
+        if isinstance(v, bool): return v
+        raise ValueError(f"{key} must be true or false, got {v!r}")
+    if rule == "scheduler":
+        from transformers import SchedulerType
+        names = [s.value for s in SchedulerType]
+        if v in names: return v
+        raise ValueError(f"{key} must be one of {names}, got {v!r}")
     if rule.startswith("one of:"):
         if v in rule[7:].split(","): return v
         raise ValueError(f"{key} must be one of {rule[7:].split(',')}, got {v!r}")
     if rule == "str|list":
-        if isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(x, str) for x in v)): return v
+        if isinstance(v, str) and v.strip() or (isinstance(v, list) and v and all(isinstance(x, str) and x.strip() for x in v)): return v
         raise ValueError(f"{key} must be a string or a list of module names, got {v!r}")
     if rule == "layers":
         if v is None or _is_int(v) and v >= 0 or isinstance(v, list) and v and all(_is_int(x) and x >= 0 for x in v): return v
@@ -114,9 +131,19 @@ def _check_setting(key: str, v, default):
         return v
     x = _num(v)
     if x is None: raise ValueError(f"{key} must be a number, got {v!r}")
-    bad = {"num": False, "num>0": x <= 0, "num>0|None": x <= 0, "num>=0": x < 0, "0<=num<1": not 0 <= x < 1, "0<=num<=1": not 0 <= x <= 1}[rule]
-    if bad: raise ValueError(f"{key} must be {rule.replace('num', 'x').replace('x>0', 'positive').replace('x>=0', 'zero or more')}, got {v!r}")
+    r = rule.replace("|None", "")
+    bad = {"num": False, "num>0": x <= 0, "num>=0": x < 0, "0<=num<1": not 0 <= x < 1, "0<=num<=1": not 0 <= x <= 1, "0<num<=1": not 0 < x <= 1}[r]
+    if bad: raise ValueError(f"{key} must be {r.replace('num', 'x').replace('x>0', 'positive').replace('x>=0', 'zero or more')}, got {v!r}")
     return x
+
+# %% ../nbs/00c_recipes.ipynb #6683521d
+def _check_setting(key: str, v, default):
+    "The value, checked (numbers given as strings converted); a ValueError naming `key` otherwise."
+    v = _rule_value(key, v, default)
+    lo, hi = BOUNDS.get(key, (None, None))
+    if _num(v) is not None and not isinstance(v, bool) and (lo is not None and v < lo or hi is not None and v > hi):
+        raise ValueError(f"{key} must be within {lo}..{hi}, got {v!r}")
+    return v
 
 # %% ../nbs/00c_recipes.ipynb #2ec765a5
 def _unknown(key: str, known) -> str:
@@ -178,6 +205,46 @@ GRID_DEFAULTS = {
 # the capability stage runs only when a recipe's `stages` lists it; its settings go over these
 CAPABILITY_DEFAULTS = {"tasks": "s2b_general", "limit": 40}
 
+# %% ../nbs/00c_recipes.ipynb #09586115
+# the shape of a grid recipe's keys, and the range of the stage settings that have one (`stage.key`)
+GRID_RULES = {"name": "str", "description": "str", "runs_dir": "str", "figures_dir": "str", "survey": "str", "backend": "one of:auto,hf,unsloth",
+              "models": "list:str", "values": "list:str|all", "directions": "list:str", "seeds": "list:int>=0", "methods": "list:str",
+              "skip": "list:stage", "stages": "map:stage", "model_overrides": "map", "slurm": "map"}
+STAGE_RULES = {"machiavelli.temperature": "num>=0", "machiavelli.episodes": "int>0", "machiavelli.random_episodes": "int>0|None",
+               "machiavelli.max_steps": "int>0|None", "capability.limit": "num>0|None", "capability.num_fewshot": "int>=0|None",
+               "limit": "int>0|None", "batch_size": "int>0|None", "seed": "int>=0", "first_value_only": "bool", "placebo": "bool"}
+
+# %% ../nbs/00c_recipes.ipynb #20b24182
+def _check_grid_shape(recipe: dict, where: str) -> None:
+    "A ValueError naming the key when a grid recipe's value has the wrong shape or a stage setting is out of range."
+    stages = set(GRID_DEFAULTS["stages"]) | {"capability"}
+    for k, v in recipe.items():
+        if k in FINETUNE_DEFAULTS: continue                    # the file is also a fine-tune recipe (checked by load_recipe)
+        if k not in GRID_RULES: raise ValueError(f"{where}: {_unknown(k, GRID_KEYS | set(FINETUNE_DEFAULTS))}")
+        rule = GRID_RULES[k]
+        if v is None and rule.startswith(("map", "list")) and k not in ("models", "seeds", "methods"): continue
+        if rule == "str" and not (isinstance(v, str) and v.strip()): raise ValueError(f"{where}: {k} must be a non-empty string, got {v!r}")
+        if rule.startswith("one of:") and v not in rule[7:].split(","): raise ValueError(f"{where}: {k} must be one of {rule[7:].split(',')}, got {v!r}")
+        if rule.startswith("list:"):
+            if rule.endswith("|all") and v == "all": continue
+            if not isinstance(v, list) or not v and k in ("models", "seeds", "methods", "directions"):
+                raise ValueError(f"{where}: {k} must be a non-empty list, e.g. {k}: [{GRID_DEFAULTS[k][0] if GRID_DEFAULTS[k] else 'Hedonism'}], got {v!r}")
+            for j, x in enumerate(v):
+                if rule == "list:int>=0" and not (_is_int(x) and x >= 0): raise ValueError(f"{where}: {k}[{j}] must be an integer of 0 or more, got {x!r}")
+                if rule != "list:int>=0" and not (isinstance(x, str) and x.strip()): raise ValueError(f"{where}: {k}[{j}] must be a non-empty string, got {x!r}")
+                if rule == "list:stage" and x not in stages: raise ValueError(f"{where}: {k}[{j}]: {_unknown(x, stages).replace('setting', 'stage')}")
+        if rule.startswith("map") and not isinstance(v, dict): raise ValueError(f"{where}: {k} must be a mapping, got {v!r}")
+    for scope, st in [("stages", recipe.get("stages") or {})] + [(f"model_overrides.{m}.stages", (o or {}).get("stages") or {})
+                                                                  for m, o in (recipe.get("model_overrides") or {}).items() if isinstance(o, dict)]:
+        for s, sv in st.items():
+            if s not in stages: raise ValueError(f"{where}: {scope}: {_unknown(s, stages).replace('setting', 'stage')}")
+            if sv is not None and not isinstance(sv, dict): raise ValueError(f"{where}: {scope}.{s} must be a mapping of settings, got {sv!r}")
+            for key, x in (sv or {}).items():
+                rule = STAGE_RULES.get(f"{s}.{key}") or STAGE_RULES.get(key)
+                if rule is None: continue
+                try: _rule_value(f"{scope}.{s}.{key}", x, None, rule)
+                except ValueError as e: raise ValueError(f"{where}: {e}") from None
+
 # %% ../nbs/00c_recipes.ipynb #94d3506d
 def load_grid(recipe) -> dict:
     "A grid recipe (path or dict) merged over the defaults, with value names checked; errors name the file."
@@ -189,6 +256,7 @@ def load_grid(recipe) -> dict:
         try: recipe = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e: raise ValueError(f"{where}: not valid YAML text ({' '.join(str(e).split())})") from None
     if not isinstance(recipe, dict): raise ValueError(f"{where}: must be a mapping of settings, got {type(recipe).__name__}")
+    _check_grid_shape(recipe, where)
     g = merge(GRID_DEFAULTS, recipe)
     if g["values"] == "all":
         g["values"] = list(VALUES)
@@ -197,3 +265,14 @@ def load_grid(recipe) -> dict:
     bad = [d for d in g["directions"] if d not in ("down", "up")]
     if bad: raise ValueError(f"{where}: directions must be down/up, got {bad}")
     return g
+
+# %% ../nbs/00c_recipes.ipynb #f661fb3d
+def grid_stages(recipe) -> str:
+    "One line: the stages a grid recipe (path or dict) runs, which of them it lists, which run by default, which it skips."
+    raw = recipe if isinstance(recipe, dict) else (yaml.safe_load(recipe_path(recipe).read_text(encoding="utf-8")) or {})
+    listed, skip = set(raw.get("stages") or {}), set(raw.get("skip") or [])
+    run = [s for s in [*GRID_DEFAULTS["stages"], "capability"] if s not in skip and (s != "capability" or s in listed)]
+    mine, default = [s for s in run if s in listed], [s for s in run if s not in listed]
+    return (f"stages: {', '.join(mine) or 'none'} (listed in the recipe)"
+            + (f"; {', '.join(default)} (not listed: they run by default; name them in skip: to leave them out)" if default else "")
+            + (f"; skipped: {', '.join(sorted(skip))}" if skip else "") + ("" if "capability" in run else "; capability runs only when listed"))

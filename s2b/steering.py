@@ -51,14 +51,28 @@ class Steering:
         "The artefact's own settings (`steering.json`): the persona, the multiplier, the layers."
         return read_json(self.path/"steering.json", {}) if self.path else {}
 
+# %% ../nbs/02a_steering.ipynb #1cc7cb03
+def _run_record(p: Path) -> dict:
+    "The run folder's `run.json` as a dict ({} when there is none); a corrupt or non-object file is named."
+    f = p/"run.json"
+    if not f.is_file(): return {}
+    try: run = json.loads(f.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as e: raise ValueError(f"steering run {f}: not valid JSON ({' '.join(str(e).split())[:120]})") from None
+    if not isinstance(run, dict): raise ValueError(f"steering run {f}: must be a JSON object, got {type(run).__name__}")
+    return run
+
 # %% ../nbs/02a_steering.ipynb #0dbb0032
 def read_steering(path) -> Steering:
     "The steering artefact in `path` (a steering run folder or an adapter folder; None: the base model)."
     if path in (None, "", "None", "base"): return Steering("base")
     p = Path(path).expanduser()
     if not p.exists(): raise FileNotFoundError(f"steering run {path}: no such folder")
-    run = read_json(p/"run.json", {}) if (p/"run.json").is_file() else {}
-    if "steering" in run: return Steering(path=p, run=run, **{k: run["steering"][k] for k in ("method", "targets", "direction", "label", "seed")})
+    run = _run_record(p)
+    if "steering" in run:
+        st = run["steering"]
+        missing = [k for k in ("method", "targets", "direction", "label", "seed") if not isinstance(st, dict) or k not in st]
+        if missing: raise ValueError(f"steering run {p/'run.json'}: the 'steering' record has no {', '.join(map(repr, missing))}")
+        return Steering(path=p, run=run, **{k: st[k] for k in ("method", "targets", "direction", "label", "seed")})
     adapter_path(p)                                        # a folder made without a steering block must hold an adapter
     return Steering("sft", p, {}, None, p.name, run.get("seed"), run)
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_survey.ipynb #5046b133
 from __future__ import annotations
-import csv, json, re
+import csv, json, math, re
 from dataclasses import dataclass, replace
 from pathlib import Path
 import pandas as pd
@@ -12,8 +12,8 @@ from .values import VALUES, normalize_value, UnknownValueError
 from .runs import repo_root, sha256_file
 
 # %% auto #0
-__all__ = ['SPLITS', 'SurveyError', 'parse_ids', 'Item', 'Survey', 'bundled_survey_path', 'load_kvs', 'load_s2b_json', 'load_csv',
-           'load_survey', 'answer_prefix']
+__all__ = ['SPLITS', 'MAX_STATEMENT', 'SurveyError', 'parse_ids', 'Item', 'Survey', 'bundled_survey_path', 'load_kvs',
+           'load_s2b_json', 'load_csv', 'load_survey', 'answer_prefix']
 
 # %% ../nbs/01_survey.ipynb #004eb8f0
 SPLITS = ("train", "eval", "test")
@@ -27,12 +27,21 @@ def parse_ids(ids) -> list[int] | None:
     "Variant indices as given on a command line or in a recipe ('0,2', 0, [0, 2]) as sorted ints; None or '' stays None."
     if ids is None or ids == "": return None
     parts = str(ids).split(",") if isinstance(ids, (str, int)) else ids
-    return sorted({int(str(j).strip()) for j in parts if str(j).strip()})
+    try: return sorted({int(str(j).strip()) for j in parts if str(j).strip()})
+    except (TypeError, ValueError): raise SurveyError(f"ids must be integers separated by commas, like 0,2; got {ids!r}") from None
 
 # %% ../nbs/01_survey.ipynb #a8f01643
 def _check_ids_within(ids, n: int, what: str) -> tuple[int, ...]:
     if not ids or any(not 0 <= j < n for j in ids): raise SurveyError(f"{what} ids must be within 0..{n-1}, got {ids}")
     return tuple(ids)
+
+# %% ../nbs/01_survey.ipynb #8e763ed3
+# the longest statement s2b rates: a survey statement is a sentence; a longer one is a mistake (a pasted file), refused
+MAX_STATEMENT = 2000
+
+def _blank(x) -> bool:
+    "A value that says nothing: NaN, or a string of whitespace."
+    return isinstance(x, float) and math.isnan(x) or isinstance(x, str) and not x.strip()
 
 # %% ../nbs/01_survey.ipynb #0ee5fe31
 @dataclass(frozen=True)
@@ -94,11 +103,15 @@ class Survey:
 
     def with_templates(self, ids) -> "Survey":
         "Ask only the answer templates with these indices (\"0,2\" or [0, 2]; held-out-template experiments); ids stay those of the full list."
-        return replace(self, active_templates=_check_ids_within(parse_ids(ids), len(self.templates), "template"))
+        try: ids = parse_ids(ids)
+        except SurveyError as e: raise SurveyError(f"templates: {e}") from None
+        return replace(self, active_templates=_check_ids_within(ids, len(self.templates), "template"))
 
     def with_instructions(self, ids) -> "Survey":
         "Ask only the instructions with these indices (\"0,2\" or [0, 2]); ids stay those of the full list."
-        return replace(self, active_instructions=_check_ids_within(parse_ids(ids), len(self.instructions), "instruction"))
+        try: ids = parse_ids(ids)
+        except SurveyError as e: raise SurveyError(f"instructions: {e}") from None
+        return replace(self, active_instructions=_check_ids_within(ids, len(self.instructions), "instruction"))
 
     def to_frame(self) -> pd.DataFrame:
         return pd.DataFrame([{"item_id": i.id, "statement": i.statement, "value": i.value, "split": i.split} for i in self.items])
@@ -127,9 +140,15 @@ def _check_instructions(instructions, src):
 
 # %% ../nbs/01_survey.ipynb #119a289c
 def _make_item(rec: dict, where: str, src, *, id_key="id", text_key="statement", value_key="value", split=None) -> Item:
+    if not isinstance(rec, dict): raise SurveyError(f"{src}: {where} must be an object {{{id_key}, {text_key}, {value_key}}}, got {type(rec).__name__}")
     for k in (id_key, text_key, value_key):
-        if k not in rec or rec[k] in (None, "", []):
-            raise SurveyError(f"{src}: {where} is missing {k!r}")
+        if k not in rec or rec[k] in (None, "", []) or _blank(rec[k]):
+            raise SurveyError(f"{src}: {where} is missing {k!r}" + (f" (got {rec[k]!r})" if k in rec and rec[k] not in (None, "") else ""))
+    if not isinstance(rec[id_key], (str, int)) or isinstance(rec[id_key], bool):
+        raise SurveyError(f"{src}: {where}: {id_key!r} must be a string or an integer, got {rec[id_key]!r}")
+    if not isinstance(rec[text_key], str): raise SurveyError(f"{src}: {where} (id {rec[id_key]!r}): {text_key!r} must be a string, got {rec[text_key]!r}")
+    if len(rec[text_key]) > MAX_STATEMENT:
+        raise SurveyError(f"{src}: {where} (id {rec[id_key]!r}): {text_key!r} is {len(rec[text_key])} characters; a statement may have at most {MAX_STATEMENT}")
     raw_value = rec[value_key][0] if isinstance(rec[value_key], list) else rec[value_key]
     try: value = normalize_value(raw_value)
     except UnknownValueError as e: raise SurveyError(f"{src}: {where} (id {rec[id_key]!r}): {e}") from None
@@ -160,7 +179,7 @@ def _fetch(url: str) -> Path:
 # %% ../nbs/01_survey.ipynb #c48884e6
 def _read_text(path) -> str:
     "The file's text; a file that is not UTF-8 is named with the offending byte's position."
-    try: return Path(path).read_text(encoding="utf-8")
+    try: return Path(path).read_text(encoding="utf-8-sig")       # a byte-order mark (Excel's CSV) is dropped
     except UnicodeDecodeError as e:
         raise SurveyError(f"{path}: not UTF-8 text (byte {e.object[e.start]:#04x} at position {e.start}); save it as UTF-8") from None
 
@@ -180,6 +199,7 @@ def load_kvs(path) -> Survey:
     src = str(path)
     try: d = json.loads(_read_text(path))
     except json.JSONDecodeError as e: raise SurveyError(f"{src}: not valid JSON ({e})") from None
+    if not isinstance(d, dict): raise SurveyError(f"{src}: a KVS survey is a JSON object, got {type(d).__name__}")
     for k in ("tasks", "response_template"):
         if k not in d: raise SurveyError(f"{src}: KVS survey is missing the top-level key {k!r}")
     _check_instructions(d["tasks"], src); _check_templates(d["response_template"], src)
@@ -187,7 +207,9 @@ def load_kvs(path) -> Survey:
     for sp in SPLITS:
         if sp not in d: continue
         if not d[sp]: raise SurveyError(f"{src}: split {sp!r} is empty")
+        if not isinstance(d[sp], list): raise SurveyError(f"{src}: split {sp!r} must be a list of items, got {type(d[sp]).__name__}")
         for n, rec in enumerate(d[sp]):
+            if not isinstance(rec, dict): raise SurveyError(f"{src}: item {sp}[{n}] must be an object {{sentence, level2}}, got {type(rec).__name__}")
             rec = {**rec, "id": rec.get("id", f"kvs-{sp}-{n:03d}")}
             items.append(_make_item(rec, f"item {sp}[{n}]", src, text_key="sentence", value_key="level2", split=sp))
     if not items: raise SurveyError(f"{src}: no items in train/eval/test")
@@ -195,7 +217,11 @@ def load_kvs(path) -> Survey:
     return Survey("kvs", items, list(d["tasks"]), list(d["response_template"]), src, sha256_file(path))
 
 # %% ../nbs/01_survey.ipynb #7cf56aca
-def _texts(xs, key="text"):
+def _texts(xs, src, what: str, key="text"):
+    "The strings of a list of strings or of {text: ...} objects; a bad entry is named."
+    if not isinstance(xs, list): raise SurveyError(f"{src}: {what!r} must be a list of strings or {{\"{key}\": ...}} objects, got {type(xs).__name__}")
+    for j, x in enumerate(xs):
+        if isinstance(x, dict) and key not in x: raise SurveyError(f"{src}: {what}[{j}] has no {key!r}")
     return [x[key] if isinstance(x, dict) else x for x in xs]
 
 # %% ../nbs/01_survey.ipynb #ceef39a7
@@ -204,11 +230,12 @@ def load_s2b_json(path) -> Survey:
     src = str(path)
     try: d = json.loads(_read_text(path))
     except json.JSONDecodeError as e: raise SurveyError(f"{src}: not valid JSON ({e})") from None
-    if "items" not in d: raise SurveyError(f"{src}: survey json needs a top-level 'items' list")
+    if not isinstance(d, dict) or "items" not in d: raise SurveyError(f"{src}: survey json needs a top-level 'items' list")
+    if not isinstance(d["items"], list): raise SurveyError(f"{src}: 'items' must be a list of records, got {type(d['items']).__name__}")
     default = None
     if "instructions" not in d or "templates" not in d: default = load_s2b_json(bundled_survey_path())
-    instructions = _texts(d["instructions"]) if "instructions" in d else default.instructions
-    templates = _texts(d["templates"]) if "templates" in d else default.templates
+    instructions = _texts(d["instructions"], src, "instructions") if "instructions" in d else default.instructions
+    templates = _texts(d["templates"], src, "templates") if "templates" in d else default.templates
     _check_instructions(instructions, src); _check_templates(templates, src)
     items = [_make_item(rec, f"item {n}", src) for n, rec in enumerate(d["items"])]
     if not items: raise SurveyError(f"{src}: 'items' is empty")

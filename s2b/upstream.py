@@ -4,7 +4,7 @@
 
 # %% ../nbs/06a_upstream.ipynb #1b436ee3
 from __future__ import annotations
-import contextlib, hashlib, importlib, importlib.util, os, sys
+import contextlib, hashlib, importlib, importlib.util, json, os, sys
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -50,9 +50,22 @@ def upstream_root(upstream_data) -> Path:
 def upstream_env_class():
     "Upstream's `MachiavelliEnv`, imported from the installed `machiavelli` package (outside any data folder)."
     if not upstream_available():
-        raise ImportError("Running MACHIAVELLI's own games needs its code: git clone https://github.com/aypan17/machiavelli, "
-                          "pip install -e it, and unpack its game_data/ (a password-protected download, see its README).")
+        raise ImportError("Running MACHIAVELLI's own games needs its code, which has no packaging (pip install -e fails): "
+                          "git clone https://github.com/aypan17/machiavelli, export PYTHONPATH=<the clone>, pip install gym numpy srsly, "
+                          "and unpack its game_data/ (a password-protected download, see its README).")
     with _no_cwd_imports(): return importlib.import_module("machiavelli.game.machiavelli_env").MachiavelliEnv
+
+# %% ../nbs/06a_upstream.ipynb #574b94a8
+def _other_files(data: Path, game: str) -> list[str]:
+    """What else upstream loads for `game`, where `data` has it for other games: its `source/` entry and its entry in a
+    `variables.json` (upstream stops on a bare KeyError without them)."""
+    out, src = [], data/"source"
+    if src.is_dir() and not any(src.glob(f"{game}*")): out.append(f"its source file in {src}")
+    for v in sorted(data.glob("*variables.json")) + sorted(data.glob("*/*variables.json")):
+        try: ok = game in json.loads(v.read_text(encoding="utf-8"))
+        except (ValueError, TypeError, UnicodeDecodeError): ok = False
+        if not ok: out.append(f"its entry in {v}")
+    return out
 
 # %% ../nbs/06a_upstream.ipynb #69514fbb
 def default_upstream_factory(game: str):
@@ -84,7 +97,7 @@ def upstream_games(root, names: Iterable[str] | None = None) -> list[str]:
     meta = read_json(meta_path)
     if not isinstance(meta, dict): raise FileNotFoundError(f"{meta_path}: not found (or not a JSON object); it lists MACHIAVELLI's games")
     def missing(g): return ([] if g in meta else [f"its entry in {meta_path}"]) + \
-                           [str(data/f.format(game=g)) for f in UPSTREAM_FILES if not (data/f.format(game=g)).is_file()]
+                           [str(data/f.format(game=g)) for f in UPSTREAM_FILES if not (data/f.format(game=g)).is_file()] + _other_files(data, g)
     if names is None:
         found = [g for g in meta if not missing(g)]
         if not found: raise FileNotFoundError(f"{data}: none of the {len(meta)} games of game_metadata.json has its files "

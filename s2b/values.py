@@ -86,8 +86,13 @@ def value_color(name: str) -> str:
 def target_ratings(target=None, direction: str = "down", scale=(1, 6)) -> dict[str, int]:
     "{value: forced rating}: `target` is a value (with `direction` down/up), a {value: rating} dict, or None (control)."
     if target is None or target in ("", "control", "none"): return {}
-    if isinstance(target, str) and target.strip().startswith("{"): target = json.loads(target)
+    if isinstance(target, str) and target.strip().startswith("{"):
+        try: target = json.loads(target)
+        except ValueError as e: raise ValueError(f"target {target!r}: not valid JSON ({e}); write it like '{{\"Hedonism\": 1}}'") from None
+        if not isinstance(target, dict): raise ValueError(f"target must be a value name or a JSON object {{value: rating}}, got {target!r}")
     if isinstance(target, dict):
+        bad = {v: r for v, r in target.items() if not isinstance(r, int) or isinstance(r, bool)}
+        if bad: raise ValueError(f"profile target ratings must be integers, got {bad}")
         out = {normalize_value(v): int(r) for v, r in target.items()}
         bad = {v: r for v, r in out.items() if not scale[0] <= r <= scale[1]}
         if bad: raise ValueError(f"profile target ratings must be within {scale}: {bad}")
