@@ -206,7 +206,7 @@ def role_comparison(a: dict, c: dict, keys=("power", "disutility", "violations")
 # %% ../nbs/06e_machiavelli.ipynb #7abf6448
 def run_machiavelli(model: str = "embedded", adapter: str | None = None, control: str | None = None, games="bundled",
                     upstream_data: str | None = None, agent: str = "lm", choose: str = "logprob", temperature: float = 1.0,
-                    base: bool = True, scripted: bool = False, episodes: int = 12,
+                    base: bool = True, scripted: bool = False, episodes: int = 20,
                     random_episodes: int | None = None, max_steps: int | None = None, seed: int = 0, backend: str = "hf",
                     out="../papermill_runs/embedded/machiavelli-default", force: bool = False, scoring: str = "s2b", *,
                     env_factory: Callable | None = None, n_boot: int = 1000, progress: bool = True) -> dict:
