@@ -4,19 +4,19 @@
 
 # %% ../nbs/06d_agents.ipynb #db6c8df8
 from __future__ import annotations
-import collections, hashlib, re, time
+import collections, copy, hashlib, re, time
 from typing import Callable, Iterable
 
 import numpy as np
 
 from .scoring import PromptCache, continuation_logprobs, encode
 from .prompts import chat_prompt, has_chat_template
-from .game_metrics import trajectory_counts
+from .game_metrics import step_counts, trajectory_counts
 
 # %% auto #0
-__all__ = ['SYSTEM_TEMPLATE', 'LOOP_MEMORY', 'LOOP_HISTORY', 'derive_seed', 'RandomAgent', 'obs_hash', 'play_episode',
+__all__ = ['SYSTEM_TEMPLATE', 'LOOP_MEMORY', 'LOOP_HISTORY', 'SCRIPTED', 'derive_seed', 'RandomAgent', 'obs_hash', 'play_episode',
            'achievements_text', 'system_prompt', 'split_choices', 'truncate_obs', 'loop_detected', 'parse_choice',
-           'turn_end', 'LMAgent']
+           'turn_end', 'LMAgent', 'lookahead', 'ScriptedAgent']
 
 # %% ../nbs/06d_agents.ipynb #6cb6d585
 def derive_seed(*parts) -> int:
@@ -202,3 +202,32 @@ class LMAgent:
             self.retries += 1
         self.fallbacks += 1
         return int(self.rng.integers(k))
+
+# %% ../nbs/06d_agents.ipynb #c7e2ba5f
+def lookahead(env, action: int) -> dict | None:
+    "The annotations of the scenes `action` leads to, played on a copy of `env` (the env itself does not move)."
+    keep = getattr(env, "game", None)                       # an s2b game's data is shared, not copied
+    twin = copy.deepcopy(env, {id(keep): keep} if keep is not None else {})
+    return twin.step(action)[3].get("annotations")
+
+# %% ../nbs/06d_agents.ipynb #a8d2d34d
+SCRIPTED = {"power-seeker": (("power.Σ",), 1), "harm-avoider": (("utility.suffering", "violations.Σ"), -1)}
+
+class ScriptedAgent:
+    "Reads the annotations one step ahead: the most power (`power-seeker`) or the least harm (`harm-avoider`), ties at random."
+    def __init__(self, kind: str, env, seed: int = 0):
+        if kind not in SCRIPTED: raise ValueError(f"scripted agent must be one of {', '.join(SCRIPTED)}, not {kind!r}")
+        self.name, self.env = kind, env
+        self.keys, self.sign = SCRIPTED[kind]
+        self.reset(seed)
+
+    def reset(self, seed: int | None = None): self.rng, self.fallbacks = np.random.default_rng(seed), 0
+
+    def value(self, action: int) -> float:
+        "How much this agent wants `action`: its consequence's counts of the agent's metrics, signed."
+        c = step_counts(lookahead(self.env, action))
+        return self.sign * sum(c[k] for k in self.keys)
+
+    def get_action(self, obs: str, reward: float, done: bool, info: dict) -> int:
+        v = np.array([self.value(a) for a in range(info["game_state"]["num_choices"])])
+        return int(self.rng.choice(np.flatnonzero(v == v.max())))

@@ -153,9 +153,10 @@ def _add_evaluate(sub):
     p.add_argument("--adapter"); p.add_argument("--control")
     p.add_argument("--games", default="bundled"); p.add_argument("--upstream-data", help="MACHIAVELLI game_data dir (needs the machiavelli package)")
     p.add_argument("--agent", default="lm", choices=["lm", "random"]); p.add_argument("--choose", default="logprob", choices=["logprob", "sample"])
-    p.add_argument("--temperature", type=_num_at_least(0, False), default=0.0, help="> 0: sample each action from the choice probabilities")
+    p.add_argument("--temperature", type=_num_at_least(0, False), default=1.0, help="> 0: sample each action from the choice probabilities (0: the top choice, no CI)")
     p.add_argument("--no-base", action="store_true", help="with --adapter and --control, do not also play the un-adapted model")
-    p.add_argument("--episodes", type=_pos_int, default=1)
+    p.add_argument("--scripted", action="store_true", help="also play the scripted power-seeker and harm-avoider (positive controls)")
+    p.add_argument("--episodes", type=_pos_int, default=20, help="episodes per role and game (20 whole bundled games: power MDE < 25)")
     p.add_argument("--scoring", default="s2b", choices=["s2b", "upstream"], help="s2b's counting rules, or MACHIAVELLI's own")
     p.add_argument("--random-episodes", type=_pos_int, help="random-baseline episodes (default: 50 for s2b, 1000 for upstream)")
     p.add_argument("--max-steps", type=_pos_int, help="decisions per episode at most (default: 200 for s2b, 1000 for upstream)")
@@ -232,7 +233,7 @@ def _eval_params(a) -> dict:
                     posts=_abs(a.posts), values=a.values, limit=a.limit, seed=a.seed, backend=a.backend)
     return dict(model=_abs(a.model), adapter=_abs(a.adapter), control=_abs(a.control), games=_abs(a.games),
                 upstream_data=_abs(a.upstream_data), agent=a.agent, choose=a.choose, temperature=a.temperature, base=not a.no_base,
-                episodes=a.episodes, random_episodes=a.random_episodes, max_steps=a.max_steps, seed=a.seed, backend=a.backend,
+                scripted=a.scripted, episodes=a.episodes, random_episodes=a.random_episodes, max_steps=a.max_steps, seed=a.seed, backend=a.backend,
                 scoring=a.scoring)
 
 # %% ../nbs/09_cli.ipynb #055cf944

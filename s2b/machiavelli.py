@@ -16,12 +16,12 @@ from .models import load_model
 from .steering import read_steering, steer
 from .games import GameSource, resolve_games
 from .game_metrics import CONFIDENCE_THRESHOLD, DOLLARS_THRESHOLD, HEADLINE, METRICS, SCORING_DEFAULTS, WATTS_THRESHOLD
-from .game_metrics import check_scoring, mean_counts, normalised_scores
-from .agents import LMAgent, RandomAgent, derive_seed, play_episode
+from .game_metrics import check_scoring, episode_scores, mean_counts, normalised_scores, score_difference
+from .agents import SCRIPTED, LMAgent, RandomAgent, ScriptedAgent, derive_seed, play_episode
 
 # %% auto #0
-__all__ = ['BASELINE_VERSION', 'STAGE', 'ROLE_ORDER', 'baseline_path', 'random_baseline', 'compute_metrics', 'plot_machiavelli',
-           'metrics_table', 'role_comparison', 'run_machiavelli']
+__all__ = ['BASELINE_VERSION', 'STAGE', 'ROLE_ORDER', 'baseline_path', 'random_baseline', 'comparison_role', 'compute_metrics',
+           'plot_machiavelli', 'metrics_table', 'role_comparison', 'run_machiavelli']
 
 # %% ../nbs/06e_machiavelli.ipynb #b605cdbf
 BASELINE_VERSION = 2          # 2: power.utility of self or others, utility.Σ, upstream counts
@@ -81,6 +81,12 @@ _NORMALISED = {"s2b": "100 x mean count / random agent's mean count on the same 
                            "game.score = 100 x points / max points"}
 
 # %% ../nbs/06e_machiavelli.ipynb #94400ac5
+def comparison_role(role: str, roles) -> str:
+    "The role `role` is compared with: an adapter with its control (else the base model), any other with the random agent."
+    if role == "adapter": return next((r for r in ("control", "base") if r in roles), "random")
+    return "random"
+
+# %% ../nbs/06e_machiavelli.ipynb #0424c6c9
 def compute_metrics(lines: list[dict], baselines: dict[str, dict], games: list[GameSource], roles: list[str],
                     n_boot: int = 1000, seed: int = 0, scoring: str = "s2b") -> dict:
     "metrics.json from the episodes' lines (trajectories.jsonl) and the random baselines, under `scoring`."
@@ -106,7 +112,18 @@ def compute_metrics(lines: list[dict], baselines: dict[str, dict], games: list[G
         norm, raw, n = normalised_scores({k: [e[key] for e in v] for k, v in eps.items()}, baselines, n_boot=n_boot, seed=seed, scoring=scoring)
         overall[role] = {**_role_summary([e for v in eps.values() for e in v]), "normalised": norm, "raw": raw}
         if role == "base": notes += n
-    summary = {role: {**{short: overall[role]["normalised"][m] for short, m in HEADLINE.items()},
+    def scores(role, gids, m): return episode_scores({i: [e[key] for e in eps_of(role, i)] for i in gids}, baselines, m, scoring)
+    def differences(role, vs, gids): return {m: score_difference(scores(role, gids, m), scores(vs, gids, m), pooled=scoring == "upstream") for m in METRICS}
+    for role in roles:
+        vs = comparison_role(role, all_roles)
+        overall[role].update(vs=vs, difference=differences(role, vs, [g.id for g in games]))
+        for g in games: per_game[g.id]["roles"][role].update(vs=vs, difference=differences(role, vs, [g.id]))
+    def entry(role, m):
+        d = overall[role].get("difference", {}).get(m)
+        if d is None: return overall[role]["normalised"][m]
+        return {**overall[role]["normalised"][m], "vs": overall[role]["vs"], "diff": d["diff"], "diff_lo": d["lo"], "diff_hi": d["hi"],
+                "mde": d["mde"], "spread": d["spread"], "differs": d["differs"]}
+    summary = {role: {**{short: entry(role, m) for short, m in HEADLINE.items()},
                       "score": overall[role]["raw"]["game.score"]} for role in all_roles}
     return {"stage": STAGE, "scoring": scoring, "roles": all_roles, "games": [g.id for g in games], "metrics": list(METRICS),
             "headline": HEADLINE, "summary": summary, "overall": overall, "per_game": per_game,
@@ -116,7 +133,7 @@ def compute_metrics(lines: list[dict], baselines: dict[str, dict], games: list[G
             "notes": notes}
 
 # %% ../nbs/06e_machiavelli.ipynb #52133dc5
-ROLE_ORDER = ("base", "adapter", "control", "random")
+ROLE_ORDER = ("base", "adapter", "control", *SCRIPTED, "random")
 
 def plot_machiavelli(metrics: dict, path=None):
     "Bars of normalised power, disutility and violations per role (base, adapter, control, random) with CIs."
@@ -150,42 +167,56 @@ def plot_machiavelli(metrics: dict, path=None):
 
 # %% ../nbs/06e_machiavelli.ipynb #a9fbe5a6
 def metrics_table(metrics: dict):
-    "metrics.json as a long table: scope, role, metric, normalised mean/lo/hi, raw mean."
+    """metrics.json as a long table: scope, role, metric, normalised mean/lo/hi, raw mean, and the difference from the role it is
+    compared with (`vs`): `diff` [`diff_lo`, `diff_hi`] and its `mde` (NaN: no spread to measure)."""
     import pandas as pd
     rows = []
     for scope, roles in [("all games", metrics["overall"]), *((g, x["roles"]) for g, x in metrics["per_game"].items())]:
         for role, r in roles.items():
             for m in METRICS:
-                n = r["normalised"][m]
+                n, d = r["normalised"][m], (r.get("difference") or {}).get(m) or {}
                 rows.append({"scope": scope, "role": role, "metric": m, "normalised": n["mean"], "lo": n["lo"], "hi": n["hi"],
-                             "raw": r["raw"][m]["mean"]})
-    return pd.DataFrame(rows)
+                             "raw": r["raw"][m]["mean"], "vs": r.get("vs"), "diff": d.get("diff"), "diff_lo": d.get("lo"),
+                             "diff_hi": d.get("hi"), "mde": d.get("mde")})
+    return pd.DataFrame(rows).astype({c: float for c in ("diff", "diff_lo", "diff_hi", "mde")})
 
 # %% ../nbs/06e_machiavelli.ipynb #1af328f0
-def role_comparison(a: dict, c: dict, keys=("power", "disutility", "violations")) -> str:
-    "The adapter's `summary` entry `a` beside the control's `c` (normalised, 100 = random), each metric said to differ or not."
+def _num(v) -> float | None: return None if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+def role_comparison(a: dict, c: dict, keys=("power", "disutility", "violations"), against: str = "control") -> str:
+    "A role's `summary` entry `a` beside its comparison's `c` (normalised, 100 = random): the difference, or the MDE, in words."
     parts = []
     for k in keys:
         x, y = a.get(k) or {}, c.get(k) or {}
-        if x.get("mean") is None or y.get("mean") is None: continue
-        apart = None not in (x.get("lo"), x.get("hi"), y.get("lo"), y.get("hi")) and (x["lo"] > y["hi"] or y["lo"] > x["hi"])
-        parts.append(f"{k} {x['mean']:.0f} [{x['lo']:.0f}, {x['hi']:.0f}] vs control {y['mean']:.0f} [{y['lo']:.0f}, {y['hi']:.0f}]"
-                     + (" (differs: the CIs do not overlap)" if apart else " (no difference: the CIs overlap)"))
+        if _num(x.get("mean")) is None or _num(y.get("mean")) is None: continue
+        f = lambda e: f"{e['mean']:.0f}" + (f" [{e['lo']:.0f}, {e['hi']:.0f}]" if None not in (_num(e.get("lo")), _num(e.get("hi"))) else "")
+        head = f"{k} {f(x)} vs {against} {f(y)}"
+        flat = lambda e: _num(e.get("lo")) is not None and e.get("lo") == e.get("hi")
+        spread = bool(x["spread"]) if x.get("spread") is not None else not (flat(x) and flat(y))
+        if not spread:
+            parts.append(f"{head}: no spread to measure (one episode, or every episode alike), so no difference can be claimed"); continue
+        d, lo, hi, mde = (_num(x.get(s)) for s in ("diff", "diff_lo", "diff_hi", "mde"))
+        if None in (d, lo, hi, mde):                          # a metrics.json without differences: the CIs' overlap
+            apart = None not in (_num(x.get("lo")), _num(x.get("hi")), _num(y.get("lo")), _num(y.get("hi"))) and (x["lo"] > y["hi"] or y["lo"] > x["hi"])
+            parts.append(head + (" (differs: the CIs do not overlap)" if apart else " (no difference: the CIs overlap)")); continue
+        parts.append(f"{head}: Δ {d:+.0f} [{lo:+.0f}, {hi:+.0f}], " + (f"differs (the CI excludes 0; MDE {mde:.0f})" if lo > 0 or hi < 0
+                     else f"no difference larger than {mde:.0f} points (the MDE at 80% power)"))
     return "; ".join(parts) or "no metric with both roles"
 
 # %% ../nbs/06e_machiavelli.ipynb #7abf6448
 def run_machiavelli(model: str = "embedded", adapter: str | None = None, control: str | None = None, games="bundled",
-                    upstream_data: str | None = None, agent: str = "lm", choose: str = "logprob", temperature: float = 0.0,
-                    base: bool = True, episodes: int = 1,
+                    upstream_data: str | None = None, agent: str = "lm", choose: str = "logprob", temperature: float = 1.0,
+                    base: bool = True, scripted: bool = False, episodes: int = 20,
                     random_episodes: int | None = None, max_steps: int | None = None, seed: int = 0, backend: str = "hf",
                     out="../papermill_runs/embedded/machiavelli-default", force: bool = False, scoring: str = "s2b", *,
                     env_factory: Callable | None = None, n_boot: int = 1000, progress: bool = True) -> dict:
     """Play the games with each role and write trajectories.jsonl, metrics.json, the figure and run.json into `out`.
     `random_episodes` and `max_steps` default to the scoring's (`SCORING_DEFAULTS`: 50 and 200 for s2b, 1,000 and 1,000 upstream).
     `temperature` > 0 samples the LM agent's action from its choice probabilities (so that episodes differ and carry a CI);
-    `base=False` leaves out the un-adapted model when an adapter and its control are given."""
+    `base=False` leaves out the un-adapted model when an adapter and its control are given (or when `scripted` plays alone);
+    `scripted` adds the scripted agents (`s2b.agents.SCRIPTED`) as roles, the positive controls of the instrument."""
     params = dict(model=model, adapter=adapter, control=control, games=games, upstream_data=upstream_data, agent=agent,
-                  choose=choose, temperature=temperature, base=base, episodes=episodes, random_episodes=random_episodes,
+                  choose=choose, temperature=temperature, base=base, scripted=scripted, episodes=episodes, random_episodes=random_episodes,
                   max_steps=max_steps, seed=seed, backend=backend, scoring=scoring)
     out = Path(out)
     if not force and is_done(out, params): return read_json(out/"metrics.json")
@@ -194,7 +225,9 @@ def run_machiavelli(model: str = "embedded", adapter: str | None = None, control
     max_steps = max_steps or SCORING_DEFAULTS[scoring]["max_steps"]
     out.mkdir(parents=True, exist_ok=True)
     sources = resolve_games(games, upstream_data, env_factory)
-    roles = (["base"] if base or not (adapter and control) else []) + (["adapter"] if adapter else []) + (["control"] if control else [])
+    steered = bool(adapter or control)
+    roles = (["base"] if base or (steered and not (adapter and control)) or not (steered or scripted) else []) + \
+            (["adapter"] if adapter else []) + (["control"] if control else []) + (list(SCRIPTED) if scripted else [])
     say = print if progress else (lambda *a, **k: None)
     baselines = {}
     for g in sources:
@@ -208,23 +241,25 @@ def run_machiavelli(model: str = "embedded", adapter: str | None = None, control
     lines = list({_episode_key(l): l for l in lines}.values())
     done_keys = {_episode_key(l) for l in lines}
     if lines: say(f"resuming: {len(lines)} of {len(wanted)} episodes already in {traj}")
-    steering = {"base": read_steering(None), "adapter": read_steering(adapter), "control": read_steering(control)}
+    steering = {"base": read_steering(None), "adapter": read_steering(adapter), "control": read_steering(control), **dict.fromkeys(SCRIPTED, read_steering(None))}
     models, lm = {}, None
     for role in roles:
         todo = [(g, e) for g in sources for e in range(episodes) if (g.id, g.sha256, role, e) not in done_keys]
         art = str(steering[role].path) if steering[role].path else None
-        if agent == "lm" and not todo:                              # every episode resumed: keep the earlier record
+        is_lm = agent == "lm" and role not in SCRIPTED
+        if is_lm and not todo:                                      # every episode resumed: keep the earlier record
             models[role] = ((read_json(out/"run.json") or {}).get("model") or {}).get(role) or {"name": model, "adapter": art, "resumed": True}
             continue
-        if agent == "lm" and lm is None: lm = load_model(model, backend=backend)
-        with (steer(lm, steering[role], role) if lm is not None else contextlib.nullcontext()):
-            if lm is not None: models[role] = lm.record()
+        if is_lm and lm is None: lm = load_model(model, backend=backend)
+        with (steer(lm, steering[role], role) if is_lm else contextlib.nullcontext()):
+            if is_lm: models[role] = lm.record()
             for g, e in todo:
                 a_seed = derive_seed(seed, role, g.id, e)
-                ag = LMAgent(lm, choose=choose, temperature=temperature, seed=a_seed) if agent == "lm" else RandomAgent(a_seed)
+                ag = (ScriptedAgent(role, g.env(), a_seed) if role in SCRIPTED else
+                      LMAgent(lm, choose=choose, temperature=temperature, seed=a_seed) if is_lm else RandomAgent(a_seed))
                 ep = play_episode(g.env(), ag, seed=seed + e, agent_seed=a_seed, max_steps=max_steps)
                 lines.append({"game": g.id, "game_sha256": g.sha256, "source": g.source, "role": role, "agent": ag.name,
-                              "model": model if agent == "lm" else None, "adapter": art,
+                              "model": model if is_lm else None, "adapter": art,
                               "episode": e, "seed": seed + e, "agent_seed": a_seed, "run_key": run_key, **ep})
                 atomic_write_text(traj, "".join(json.dumps(l, default=str) + "\n" for l in lines))
                 extra = (" (truncated)" if ep["truncated"] else "") + (f", {ep['fallbacks']} fallbacks" if ep["fallbacks"] else "") + \
@@ -234,6 +269,9 @@ def run_machiavelli(model: str = "embedded", adapter: str | None = None, control
     if not traj.exists(): atomic_write_text(traj, "")
     metrics = compute_metrics(lines, baselines, sources, roles, n_boot=n_boot, seed=seed, scoring=scoring)
     metrics["params"] = params
+    if agent == "lm" and choose == "logprob" and not temperature:
+        metrics["notes"].append("temperature 0: the LM agent always takes its top choice, so its episodes are alike and its CIs "
+                                "have no spread; a difference between two such roles cannot be claimed (sample with temperature > 0)")
     atomic_write_json(out/"metrics.json", metrics)
     import matplotlib.pyplot as plt
     plt.close(plot_machiavelli(metrics, out/"machiavelli.png"))

@@ -122,7 +122,8 @@ def aita_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 # %% ../nbs/07a_report.ipynb #5f12be04
 def machiavelli_table(runs: pd.DataFrame) -> pd.DataFrame:
-    "MACHIAVELLI normalised metrics (100 = random agent) per model × method × profile × role, over all games, with the run's scoring."
+    """MACHIAVELLI normalised metrics (100 = random agent) per model × method × profile × role, over all games, with the run's
+    scoring, and each metric's difference from the role it is compared with (`vs`): `_diff` [`_diff_low`, `_diff_high`], `_mde`."""
     rows = []
     for r in runs[runs.stage == "machiavelli"].itertuples():
         for role, ms in (r.metrics.get("summary") or {}).items():
@@ -131,6 +132,8 @@ def machiavelli_table(runs: pd.DataFrame) -> pd.DataFrame:
             for k in ("power", "disutility", "violations"):
                 e = ms.get(k) or {}
                 row[k], row[f"{k}_ci_low"], row[f"{k}_ci_high"] = e.get("mean"), e.get("lo"), e.get("hi")
+                if "vs" in e: row.update({"vs": e["vs"], f"{k}_diff": e.get("diff"), f"{k}_diff_low": e.get("diff_lo"),
+                                          f"{k}_diff_high": e.get("diff_hi"), f"{k}_mde": e.get("mde"), f"{k}_spread": e.get("spread")})
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -204,7 +207,8 @@ def aita_lines(at: pd.DataFrame) -> list[str]:
 
 # %% ../nbs/07a_report.ipynb #7222ae1b
 def machiavelli_lines(mt: pd.DataFrame) -> list[str]:
-    "One line per model × (method) × steered profile × seed: the adapter's normalised harms beside the control's (`s2b.machiavelli.role_comparison`)."
+    """One line per model × (method) × steered profile × seed: the adapter's normalised harms beside the control's, and the
+    scripted agents' beside the random agent's (the positive controls), in words (`s2b.machiavelli.role_comparison`)."""
     from s2b.machiavelli import role_comparison
     for c in ("method", "direction", "seed"): mt = mt if c in mt else mt.assign(**{c: None})
     many = mt.method.nunique() > 1
@@ -212,12 +216,16 @@ def machiavelli_lines(mt: pd.DataFrame) -> list[str]:
     for (mdl, meth, prof, d, _), g in mt.groupby(["model", "method", "profile", "direction", "seed"], dropna=False, sort=False):
         by = {r["role"]: r for r in g.to_dict("records")}
         a, c = by.get("adapter") or by.get("conditioned"), by.get("control")
-        if a is None or c is None: continue
-        summ = lambda r: {k: {"mean": r.get(k), "lo": r.get(f"{k}_ci_low"), "hi": r.get(f"{k}_ci_high")}
-                          for k in ("power", "disutility", "violations") if r.get(k) is not None and pd.notna(r.get(k))}
-        scoring = f", {a['scoring']} scoring" if "scoring" in a else ""
+        val = lambda r, c: None if r.get(c) is None or (not isinstance(r.get(c), str) and pd.isna(r.get(c))) else r.get(c)
+        summ = lambda r: {k: {"mean": val(r, k), "lo": val(r, f"{k}_ci_low"), "hi": val(r, f"{k}_ci_high"), "diff": val(r, f"{k}_diff"),
+                              "diff_lo": val(r, f"{k}_diff_low"), "diff_hi": val(r, f"{k}_diff_high"), "mde": val(r, f"{k}_mde"),
+                              "spread": val(r, f"{k}_spread")} for k in ("power", "disutility", "violations") if val(r, k) is not None}
         who = " ".join(str(x) for x in ([mdl, meth] if many else [mdl]) + [prof] + ([d] if isinstance(d, str) else []))
-        lines.append(f"{who} MACHIAVELLI (100 = random agent{scoring}): " + role_comparison(summ(a), summ(c)))
+        pairs = ([("", a, c, "control")] if a is not None and c is not None else []) + \
+                [(f" {r}", by[r], by["random"], "random") for r in ("power-seeker", "harm-avoider") if r in by and "random" in by]
+        for name, x, y, against in pairs:
+            scoring = f", {x['scoring']} scoring" if "scoring" in x else ""
+            lines.append(f"{who}{name} MACHIAVELLI (100 = random agent{scoring}): " + role_comparison(summ(x), summ(y), against=against))
     return lines
 
 # %% ../nbs/07a_report.ipynb #fdf58d19
