@@ -116,7 +116,8 @@ def _evaluation_runs(g: dict, s: dict, slug: str, base: Path, common: dict, meth
                         "limit": None, "posts": input_path(a.pop("posts", "bundled")), **a}, deps))
     if "machiavelli" not in skip:
         mc = dict(s["machiavelli"])
-        if not mc.pop("first_value_only", False) or i == 0:
+        first_value, first_seed = mc.pop("first_value_only", False), mc.pop("first_seed_only", False)
+        if (not first_value or i == 0) and (not first_seed or seed == g["seeds"][0]):
             runs.append(Run(f"{slug}/machiavelli__{tag}", "machiavelli", base/f"machiavelli__{tag}",
                             dict(ev, **pair, games=input_path(mc.pop("games", "bundled")), **mc), [art, ctrl]))
     if "capability" in s and "capability" not in skip:       # opt-in: only recipes that list it

@@ -212,7 +212,7 @@ GRID_RULES = {"name": "str", "description": "str", "runs_dir": "str", "figures_d
               "skip": "list:stage", "stages": "map:stage", "model_overrides": "map", "slurm": "map"}
 STAGE_RULES = {"machiavelli.temperature": "num>=0", "machiavelli.episodes": "int>0", "machiavelli.random_episodes": "int>0|None",
                "machiavelli.max_steps": "int>0|None", "capability.limit": "num>0|None", "capability.num_fewshot": "int>=0|None",
-               "limit": "int>0|None", "batch_size": "int>0|None", "seed": "int>=0", "first_value_only": "bool", "placebo": "bool"}
+               "limit": "int>0|None", "batch_size": "int>0|None", "seed": "int>=0", "first_value_only": "bool", "first_seed_only": "bool", "placebo": "bool"}
 
 # %% ../nbs/00c_recipes.ipynb #20b24182
 def _check_grid_shape(recipe: dict, where: str) -> None:
