@@ -80,6 +80,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                          's2b.cli.main': ('cli.html#main', 's2b/cli.py')},
             's2b.cluster': { 's2b.cluster._digest': ('cluster.html#_digest', 's2b/cluster.py'),
                              's2b.cluster._job_error': ('cluster.html#_job_error', 's2b/cluster.py'),
+                             's2b.cluster._log_cause': ('cluster.html#_log_cause', 's2b/cluster.py'),
                              's2b.cluster.arrays': ('cluster.html#arrays', 's2b/cluster.py'),
                              's2b.cluster.ended_states': ('cluster.html#ended_states', 's2b/cluster.py'),
                              's2b.cluster.executor_parameters': ('cluster.html#executor_parameters', 's2b/cluster.py'),

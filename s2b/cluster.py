@@ -131,6 +131,16 @@ def _job_error(folder: Path, job: str) -> str | None:
     return lines[-1].strip() if lines else None
 
 # %% ../nbs/08a_cluster.ipynb #e9c17e65
+def _log_cause(err: Path) -> str | None:
+    "What SLURM wrote into a job's log when it ended the job (cancelled, out of time, out of memory), if it did."
+    import re
+    try: tail = err.read_text(errors="replace")[-20000:]
+    except OSError: return None
+    m = re.findall(r"\*\*\* JOB \S+ ON \S+ (CANCELLED AT \S+|DUE TO TIME LIMIT|DUE TO PREEMPTION|DUE TO NODE FAILURE)", tail)
+    if m: return m[-1].replace("DUE TO ", "").replace(" AT ", " at ")
+    return "OUT_OF_MEMORY" if "oom-kill" in tail or "Out Of Memory" in tail else None
+
+# %% ../nbs/08a_cluster.ipynb #730ec6fb
 def grid_status(runs: list[Run], folder, live: dict | None = None) -> list[dict]:
     """Each run's state (`STATES`), with its job, what went wrong (`why`) and the logs to read. `live`: {job id: squeue
     state}; None asks squeue (where it cannot run, a submitted run that left no result is 'submitted')."""
@@ -154,7 +164,8 @@ def grid_status(runs: list[Run], folder, live: dict | None = None) -> list[dict]
             row["state"], row["why"] = "skipped", f"{reads[0]} did not finish"
         else:
             row["state"] = "failed"
-            row["why"] = ended.get(job) or _job_error(folder, job) or "the job ended without a result (cancelled, out of time or memory?)"
+            row["why"] = (ended.get(job) or _log_cause(folder/f"{job}_0_log.err") or _job_error(folder, job)
+                          or "the job ended without a result (cancelled, out of time or memory?)")
             row["logs"] = [str(p) for p in (folder/f"{job}_0_log.err", folder/f"{job}_0_log.out", r.out/"report.failed.ipynb") if p.exists()]
         rows.append(row)
     return rows
@@ -190,9 +201,9 @@ def run_grid(recipe, executor: str = "local", dry_run: bool = False, force: bool
         f"{len(g['values'])} values × {len(g['directions'])} directions × {len(g['seeds'])} seeds)")
     if dry_run:
         todo = unfinished(runs)
-        n = len(arrays(runs, todo, g["slurm"]["max_array_size"]))
+        n, k = len(arrays(runs, todo, g["slurm"]["max_array_size"])), len(layers(runs, todo))
         log(describe(runs))
-        log(f"--executor slurm submits {n} job array{'s' * (n != 1)} for the {len(todo)} runs to do (a layer each, "
+        log(f"--executor slurm submits {n} job array{'s' * (n != 1)} for the {len(todo)} runs to do ({k} layer{'s' * (k != 1)}, "
             f"at most {g['slurm']['max_array_size']} runs an array)")
         return {"planned": len(runs), "submissions": n}
     if executor == "slurm": return run_slurm(runs, g["slurm"], force, folder, log=log)

@@ -73,7 +73,7 @@ def test_a_grid_on_slurm_cancelled_and_resubmitted_equals_the_local_grid(slurm, 
     rows = {r["key"]: r for r in C.grid_status(list(runs.values()), sub)}
     print(C.format_status(list(rows.values()), "slurm-test"))
     assert [rows[r.key]["state"] for r in (ctrl, ft, ev)] == ["done", "failed", "skipped"]
-    assert str(sub/f"{ids[ft.key]}_0_log.err") in rows[ft.key]["logs"]
+    assert str(sub/f"{ids[ft.key]}_0_log.err") in rows[ft.key]["logs"] and rows[ft.key]["why"].startswith("CANCELLED at")
     # the same command again submits what did not finish: the adapter (from its checkpoint), then its evaluation
     out.clear()
     ids2 = C.run_grid(RECIPE, "slurm", runs_dir=tmp_path/"slurm", log=out.append)
