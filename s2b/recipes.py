@@ -121,7 +121,7 @@ def _check_setting(key: str, v, default):
 # %% ../nbs/00c_recipes.ipynb #2ec765a5
 def _unknown(key: str, known) -> str:
     import difflib
-    close = difflib.get_close_matches(key, known, n=1)
+    close = [k for k in sorted(known) if k.startswith(key)][:1] or difflib.get_close_matches(key, known, n=1)   # a name cut short first
     return f"unknown setting {key!r}" + (f"; did you mean {close[0]!r}?" if close else f"; settings: {', '.join(sorted(known))}")
 
 # %% ../nbs/00c_recipes.ipynb #153868dc
