@@ -68,6 +68,12 @@ def test_a_grid_on_slurm_cancelled_and_resubmitted_equals_the_local_grid(slurm, 
         except (OSError, ValueError): return False
     _wait(checkpoint, "the adapter's first checkpoint", every=0.3)
     assert C.stage_done(ctrl.out, ctrl.params)
+    # the evaluation waits on SLURM's dependency while the adapter trains: each array names the arrays it reads from
+    reason = subprocess.run(["squeue", "-h", "-j", ids[ev.key], "-o", "%r"], capture_output=True, text=True).stdout.strip()
+    assert reason == "Dependency", reason
+    script = lambda j: (sub/f"{j.split('_')[0]}_submission.sh").read_text()
+    assert f"--dependency=afterany:{ids[ctrl.key]}\n" in script(ids[ft.key])
+    assert f"--dependency=afterany:{':'.join(sorted([ids[ctrl.key], ids[ft.key]]))}\n" in script(ids[ev.key])
     subprocess.run(["scancel", ids[ft.key]], check=True)                  # cancelled mid-grid
     _wait(lambda: _idle(ids), "the grid's jobs to end")
     rows = {r["key"]: r for r in C.grid_status(list(runs.values()), sub)}
