@@ -53,7 +53,7 @@ CHECKOUT_INPUTS = ("s2b", "data", "recipes", "pyproject.toml")
 # Nav labels for notebook headings that read better spelled out; other headings are used as-is.
 LABELS = {"values": "Values", "runs": "Runs", "survey": "Survey", "models": "Models", "profile": "Profile",
           "finetune": "Fine-tune", "indomain": "In-domain", "aita": "AITA", "machiavelli": "MACHIAVELLI",
-          "report": "Report", "grid": "Grid", "cli": "CLI"}
+          "report": "Report", "grid": "Grid", "cluster": "Cluster", "cli": "CLI"}
 
 # --------------------------------------------------------------------------------------------
 # Notebooks
@@ -518,9 +518,9 @@ def _label(title: str) -> str:
 
 
 def nav(docs: Path) -> list:
-    "Home, Reproduce the paper, the notebooks in file order (= pipeline order), API, Results: what exists."
+    "Home, Reproduce the paper, Run on a cluster, the notebooks in file order (= pipeline order), API, Results: what exists."
     items: list = []
-    for page, label in (("index.md", "Home"), ("reproduce.md", "Reproduce the paper")):
+    for page, label in (("index.md", "Home"), ("reproduce.md", "Reproduce the paper"), ("cluster.md", "Run on a cluster")):
         if (docs / page).is_file():
             items.append({label: page})
     stages = []
@@ -536,7 +536,7 @@ def nav(docs: Path) -> list:
         items.append({"API reference": api})
     if (docs / "results" / "index.md").is_file():
         items.append({"Results": "results/index.md"})
-    extra = sorted(p.name for p in docs.glob("*.md") if p.name not in ("index.md", "reproduce.md"))
+    extra = sorted(p.name for p in docs.glob("*.md") if p.name not in ("index.md", "reproduce.md", "cluster.md"))
     items += [{p[:-3].replace("_", " ").capitalize(): p} for p in extra]
     return items
 

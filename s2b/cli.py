@@ -174,7 +174,9 @@ def _add_evaluate(sub):
 def _add_grid(sub):
     p = sub.add_parser("grid", help="run a grid recipe (values × directions × models × seeds)")
     p.add_argument("recipe"); p.add_argument("--executor", default="local", choices=["local", "slurm"])
-    p.add_argument("--dry-run", action="store_true"); p.add_argument("--force", action="store_true")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and how many SLURM job arrays it submits")
+    p.add_argument("--status", action="store_true", help="each run's state (done, queued, running, failed, skipped, not submitted)")
+    p.add_argument("--force", action="store_true")
     p.add_argument("--runs-dir", help="default: the recipe's runs_dir (papermill_runs)")
 
     p = sub.add_parser("report", help="collect papermill_runs/ into tables and figures")
@@ -239,7 +241,7 @@ def _eval_params(a) -> dict:
 # %% ../nbs/09_cli.ipynb #055cf944
 def _demo(a) -> int:
     from s2b.runs import read_json
-    from s2b.grid import run_grid
+    from s2b.cluster import run_grid
     t0 = time.time()
     status = run_grid(a.recipe, force=a.force, runs_dir=a.runs_dir)
     failed = {k: v for k, v in status.items() if not v.startswith(("done", "finished"))}
@@ -306,8 +308,8 @@ def _main(a) -> int:
         params = {"profile": _profile_params, "finetune": _finetune_params}.get(a.cmd, _eval_params)(a)
         return _run(stage, a.out, _model_flags(a, params), a.force, a)
     if a.cmd == "grid":
-        from s2b.grid import run_grid
-        status = run_grid(a.recipe, a.executor, a.dry_run, a.force, a.runs_dir)
+        from s2b.cluster import run_grid
+        status = run_grid(a.recipe, a.executor, a.dry_run, a.force, a.runs_dir, a.status)
         return 1 if any(str(v).startswith(("failed", "skipped (dep")) for v in status.values()) else 0
     if a.cmd == "report":
         return _run("report", Path(a.runs_dir)/"report", dict(runs_dir=str(Path(a.runs_dir).resolve()),

@@ -12,7 +12,8 @@ from .runs import repo_root, sha256_file
 
 # %% auto #0
 __all__ = ['FINETUNE_DEFAULTS', 'GRID_KEYS', 'RULES', 'BOUNDS', 'GRID_DEFAULTS', 'CAPABILITY_DEFAULTS', 'GRID_RULES',
-           'STAGE_RULES', 'merge', 'recipe_path', 'recipe_digest', 'load_recipe', 'load_grid', 'grid_stages']
+           'STAGE_RULES', 'SLURM_DEFAULTS', 'merge', 'recipe_path', 'recipe_digest', 'load_recipe', 'check_slurm',
+           'load_grid', 'grid_stages']
 
 # %% ../nbs/00c_recipes.ipynb #84dc8e0f
 FINETUNE_DEFAULTS = {
@@ -148,7 +149,7 @@ def _check_setting(key: str, v, default):
 # %% ../nbs/00c_recipes.ipynb #2ec765a5
 def _unknown(key: str, known) -> str:
     import difflib
-    close = difflib.get_close_matches(key, known, n=1)
+    close = [k for k in sorted(known) if k.startswith(key)][:1] or difflib.get_close_matches(key, known, n=1)   # a name cut short first
     return f"unknown setting {key!r}" + (f"; did you mean {close[0]!r}?" if close else f"; settings: {', '.join(sorted(known))}")
 
 # %% ../nbs/00c_recipes.ipynb #153868dc
@@ -246,6 +247,51 @@ def _check_grid_shape(recipe: dict, where: str) -> None:
                 except ValueError as e: raise ValueError(f"{where}: {e}") from None
 
 # %% ../nbs/00c_recipes.ipynb #94d3506d
+SLURM_DEFAULTS = {"partition": None, "account": None, "qos": None, "time": 240, "gpus_per_node": 0, "cpus_per_task": 8,
+                  "mem_gb": 64, "array_parallelism": None, "max_array_size": 1000, "setup": [], "additional_parameters": {}}
+
+# %% ../nbs/00c_recipes.ipynb #4336a06c
+def _minutes(v) -> int | None:
+    "A SLURM time limit in whole minutes: minutes as an integer, or 'MM', 'MM:SS', 'HH:MM:SS', 'D-HH', 'D-HH:MM[:SS]'; None if not."
+    import math, re
+    if _is_int(v): return v if v > 0 else None
+    m = re.fullmatch(r"(?:(\d+)-)?(\d+)(?::(\d+))?(?::(\d+))?", v.strip()) if isinstance(v, str) else None
+    if not m: return None
+    d, *hms = m.groups()
+    x = [int(p) for p in hms if p is not None]
+    if d is not None: mins = int(d) * 1440 + x[0] * 60 + (x[1] if len(x) > 1 else 0) + (x[2] / 60 if len(x) > 2 else 0)
+    else: mins = x[0] if len(x) == 1 else x[0] + x[1] / 60 if len(x) == 2 else x[0] * 60 + x[1] + x[2] / 60
+    return math.ceil(mins) or None
+
+# %% ../nbs/00c_recipes.ipynb #31c5d96d
+def check_slurm(section, where: str = "grid recipe") -> dict:
+    "A recipe's `slurm:` section over `SLURM_DEFAULTS`, each setting checked (`time` in minutes); a ValueError naming it otherwise."
+    if section is None: section = {}
+    if not isinstance(section, dict): raise ValueError(f"{where}: slurm must be a mapping ({', '.join(SLURM_DEFAULTS)}), got {section!r}")
+    out = copy.deepcopy(SLURM_DEFAULTS)
+    for k, v in section.items():
+        if k not in SLURM_DEFAULTS: raise ValueError(f"{where}: {_unknown(f'slurm.{k}', [f'slurm.{x}' for x in SLURM_DEFAULTS])}")
+        bad = lambda what: ValueError(f"{where}: slurm.{k} must be {what}, got {v!r}")
+        if k in ("partition", "account", "qos"):
+            if v is not None and not (isinstance(v, str) and v.strip() and not any(c.isspace() for c in v)): raise bad("a name without spaces")
+        elif k == "time":
+            if _minutes(v) is None: raise bad("minutes (240) or a SLURM time ('4:00:00', '1-00:00:00')")
+            v = _minutes(v)
+        elif k == "gpus_per_node":
+            if not _is_int(v) or v < 0: raise bad("0 (no GPU) or the number of GPUs a job needs")
+        elif k in ("cpus_per_task", "mem_gb", "max_array_size"):
+            if not _is_int(v) or v <= 0: raise bad("a positive integer")
+        elif k == "array_parallelism":
+            if v is not None and (not _is_int(v) or v <= 0): raise bad("null (no limit) or the most jobs of an array running at once")
+        elif k == "setup":
+            v = [v] if isinstance(v, str) else v
+            if not isinstance(v, list) or not all(isinstance(x, str) for x in v): raise bad("a shell line or a list of them (e.g. 'module load cuda')")
+        elif k == "additional_parameters":
+            if not isinstance(v, dict) or not all(isinstance(x, str) for x in v): raise bad("a mapping of sbatch options (e.g. {constraint: a100})")
+        out[k] = v
+    return out
+
+# %% ../nbs/00c_recipes.ipynb #64dde22c
 def load_grid(recipe) -> dict:
     "A grid recipe (path or dict) merged over the defaults, with value names checked; errors name the file."
     where = "grid recipe"
@@ -264,6 +310,7 @@ def load_grid(recipe) -> dict:
     except ValueError as e: raise ValueError(f"{where}: values: {e}") from None
     bad = [d for d in g["directions"] if d not in ("down", "up")]
     if bad: raise ValueError(f"{where}: directions must be down/up, got {bad}")
+    g["slurm"] = check_slurm(recipe.get("slurm"), where)
     return g
 
 # %% ../nbs/00c_recipes.ipynb #f661fb3d
