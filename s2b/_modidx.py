@@ -100,6 +100,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               's2b.finetune._collator': ('finetune.html#_collator', 's2b/finetune.py'),
                               's2b.finetune._evaluates': ('finetune.html#_evaluates', 's2b/finetune.py'),
                               's2b.finetune._linear_names': ('finetune.html#_linear_names', 's2b/finetune.py'),
+                              's2b.finetune.answer_features': ('finetune.html#answer_features', 's2b/finetune.py'),
                               's2b.finetune.answer_loss': ('finetune.html#answer_loss', 's2b/finetune.py'),
                               's2b.finetune.last_checkpoint': ('finetune.html#last_checkpoint', 's2b/finetune.py'),
                               's2b.finetune.lora_model': ('finetune.html#lora_model', 's2b/finetune.py'),
