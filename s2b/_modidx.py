@@ -428,6 +428,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                's2b.trainstep._Stop': ('trainstep.html#_stop', 's2b/trainstep.py'),
                                's2b.trainstep._dropout': ('trainstep.html#_dropout', 's2b/trainstep.py'),
                                's2b.trainstep._states_below': ('trainstep.html#_states_below', 's2b/trainstep.py'),
+                               's2b.trainstep._weights_digest': ('trainstep.html#_weights_digest', 's2b/trainstep.py'),
                                's2b.trainstep.answer_logits': ('trainstep.html#answer_logits', 's2b/trainstep.py'),
                                's2b.trainstep.decoder_layers': ('trainstep.html#decoder_layers', 's2b/trainstep.py'),
                                's2b.trainstep.first_trained_layer': ('trainstep.html#first_trained_layer', 's2b/trainstep.py'),
