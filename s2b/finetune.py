@@ -282,5 +282,8 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
                    trainer.state.epoch < float(cfg["training"]["num_train_epochs"]) - 1e-6),
                "seconds": secs, "session_seconds": session, "resumed_from": Path(last).name if last else None, "eval_seconds": eval_secs, "seconds_per_step": (secs - eval_secs) / max(steps, 1),
                "train_tokens_per_s": n_tok * (trainer.state.epoch or 0) / (secs - eval_secs) if secs > eval_secs else None,
-               "backend": backend, "device": lm.device, "recipe": {k: cfg[k] for k in ("lora", "training", "data")}}
+               "backend": backend, "device": lm.device, "recipe": {k: cfg[k] for k in ("lora", "training", "data")},
+               # the frozen layers' states, when cached: the layer they enter, their memory, how many were computed and read
+               "frozen_cache": trainer.frozen and {"layer": trainer.frozen.layer, "mib": trainer.frozen.nbytes / 2**20,
+                                                   "computed": trainer.frozen.computed, "read": trainer.frozen.read}}
     return write_steering_run(out, "finetune", "sft", params, lm, full.source, targets, direction, seed, cfg, metrics, backend=backend)

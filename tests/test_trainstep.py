@@ -126,5 +126,6 @@ def test_a_resumed_run_uses_the_cache(tmp_path, monkeypatch, capsys):
     m = run(tmp_path/"a")
     out = capsys.readouterr().out
     assert "resuming from" in out and m["resumed_from"] == "checkpoint-2" and "the states entering layer 26" in out
+    assert m["frozen_cache"]["layer"] == 26 and m["frozen_cache"]["computed"] == 0 and m["frozen_cache"]["read"] > 0   # from disk
     a, b = (load_file(str(tmp_path/d/"adapter"/"adapter_model.safetensors")) for d in ("clean", "a"))
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < ADAPTER_TOL
