@@ -129,3 +129,26 @@ def test_a_resumed_run_uses_the_cache(tmp_path, monkeypatch, capsys):
     assert m["frozen_cache"]["layer"] == 26 and m["frozen_cache"]["computed"] == 0 and m["frozen_cache"]["read"] > 0   # from disk
     a, b = (load_file(str(tmp_path/d/"adapter"/"adapter_model.safetensors")) for d in ("clean", "a"))
     assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) < ADAPTER_TOL
+
+def test_dpo_reads_the_same_states_for_policy_and_reference(tmp_path):
+    "DPO's loss and LoRA gradients with the frozen cache equal those without it (float32, within 1e-5)."
+    import torch
+    from s2b.models import load_model
+    from s2b.dpo import dpo_pairs, dpo_trainer
+    s = load_survey("bundled").split("train").subset(values=["Hedonism", "Tradition"], limit=2).with_templates([0]).with_instructions([0])
+    runs = []
+    for cache in (False, True):
+        lm = load_model("embedded", training=True)
+        pairs = dpo_pairs(lm, s, {i.id: 3 for i in s.items}, {"Hedonism": 6})
+        recipe = {"lora": {**LORA, "top_layers": 3}, "training": {"max_steps": 1, "frozen_cache": cache}}
+        torch.manual_seed(0)
+        tr = dpo_trainer(lm, pairs, recipe, tmp_path/str(cache))
+        assert (tr.frozen is not None) == cache
+        with torch.no_grad():
+            for n, p in tr.model.named_parameters():
+                if "lora_B" in n: p.normal_(0, 0.2)                # policy ≠ reference
+        batch = tr.data_collator([tr.train_dataset[i] for i in range(len(pairs))])
+        runs.append(_loss_and_grads(tr.model, tr.compute_loss(tr.model, batch)))
+    (l0, g0), (l1, g1) = runs
+    assert abs(l0.item() - l1.item()) < 1e-5 and abs(l0.item() - __import__("math").log(2)) > 1e-4
+    assert g0.keys() == g1.keys() and max(float((g0[n] - g1[n]).abs().max()) for n in g0) < 1e-5
