@@ -149,9 +149,9 @@ def sft_trainer(lm: LM, train: pd.DataFrame, evald: pd.DataFrame | None, cfg: di
     frozen = frozen_states(lm, model, [f["input_ids"] for d in (ds_train, ds_eval) if d is not None for f in d],
                            enabled=slot and bool(t["frozen_cache"])) if slot else None
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    collator = ((lambda fs: prompt_batch(fs, pad, [frozen[f["input_ids"]] for f in fs] if frozen else None)) if slot else
-                # right padding, labels padded with -100; on GPU, lengths padded to a multiple of 64 avoid a stall at every new shape
-                _collator(lm.tokenizer.pad_token_id, 64 if gpu else None))
+    # on GPU, lengths padded to a multiple of 64 avoid a stall at every new shape
+    collator = ((lambda fs: prompt_batch(fs, pad, [frozen[f["input_ids"]] for f in fs] if frozen else None, 64 if gpu else None))
+                if slot else _collator(lm.tokenizer.pad_token_id, 64 if gpu else None))   # right padding, labels padded with -100
     trainer = _anchored_trainer()(model=model, args=args, train_dataset=ds_train, eval_dataset=ds_eval, data_collator=collator,
                                   processing_class=lm.tokenizer, callbacks=callbacks)
     trainer.frozen = frozen
