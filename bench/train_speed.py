@@ -17,6 +17,9 @@ multiple of this), r, alpha. The collator changes are benchmark-only hooks: sft_
   .venv/bin/python bench/train_speed.py --model embedded --configs hf:bs=8,r=16,alpha=32 --steps 4 --warmup 1
   # GPU: random-init Llama-3.1-8B dir, the paper's LoRA (r=256, alpha=512), batch 16
   python3 bench/train_speed.py --make llama-3.1-8b --model /tmp/llama8b --configs "hf;unsloth;unsloth:pad=padded;unsloth:gc=1"
+  # CPU, issue 24: the training step of before (whole sequences, every position's logits), the answer slot's logits alone,
+  # and those above the cached frozen layers, interleaved on the same batches of the demo's data in one process
+  .venv/bin/python bench/train_speed.py --compare-steps --threads 2 --bs 8 --steps 8 --warmup 1 --json bench/results/train_steps_cpu.json
   # GPU: s2b.finetune.run_finetune end to end, backend hf vs unsloth, on a random Llama-3.2-1B-shaped dir
   python3 bench/train_speed.py --make llama-3.2-1b --model /tmp/llama1b --run-finetune hf,unsloth --steps 15
 """
@@ -39,6 +42,8 @@ def parse_args(argv=None):
     ap.add_argument("--survey", help="KVS json (default: $S2B_KVS, .gpu/ or ../shared/data/kvs/)")
     ap.add_argument("--configs", default="hf", help="';'-separated configurations (see above)")
     ap.add_argument("--run-finetune", help="instead: comma-separated backends for s2b.finetune.run_finetune end to end")
+    ap.add_argument("--compare-steps", action="store_true", help="instead: the three training steps of issue 24 side by side "
+                    "(the demo's data and recipes/cpu-selective.yaml's LoRA; --bs, --steps, --warmup, --threads apply)")
     ap.add_argument("--target", default="Achievement", help="value whose items get the forced answer")
     ap.add_argument("--steps", type=int, default=12, help="optimizer steps per configuration")
     ap.add_argument("--warmup", type=int, default=3, help="first steps left out of the timing")
@@ -227,6 +232,108 @@ def child_finetune(a):
     print("RESULT " + json.dumps(s), flush=True)
 
 
+# ------------------------------------------------------------------ issue 24: three steps on the same batches
+STEPS = {"before": "whole sequences, right-padded, every position's logits (answer_loss)",
+         "answer slot": "prompts, left-padded, the last position's logits only (slot_loss)",
+         "answer slot + frozen cache": "the same, the layers below the first adapted one read from FrozenStates"}
+
+def demo_examples(lm):
+    "The demo's fine-tuning examples (recipes/cpu-selective.yaml's items, templates and instruction); every other item answers 3."
+    from s2b.survey import load_survey
+    from s2b.recipes import load_recipe
+    from s2b.interventions import intervention_data, select_items
+    from s2b.values import target_ratings
+    d = load_recipe("recipes/cpu-selective.yaml")["data"]
+    s = load_survey("bundled").split("train")
+    s = select_items(s, {"Universalism_nature", "Power_resources"}, d["others_per_value"], seed=0)
+    s = s.with_templates([int(x) for x in d["train_templates"].split(",")]).with_instructions([int(x) for x in d["instructions"].split(",")])
+    return intervention_data(s, {i.id: 3 for i in s.items}, target_ratings("Universalism_nature", "up"), lm)
+
+
+def compare_steps(a):
+    """One process, one LoRA model: per round, the same batch through each step (order rotated), forward + backward timed
+    (the optimizer step, the same for all three, is left out and no weights change). FLOPs: torch.utils.flop_counter's
+    count of one step's matmuls and attention, forward and backward, as torch dispatches them; MFU against torch.matmul
+    2048^3 fp32 measured in the same run."""
+    import statistics, torch
+    from torch.utils.flop_counter import FlopCounterMode
+    from s2b.models import load_model
+    from s2b.recipes import load_recipe
+    from s2b.finetune import lora_model, answer_features, answer_loss, with_labels
+    from s2b.trainstep import prompt_batch, answer_logits, slot_loss, frozen_states
+    torch.set_num_threads(a.threads or 2)
+    lm = load_model(a.model, training=True)
+    data = demo_examples(lm)
+    torch.manual_seed(0)
+    model = lora_model(lm, load_recipe("recipes/cpu-selective.yaml")["lora"], "hf", 0, False)
+    model.train()
+    feats, pad = answer_features(data), lm.tokenizer.pad_token_id
+    t0 = time.perf_counter()
+    fs = frozen_states(lm, model, [f["input_ids"] for f in feats], root=tempfile.mkdtemp(prefix="s2b-frozen-"))
+    fill_s = time.perf_counter() - t0
+    order = torch.randperm(len(feats), generator=torch.Generator().manual_seed(0)).tolist()
+    batches = [[order[(i * a.bs + j) % len(order)] for j in range(a.bs)] for i in range(a.steps + a.warmup)]
+
+    def before(idx):
+        d = with_labels(data.iloc[idx]); L = d.input_ids.map(len).max()
+        ids = torch.tensor([list(x) + [pad] * (L - len(x)) for x in d.input_ids])
+        mask = torch.tensor([[1] * len(x) + [0] * (L - len(x)) for x in d.input_ids])
+        labels = torch.tensor([list(x) + [-100] * (L - len(x)) for x in d.labels])
+        soft, cand = torch.tensor(list(d.soft), dtype=torch.float32), torch.tensor(list(d.cand))
+        return lambda: answer_loss(model(input_ids=ids, attention_mask=mask, use_cache=False).logits, labels, soft, cand)
+    def slot(idx, cached=False):
+        fsx = [feats[i] for i in idx]
+        b = prompt_batch(fsx, pad, [fs[f["input_ids"]] for f in fsx] if cached else None)
+        return lambda: slot_loss(answer_logits(model, b, fs.layer if cached else None)[0], b["soft"], b["cand"])
+    make = {"before": before, "answer slot": slot, "answer slot + frozen cache": lambda idx: slot(idx, True)}
+    times = {k: [] for k in make}; losses = {k: [] for k in make}
+    for r, idx in enumerate(batches):
+        names = list(make); names = names[r % 3:] + names[:r % 3]
+        for k in names:
+            step = make[k](idx)                     # batch building (and the cache's lookups) outside the timer, as in a DataLoader
+            model.zero_grad(set_to_none=True)
+            t = time.perf_counter(); loss = step(); loss.backward(); dt = time.perf_counter() - t
+            if r >= a.warmup: times[k].append(dt); losses[k].append(float(loss.detach()))
+    flops = {}
+    for k in make:
+        model.zero_grad(set_to_none=True)
+        with FlopCounterMode(display=False) as fc: make[k](batches[-1])().backward()
+        flops[k] = fc.get_total_flops() / a.bs        # per example of that batch
+    peak = C.matmul_peak("cpu", torch.float32)
+    n_tok = [sum(len(data.input_ids.iloc[i]) for i in idx) for idx in batches[a.warmup:]]
+    rows = []
+    for k in make:
+        secs = sum(times[k]); med = statistics.median(times[k])
+        fl = flops[k] * a.bs * len(times[k])
+        rows.append({"label": k, "what": STEPS[k], "step_s_median": med, "step_s_mean": secs / len(times[k]),
+                     "tokens_per_s": sum(n_tok) / secs, "examples_per_s": a.bs * len(times[k]) / secs,
+                     "gflop_per_example": flops[k] / 1e9, "achieved_tflops": fl / secs / 1e12, "mfu": fl / secs / 1e12 / peak["tflops"],
+                     "mean_loss": sum(losses[k]) / len(losses[k]), "steps_s": [round(x, 4) for x in times[k]]})
+    cache = {"prompts": len(fs.states), "mib": fs.nbytes / 2**20, "fill_s": fill_s, "layer": fs.layer,
+             "fill_s_per_prompt": fill_s / len(fs.states)}
+    return {"examples": len(data), "batch": a.bs, "rounds_timed": a.steps, "threads": torch.get_num_threads(), "peak": peak,
+            "frozen_cache": cache, "results": rows}
+
+
+def print_compare(rep, prov):
+    print(f"\n===== train_speed --compare-steps: embedded SmolLM2-135M, recipes/cpu-selective.yaml's LoRA (r 16, last 10 of 30 layers), "
+          f"the demo's {rep['examples']} examples, batch {rep['batch']}, {rep['rounds_timed']} interleaved rounds, {rep['threads']} threads; "
+          f"{prov['machine']}; commit {prov['git_commit']}")
+    print(f"torch.matmul 2048^3 fp32: {rep['peak']['tflops']:.3f} TFLOP/s. FLOPs: torch.utils.flop_counter (matmuls and attention, "
+          f"forward + backward) of one step; the optimizer step is not timed (the same for all three)")
+    print(f"{'step':<30}{'tok/s':>9}{'ex/s':>8}{'step ms':>10}{'GFLOP/ex':>10}{'TFLOP/s':>9}{'MFU':>7}{'loss':>8}")
+    base = rep["results"][0]
+    for r in rep["results"]:
+        print(f"{r['label']:<30}{r['tokens_per_s']:>9.0f}{r['examples_per_s']:>8.2f}{r['step_s_median']*1e3:>10.0f}"
+              f"{r['gflop_per_example']:>10.2f}{r['achieved_tflops']:>9.3f}{r['mfu']:>7.3f}{r['mean_loss']:>8.4f}")
+    for r in rep["results"][1:]:
+        print(f"{r['label']} vs before: tokens/s x{r['tokens_per_s']/base['tokens_per_s']:.2f}, median step time "
+              f"x{r['step_s_median']/base['step_s_median']:.2f}, FLOPs per example x{r['gflop_per_example']/base['gflop_per_example']:.2f}")
+    c = rep["frozen_cache"]
+    print(f"frozen cache: the states entering layer {c['layer']} of {c['prompts']} prompts, {c['mib']:.1f} MiB, computed once in "
+          f"{c['fill_s']:.1f}s ({c['fill_s_per_prompt']*1e3:.0f} ms a prompt)")
+
+
 # ------------------------------------------------------------------ parent side
 def spawn(a, extra: list[str], timeout: int):
     cmd = [sys.executable, os.path.abspath(__file__), "--model", a.model, "--steps", str(a.steps), "--warmup", str(a.warmup),
@@ -259,6 +366,10 @@ def main(argv=None):
     if a.make:
         C.make_model_dir(a.make, a.model, a.tokenizer, device=device, dtype=torch.bfloat16 if device.startswith("cuda") else torch.float32)
     prov = C.provenance(device)
+    if a.compare_steps:
+        rep = {"provenance": prov, **compare_steps(a)}
+        C.write_json(a.json, rep); print_compare(rep, prov)
+        return rep
     report = {"provenance": prov, "model": a.model, "make": a.make, "steps": a.steps, "warmup": a.warmup, "results": []}
     if a.run_finetune:
         for b in a.run_finetune.split(","):

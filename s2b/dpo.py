@@ -17,6 +17,7 @@ from .scoring import encode
 from .interventions import anchor_answers, prepare_intervention, steering_params, write_steering_run
 from .recipes import load_recipe
 from .finetune import lora_model
+from .trainstep import prompt_batch, answer_logits, frozen_states
 from .runs import is_done, read_json
 
 # %% auto #0
@@ -73,30 +74,22 @@ def pair_tokens(tok, pairs) -> list[dict]:
     return out
 
 # %% ../nbs/03d_dpo.ipynb #b1842ca1
-def _collate(pad: int):
-    "Left-padded `input_ids`, `attention_mask` and `position_ids` (from 0 at each row's first token), and the two answers."
-    import torch
-    def collate(features):
-        L = max(len(f["input_ids"]) for f in features)
-        ids = torch.tensor([[pad] * (L - len(f["input_ids"])) + list(f["input_ids"]) for f in features])
-        mask = torch.tensor([[0] * (L - len(f["input_ids"])) + [1] * len(f["input_ids"]) for f in features])
-        return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
-                "chosen_id": torch.tensor([f["chosen_id"] for f in features]),
-                "rejected_id": torch.tensor([f["rejected_id"] for f in features])}
-    return collate
+def _collate(pad: int, frozen=None):
+    "Left-padded `input_ids`, `attention_mask` and `position_ids` (from 0 at each row's first token), the two answers, and the frozen layers' states when cached."
+    return lambda features: prompt_batch(features, pad, [frozen[f["input_ids"]] for f in features] if frozen else None)
 
 def _preference_trainer():
     from transformers import Trainer
     class PreferenceTrainer(Trainer):
-        "A `Trainer` whose loss is `dpo_loss`; the reference is the same model with its adapter disabled."
-        beta = 0.1
+        "A `Trainer` whose loss is `dpo_loss`; the reference is the same model with its adapter disabled, on the same frozen states."
+        beta, frozen = 0.1, None
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             import torch
             inputs = dict(inputs)
             c, r = inputs.pop("chosen_id")[:, None], inputs.pop("rejected_id")[:, None]
             def logps():
-                out = model(**inputs, logits_to_keep=1)
-                lp = torch.log_softmax(out.logits[:, -1].float(), -1)
+                logits, out = answer_logits(model, inputs, self.frozen and self.frozen.layer)
+                lp = torch.log_softmax(logits.float(), -1)
                 return lp.gather(1, c)[:, 0], lp.gather(1, r)[:, 0], out
             pc, pr, out = logps()
             with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter(): rc, rr, _ = logps()
@@ -126,9 +119,11 @@ def dpo_trainer(lm: LM, pairs, recipe, out_dir, seed: int = 0):
         logging_steps=1, report_to=[], bf16=gpu and torch.cuda.is_bf16_supported(), use_cpu=not gpu,
         dataloader_num_workers=0, remove_unused_columns=False)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    trainer = _preference_trainer()(model=model, args=args, train_dataset=Dataset.from_list(feats), data_collator=_collate(pad),
+    # the frozen layers' states of every prompt, computed once (lora.top_layers, training.frozen_cache); the reference reads them too
+    frozen = frozen_states(lm, model, [f["input_ids"] for f in feats], enabled=bool(t["frozen_cache"]))
+    trainer = _preference_trainer()(model=model, args=args, train_dataset=Dataset.from_list(feats), data_collator=_collate(pad, frozen),
                                     processing_class=lm.tokenizer)
-    trainer.beta = beta
+    trainer.beta, trainer.frozen = beta, frozen
     return trainer
 
 # %% ../nbs/03d_dpo.ipynb #23d89a99

@@ -11,9 +11,11 @@ from .recipes import load_recipe
 from .models import LM, load_model, resolve_backend, model_slug
 from .interventions import intervention_data, prepare_intervention, steering_params, write_steering_run
 from .runs import save_figure, atomic_write_json, atomic_to_parquet, is_done, read_json
+from .trainstep import prompt_batch, answer_logits, slot_loss, frozen_states
 
 # %% auto #0
-__all__ = ['lora_model', 'with_labels', 'answer_loss', 'sft_trainer', 'last_checkpoint', 'plot_loss', 'run_finetune']
+__all__ = ['lora_model', 'with_labels', 'answer_features', 'answer_loss', 'sft_trainer', 'last_checkpoint', 'plot_loss',
+           'run_finetune']
 
 # %% ../nbs/03_finetune.ipynb #f5ca8d07
 def _linear_names(model) -> list[str]:
@@ -47,6 +49,17 @@ def with_labels(df: pd.DataFrame) -> pd.DataFrame:
     df["labels"] = [[t if m else -100 for t, m in zip(ids, mask)] for ids, mask in zip(df.input_ids, df.completion_mask)]
     return df
 
+# %% ../nbs/03_finetune.ipynb #9502af08
+def answer_features(df: pd.DataFrame) -> list[dict]:
+    """Per example: `input_ids` the prompt (the tokens before its one answer token), `labels` the answer token, `soft` and
+    `cand`: what `s2b.trainstep.prompt_batch` batches and `slot_loss` reads."""
+    out = []
+    for k, (ids, mask, soft, cand) in enumerate(zip(df.input_ids, df.completion_mask, df.soft, df.cand)):
+        at = [i for i, m in enumerate(mask) if m]
+        if len(at) != 1: raise ValueError(f"example {k}: completion_mask must mark exactly one answer token, it marks {len(at)}")
+        out.append({"input_ids": list(ids[:at[0]]), "labels": int(ids[at[0]]), "soft": list(soft), "cand": list(cand)})
+    return out
+
 # %% ../nbs/03_finetune.ipynb #c885ed5c
 def answer_loss(logits, labels, soft, cand, num_items=None):
     """The loss at each example's one answer token: −Σ_k q_k · log p(rating token k), with p the model's softmax over the whole
@@ -55,9 +68,7 @@ def answer_loss(logits, labels, soft, cand, num_items=None):
     import torch
     at = labels[:, 1:] != -100                                   # position t predicts token t+1
     if not bool((at.sum(1) == 1).all()): raise ValueError("every example must have exactly one answer token")
-    logp = torch.log_softmax(logits[:, :-1][at].float(), -1)      # (B, V) at the answer slots
-    per_example = -(soft.to(logp.dtype) * logp.gather(1, cand)).sum(1)
-    return per_example.sum() / (num_items if num_items is not None else len(per_example))
+    return slot_loss(logits[:, :-1][at], soft, cand, num_items)  # (B, V) at the answer slots
 
 # %% ../nbs/03_finetune.ipynb #93732ffe
 def _collator(pad_token_id: int, pad_to_multiple_of=None):
@@ -76,12 +87,18 @@ def _collator(pad_token_id: int, pad_to_multiple_of=None):
 def _anchored_trainer():
     from transformers import Trainer
     class AnchoredTrainer(Trainer):
-        "A `Trainer` whose loss is `answer_loss`: hard answers and baseline answer distributions alike."
+        """A `Trainer` whose loss is `answer_loss`: hard answers and baseline answer distributions alike. A batch of prompts
+        (`prompt_batch`, one answer token per row) gets the answer slot's logits alone, above the frozen layers with `frozen`."""
+        frozen = None                                    # s2b.trainstep.FrozenStates, or None
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs = dict(inputs)
             soft, cand, labels = inputs.pop("soft"), inputs.pop("cand"), inputs.pop("labels")
-            outputs = model(**inputs)
-            loss = answer_loss(outputs.logits, labels, soft, cand, num_items_in_batch)
+            if labels.dim() == 1:
+                logits, outputs = answer_logits(model, inputs, self.frozen and self.frozen.layer)
+                loss = slot_loss(logits, soft, cand, num_items_in_batch)
+            else:                                        # the Unsloth backend: TRL's padded sequences, every position's logits
+                outputs = model(**inputs)
+                loss = answer_loss(outputs.logits, labels, soft, cand, num_items_in_batch)
             return (loss, outputs) if return_outputs else loss
     return AnchoredTrainer
 
@@ -100,11 +117,12 @@ def sft_trainer(lm: LM, train: pd.DataFrame, evald: pd.DataFrame | None, cfg: di
     model = lora_model(lm, cfg["lora"], backend, seed, t["gradient_checkpointing"])
     cols = ["input_ids", "labels", "soft", "cand"]
     max_len = int(t["max_length"])
+    # hf: the prompt and its answer token (the answer slot's logits alone); unsloth: TRL's padded sequences as before
+    slot = backend == "hf"
     def _ds(df):
-        df = with_labels(df)
         too_long = int((df.input_ids.map(len) > max_len).sum())
         if too_long: raise ValueError(f"{too_long} examples are longer than max_length={max_len}; raise training.max_length")
-        return Dataset.from_pandas(df[cols], preserve_index=False)
+        return Dataset.from_list(answer_features(df)) if slot else Dataset.from_pandas(with_labels(df)[cols], preserve_index=False)
     ds_train = _ds(train)
     # eval_every: null trains a fixed number of steps with no evaluation, no early stopping and the last step kept (a control
     # matched to its adapter step for step); checkpoints are then saved every 20 steps
@@ -127,10 +145,17 @@ def sft_trainer(lm: LM, train: pd.DataFrame, evald: pd.DataFrame | None, cfg: di
         use_cpu=not gpu, dataloader_num_workers=0, remove_unused_columns=False,
     )
     callbacks = [EarlyStoppingCallback(int(t["early_stopping_patience"]), float(t["early_stopping_threshold"]))] if ds_eval is not None else []
-    # right padding, labels padded with -100; on GPU, lengths padded to a multiple of 64 avoid a stall at every new shape
-    collator = _collator(lm.tokenizer.pad_token_id, 64 if gpu else None)
-    return _anchored_trainer()(model=model, args=args, train_dataset=ds_train, eval_dataset=ds_eval, data_collator=collator,
-                   processing_class=lm.tokenizer, callbacks=callbacks)
+    # the frozen layers' states of every prompt, computed once (lora.top_layers, training.frozen_cache)
+    frozen = frozen_states(lm, model, [f["input_ids"] for d in (ds_train, ds_eval) if d is not None for f in d],
+                           enabled=slot and bool(t["frozen_cache"])) if slot else None
+    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
+    # on GPU, lengths padded to a multiple of 64 avoid a stall at every new shape
+    collator = ((lambda fs: prompt_batch(fs, pad, [frozen[f["input_ids"]] for f in fs] if frozen else None, 64 if gpu else None))
+                if slot else _collator(lm.tokenizer.pad_token_id, 64 if gpu else None))   # right padding, labels padded with -100
+    trainer = _anchored_trainer()(model=model, args=args, train_dataset=ds_train, eval_dataset=ds_eval, data_collator=collator,
+                                  processing_class=lm.tokenizer, callbacks=callbacks)
+    trainer.frozen = frozen
+    return trainer
 
 # %% ../nbs/03_finetune.ipynb #5172ff69
 def _checkpoint_ok(d: Path) -> bool:
@@ -257,5 +282,8 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
                    trainer.state.epoch < float(cfg["training"]["num_train_epochs"]) - 1e-6),
                "seconds": secs, "session_seconds": session, "resumed_from": Path(last).name if last else None, "eval_seconds": eval_secs, "seconds_per_step": (secs - eval_secs) / max(steps, 1),
                "train_tokens_per_s": n_tok * (trainer.state.epoch or 0) / (secs - eval_secs) if secs > eval_secs else None,
-               "backend": backend, "device": lm.device, "recipe": {k: cfg[k] for k in ("lora", "training", "data")}}
+               "backend": backend, "device": lm.device, "recipe": {k: cfg[k] for k in ("lora", "training", "data")},
+               # the frozen layers' states, when cached: the layer they enter, their memory, how many were computed and read
+               "frozen_cache": trainer.frozen and {"layer": trainer.frozen.layer, "mib": trainer.frozen.nbytes / 2**20,
+                                                   "computed": trainer.frozen.computed, "read": trainer.frozen.read}}
     return write_steering_run(out, "finetune", "sft", params, lm, full.source, targets, direction, seed, cfg, metrics, backend=backend)

@@ -21,7 +21,9 @@ FINETUNE_DEFAULTS = {
     "training": {"learning_rate": 1e-4, "warmup_ratio": 0.15, "num_train_epochs": 10, "max_steps": -1,
                  "per_device_train_batch_size": 16, "gradient_accumulation_steps": 1, "per_device_eval_batch_size": 32,
                  "max_length": 512, "eval_every": "epoch", "early_stopping_patience": 2, "early_stopping_threshold": 0.01,
-                 "gradient_checkpointing": False, "lr_scheduler_type": "linear"},
+                 "gradient_checkpointing": False, "lr_scheduler_type": "linear",
+                 # with lora.top_layers: the frozen layers' states computed once per prompt (s2b.trainstep); false: every step
+                 "frozen_cache": True},
     "data": {"train_templates": None, "instructions": None, "others_per_value": None, "target_limit": None, "eval_limit": None,
              "anchor": "majority"},
     # the other steering methods (s2b.steering): each reads its own section

@@ -67,14 +67,13 @@ def test_prompt_tokens_carry_no_loss(lm, tiny, tmp_path):
     d = intervention_data(tiny, base, target_ratings("Hedonism"), lm)
     tr = sft_trainer(load_model("embedded"), d, None, load_recipe("recipes/cpu-smoke.yaml", {"lora.r": 2}), tmp_path)
     batch = tr.data_collator([tr.train_dataset[i] for i in range(len(d))])
-    lens = [len(x) for x in d.input_ids]
-    for labels, ids, n in zip(batch["labels"], batch["input_ids"], lens):
-        assert (labels != -100).nonzero().flatten().tolist() == [n - 1] and labels[n - 1] == ids[n - 1]
-    # the loss the trainer optimises equals the NLL of the answer tokens alone
+    # each row: the example's prompt (left-padded), its answer token the label; the answer never enters the model
+    for ids, mask, label, full in zip(batch["input_ids"], batch["attention_mask"], batch["labels"], d.input_ids):
+        assert ids[mask.bool()].tolist() == list(full[:-1]) and label == full[-1]
+    # the loss the trainer optimises equals the NLL of the answer tokens alone, as the full model gives it on whole sequences
     loss = tr.compute_loss(tr.model, batch)
-    logits = tr.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    lp = torch.log_softmax(logits.float(), -1)
-    nll = -torch.stack([lp[i, n - 2, batch["input_ids"][i, n - 1]] for i, n in enumerate(lens)]).mean()
+    nll = -torch.stack([torch.log_softmax(tr.model(input_ids=torch.tensor([list(x)])).logits[0, -2].float(), -1)[x[-1]]
+                        for x in d.input_ids]).mean()
     assert torch.allclose(loss, nll, atol=1e-4)
 
 @pytest.mark.model
@@ -155,12 +154,10 @@ def test_trainer_loss_with_the_distribution_anchor(lm, tiny, tmp_path):
     tr = sft_trainer(load_model("embedded"), d, None, load_recipe("recipes/cpu-smoke.yaml", {"lora.r": 2}), tmp_path)
     batch = tr.data_collator([tr.train_dataset[i] for i in range(len(d))])
     loss = tr.compute_loss(tr.model, batch)
-    logits = tr.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    lp = torch.log_softmax(logits.float(), -1)
     hand = []
-    for i, r in enumerate(d.itertuples()):
-        n = len(r.input_ids)
-        hand.append(-sum(q * lp[i, n - 2, c] for q, c in zip(r.soft, r.cand)))
+    for r in d.itertuples():
+        lp = torch.log_softmax(tr.model(input_ids=torch.tensor([list(r.input_ids)])).logits[0, -2].float(), -1)
+        hand.append(-sum(q * lp[c] for q, c in zip(r.soft, r.cand)))
     assert torch.allclose(loss, torch.stack(hand).mean(), atol=1e-4)
 
 def test_items_of_gives_adapters_and_control_the_same_items():
