@@ -261,6 +261,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                            's2b.posts._read_json_file': ('posts.html#_read_json_file', 's2b/posts.py'),
                            's2b.posts._report_skipped': ('posts.html#_report_skipped', 's2b/posts.py'),
                            's2b.posts._skip_reason': ('posts.html#_skip_reason', 's2b/posts.py'),
+                           's2b.posts.assign_splits': ('posts.html#assign_splits', 's2b/posts.py'),
                            's2b.posts.bundled_posts_path': ('posts.html#bundled_posts_path', 's2b/posts.py'),
                            's2b.posts.detect_format': ('posts.html#detect_format', 's2b/posts.py'),
                            's2b.posts.load_paper_json': ('posts.html#load_paper_json', 's2b/posts.py'),
