@@ -164,6 +164,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                           's2b.grid._control_of': ('grid.html#_control_of', 's2b/grid.py'),
                           's2b.grid._evaluation_runs': ('grid.html#_evaluation_runs', 's2b/grid.py'),
                           's2b.grid._job': ('grid.html#_job', 's2b/grid.py'),
+                          's2b.grid._method_steer': ('grid.html#_method_steer', 's2b/grid.py'),
                           's2b.grid._model_runs': ('grid.html#_model_runs', 's2b/grid.py'),
                           's2b.grid._steering_runs': ('grid.html#_steering_runs', 's2b/grid.py'),
                           's2b.grid._subprocess_stage': ('grid.html#_subprocess_stage', 's2b/grid.py'),
