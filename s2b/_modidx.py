@@ -320,6 +320,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
             's2b.report': { 's2b.report._across_seeds': ('report.html#_across_seeds', 's2b/report.py'),
                             's2b.report._ci': ('report.html#_ci', 's2b/report.py'),
                             's2b.report._pool': ('report.html#_pool', 's2b/report.py'),
+                            's2b.report._with_ceiling': ('report.html#_with_ceiling', 's2b/report.py'),
                             's2b.report.aita_lines': ('report.html#aita_lines', 's2b/report.py'),
                             's2b.report.aita_table': ('report.html#aita_table', 's2b/report.py'),
                             's2b.report.build_report': ('report.html#build_report', 's2b/report.py'),
