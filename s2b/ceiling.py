@@ -16,7 +16,7 @@ from .models import LM, load_model
 from .scoring import encode
 from .interventions import steering_params, write_steering_run
 from .finetune import lora_model
-from .posts import LABELS, Post, load_posts
+from .posts import LABELS, load_posts
 from .verdicts import default_max_length, fit_prompt, score_post
 
 # %% auto #0
