@@ -13,7 +13,7 @@ from .models import load_model, model_slug
 from .posts import LABELS, Post, load_posts, normalize_stance
 from .runs import atomic_to_parquet, atomic_write_json, read_parquet_verified, fingerprint, is_done, read_json, repo_root, run_record, save_figure
 from .steering import read_steering, steer
-from .stats import percentile_ci, resample_means
+from .stats import mde, mean_se, percentile_ci, resample_means
 from .values import VALUES, short_name, value_color, value_index
 from .verdicts import INSTRUCTION, default_max_length, score_post
 
@@ -110,14 +110,16 @@ def summarize_gains(pg: pd.DataFrame, metrics: Sequence[str] = ("gain", "shift_l
         for m in metrics:                   # a generator per metric from the value's seed: the same resampled posts
             x = sub[m].to_numpy(float); r = resample_means(x, n_boot, np.random.default_rng(key))
             row[m] = float(x.mean()); row[f"{m}_lo"], row[f"{m}_hi"] = percentile_ci(r, 1 - alpha)
+            row[f"{m}_mde"] = mde(mean_se(x), alpha)
             reps[m].append(r)
         rows.append(row)
-    table = pd.DataFrame(rows, columns=["value", "n", *(c for m in metrics for c in (m, f"{m}_lo", f"{m}_hi"))])
+    table = pd.DataFrame(rows, columns=["value", "n", *(c for m in metrics for c in (m, f"{m}_lo", f"{m}_hi", f"{m}_mde"))])
     w = table.n.to_numpy(float)
     overall = {"n": int(w.sum())}
     for m in metrics:
-        if not len(w): overall[m], overall[f"{m}_ci"] = None, None; continue
+        if not len(w): overall[m], overall[f"{m}_ci"], overall[f"{m}_mde"] = None, None, None; continue
         overall[m] = float((table[m].to_numpy() * w).sum() / w.sum())
+        overall[f"{m}_mde"] = mde(mean_se(pg[m]), alpha)
         overall[f"{m}_ci"] = percentile_ci((np.stack(reps[m]) * w[:, None]).sum(0) / w.sum(), 1 - alpha)
     return table, overall
 
@@ -166,6 +168,7 @@ def aita_metrics(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
             if key == "" or "placebo_" in tables:
                 e[f"{key}gain"] = float(t.loc[v, "gain"]) if hit else None
                 e[f"{key}gain_ci"] = [float(t.loc[v, "gain_lo"]), float(t.loc[v, "gain_hi"])] if hit else None
+            if key == "": e["mde"] = _nan_none(float(t.loc[v, "gain_mde"])) if hit else None
             if key == "":
                 e["shift_low"] = float(t.loc[v, "shift_low"]) if hit else None
                 e["shift_low_ci"] = [float(t.loc[v, "shift_low_lo"]), float(t.loc[v, "shift_low_hi"])] if hit else None
@@ -174,7 +177,7 @@ def aita_metrics(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     wm = {"n": int(df[df.value.notna()].post_id.nunique())}
     o = overall.get("")
     if o: wm["n"] = o["n"]
-    wm.update({"gain": o["gain"] if o else None, "gain_ci": o["gain_ci"] if o else None,
+    wm.update({"gain": o["gain"] if o else None, "gain_ci": o["gain_ci"] if o else None, "mde": _nan_none(o["gain_mde"]) if o else None,
                "shift_low": o["shift_low"] if o else None, "shift_low_ci": o["shift_low_ci"] if o else None})
     if "placebo_" in overall:
         wm.update({"placebo_gain": overall["placebo_"]["gain"], "placebo_gain_ci": overall["placebo_"]["gain_ci"]})
@@ -205,12 +208,17 @@ def gain_verdict(e: dict, direction: str = "down") -> str:
     sign = -1 if direction == "up" else 1
     lo, hi = sorted((sign * e["gain_ci"][0], sign * e["gain_ci"][1]))
     pl = e.get("placebo_gain"); pl_s = None if pl is None else sign * pl
-    if lo <= 0 <= hi: word = "no effect distinguishable from 0 (the CI includes 0)"
+    m = _nan_none(e.get("mde")); c, cc = _nan_none(e.get("ceiling_gain")), e.get("ceiling_gain_ci")
+    if lo == hi: word = f"no spread to measure over {e.get('n')} post(s): no difference claimed"
+    elif lo <= 0 <= hi: word = (f"no shift larger than {m:.3f} (MDE; the CI includes 0)" if m is not None
+                                else "no effect distinguishable from 0 (the CI includes 0)")
     elif hi < 0: word = "a shift against the intended direction"
     elif pl_s is not None and pl_s >= lo: word = "a shift in the intended direction, but not beyond its placebo"
     else: word = "a shift in the intended direction, beyond its placebo" if pl_s is not None else "a shift in the intended direction (no placebo)"
+    ceil = "" if c is None else f", ceiling {c:+.3f}" + (f" [{cc[0]:+.3f}, {cc[1]:+.3f}]" if cc is not None and len(cc) == 2 else "")
     return (f"gain {e['gain']:+.3f} [{e['gain_ci'][0]:+.3f}, {e['gain_ci'][1]:+.3f}] over {e.get('n')} posts"
-            + (f", placebo {pl:+.3f}" if pl is not None else "") + f" (intended sign {'−' if sign < 0 else '+'}): {word}")
+            + (f", MDE {m:.3f}" if m is not None else "") + (f", placebo {pl:+.3f}" if pl is not None else "") + ceil
+            + f" (intended sign {'−' if sign < 0 else '+'}): {word}")
 
 # %% ../nbs/05c_aita.ipynb #fa48caa8
 def plot_gain(metrics: dict, ax=None):
@@ -276,18 +284,18 @@ def default_out(model: str = "embedded", name: str = "aita-default") -> Path:
 
 # %% ../nbs/05c_aita.ipynb #06b5ef21
 def run_aita(model: str = "embedded", adapter=None, control=None, placebo=None, posts="bundled", values=None,
-             limit: int | None = None, seed: int = 0, backend: str = "hf", out=None, *, system: str | None = None,
+             limit: int | None = None, seed: int = 0, backend: str = "hf", out=None, *, split: str | None = None, system: str | None = None,
              max_length: int | None = None, base: bool | None = None, n_boot: int = 1000, every: int = 10,
              device: str | None = None, force: bool = False, progress: bool = True) -> dict:
     "The AITA stage: score the posts under each given role, write the run directory `out`, return the metrics."
     out = Path(out) if out else default_out(model)
     params = {"model": model, "adapter": adapter, "control": control, "placebo": placebo, "posts": posts,
               "values": values, "limit": limit, "seed": seed, "backend": backend, "system": system,
-              "max_length": max_length, "base": base, "n_boot": n_boot}
+              "max_length": max_length, "base": base, "n_boot": n_boot, **({"split": split} if split else {})}
     if not force and is_done(out, params):
         print(f"aita: {out} is done with these parameters (force=True redoes it)")
         return read_json(out/"metrics.json")
-    ps = load_posts(posts, values=values, limit=limit)
+    ps = load_posts(posts, values=values, limit=limit, split=split)
     if not ps: raise ValueError(f"no posts to score in {posts!r}")
     adapters = {r: a for r, a in (("conditioned", adapter), ("control", control), ("placebo", placebo)) if a}
     steering = {r: read_steering(a) for r, a in adapters.items()}     # a wrong path fails before the model loads
@@ -311,7 +319,7 @@ def run_aita(model: str = "embedded", adapter=None, control=None, placebo=None, 
     df = pd.concat(tables, ignore_index=True)
     atomic_to_parquet(df, cache)                         # only this run's rows
     metrics = aita_metrics(df, n_boot=n_boot, seed=seed)
-    metrics.update({"skipped": ps.skipped, "posts_file": str(ps.path)})
+    metrics.update({"skipped": ps.skipped, "posts_file": str(ps.path), "split": split})
     if metrics.get("n_truncated"):                       # said here, so the console and the rendered report show it
         print(f"aita: {metrics['n_truncated']} of {metrics.get('n_posts', len(ps))} posts were cut to fit {max_length} tokens "
               "(the middle of each left out); n_truncated in metrics.json")

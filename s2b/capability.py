@@ -11,7 +11,7 @@ import pandas as pd
 from .lmeval import BUNDLED_TASK, METRICS, SAMPLE_COLUMNS, bundled_data_files, bundled_tasks, evaluate_role, hflm
 from .lmeval import lm_eval_version, load_tasks, parse_tasks, task_manager, task_record
 from .models import load_model, model_slug, use_adapter
-from .steering import read_steering, steer
+from .steering import ADAPTER_METHODS, read_steering, steer
 from .runs import save_figure, atomic_to_parquet, read_parquet_verified, atomic_write_json, fingerprint, is_done, read_json, repo_root, run_record
 from .stats import percentile_ci, resample_means
 
@@ -140,7 +140,7 @@ def run_capability(model: str = "embedded", adapter=None, control=None, tasks=BU
         if lm is None:
             lm = load_model(model, backend=backend, device=device)
             for r, st in steering.items():                          # every adapter on the model before lm-eval wraps it
-                if st.method in ("sft", "dpo"): use_adapter(lm, st.path, r)
+                if st.method in ADAPTER_METHODS: use_adapter(lm, st.path, r)
             use_adapter(lm, None)
             h = hflm(lm, batch_size)
         print(f"capability {role}: {', '.join(names)}" + (f", limit {limit}" if limit is not None else ""), flush=True)

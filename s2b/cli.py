@@ -8,7 +8,7 @@ import argparse, os, sys, time
 from pathlib import Path
 from .stages import execute_stage, StageFailed
 from .runs import input_path
-from .steering import METHOD_STAGES
+from .steering import ADAPTER_METHODS, METHOD_STAGES
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -115,7 +115,9 @@ def _add_finetune(sub):
     p = sub.add_parser("finetune", help="make a steering artefact (or its control): LoRA on survey answers, or --method dpo|caa|prompt")
     _add_common(p)
     p.add_argument("--method", default="sft", choices=list(METHOD_STAGES), help="sft: LoRA on survey answers (the paper's); "
-                   "dpo: LoRA preference tuning; caa: a steering vector; prompt: a system-prompt persona")
+                   "dpo: LoRA preference tuning; caa: a steering vector; prompt: a system-prompt persona; "
+                   "verdict: LoRA on the target's train AITA posts answered with a stance (the AITA ceiling)")
+    p.add_argument("--posts", default="bundled", help="--method verdict: the AITA posts it trains on ('bundled' or the paper's json)")
     p.add_argument("--survey", default="bundled")
     p.add_argument("--target", help="the value to steer, or a profile target as JSON: '{\"Power_dominance\": 1}'")
     p.add_argument("--direction", default="down", choices=["down", "up"])
@@ -147,6 +149,7 @@ def _add_evaluate(sub):
     p.add_argument("--adapter"); p.add_argument("--control"); p.add_argument("--placebo")
     p.add_argument("--posts", default="bundled", help="'bundled', the paper's AITA json, a Reddit CSV or Scruples JSONL")
     p.add_argument("--values", help="comma-separated values"); p.add_argument("--limit", type=_pos_int)
+    p.add_argument("--split", choices=["train", "test"], help="score only the train or test posts (default: all)")
 
     p = ev.add_parser("machiavelli", help="power, disutility and violations in text games against a random agent")
     _add_common(p)
@@ -217,6 +220,7 @@ def _finetune_params(a) -> dict:
     params = dict(model=_abs(a.model), survey=_abs(a.survey), target=a.target, direction=a.direction,   # a control keeps its target's items
                 control=a.control, recipe=_abs(a.recipe), overrides=json.dumps(_overrides(a)), baseline=_abs(a.baseline),
                 backend=a.backend, seed=a.seed, recipe_sha256=recipe_digest(a.recipe))   # an edited recipe is not a finished run
+    if a.method == "verdict": params["posts"] = _abs(a.posts)
     return params                                   # every method's stage takes the same parameters
 
 # %% ../nbs/09_cli.ipynb #20e42fde
@@ -232,7 +236,8 @@ def _eval_params(a) -> dict:
                     num_fewshot=a.num_fewshot, batch_size=a.batch_size, base=a.base or None, seed=a.seed, backend=a.backend)
     if a.task == "aita":
         return dict(model=_abs(a.model), adapter=_abs(a.adapter), control=_abs(a.control), placebo=_abs(a.placebo),
-                    posts=_abs(a.posts), values=a.values, limit=a.limit, seed=a.seed, backend=a.backend)
+                    posts=_abs(a.posts), values=a.values, limit=a.limit, seed=a.seed, backend=a.backend,
+                    **({"split": a.split} if a.split else {}))
     return dict(model=_abs(a.model), adapter=_abs(a.adapter), control=_abs(a.control), games=_abs(a.games),
                 upstream_data=_abs(a.upstream_data), agent=a.agent, choose=a.choose, temperature=a.temperature, base=not a.no_base,
                 scripted=a.scripted, episodes=a.episodes, random_episodes=a.random_episodes, max_steps=a.max_steps, seed=a.seed, backend=a.backend,
@@ -277,7 +282,7 @@ def _check(stage: str, a) -> None:
     if getattr(a, "model", None): check_model(a.model, getattr(a, "revision", None))
     for k in ("adapter", "control", "placebo"):
         v = getattr(a, k, None)
-        if isinstance(v, str) and _none(v) and read_steering(v).method in ("sft", "dpo"): check_adapter(v, a.model, a.allow_other_base)
+        if isinstance(v, str) and _none(v) and read_steering(v).method in ADAPTER_METHODS: check_adapter(v, a.model, a.allow_other_base)
     if stage in ("profile", "indomain"):
         from s2b.profile import prepare_survey
         prepare_survey(a.survey, a.split, a.limit, a.templates, getattr(a, "values", None), a.instructions)
@@ -291,7 +296,10 @@ def _check(stage: str, a) -> None:
         if _none(a.baseline) and not Path(a.baseline).is_dir(): raise FileNotFoundError(f"baseline {a.baseline}: no such run folder")
     if stage == "aita":
         from s2b.posts import load_posts
-        load_posts(a.posts, a.values, a.limit)
+        load_posts(a.posts, a.values, a.limit, split=a.split)
+    if stage == "verdict" and a.target:
+        from s2b.posts import load_posts
+        load_posts(a.posts, a.target, split="train")
     if stage == "machiavelli" and not _none(a.upstream_data):
         from s2b.games import resolve_games
         resolve_games(a.games)

@@ -81,7 +81,7 @@ def _steering_runs(g: dict, slug: str, base: Path, steer: dict, method: str, see
     """The runs that make one artefact of `method` (target `v`, `d`) and its own control; `v=None`: the `sft` control,
     one per model and seed."""
     stage = METHOD_STAGES[method]
-    deps, over = _baseline_source(g, slug, base, seed)
+    deps, over = ([], {}) if method == "verdict" else _baseline_source(g, slug, base, seed)   # verdict reads posts, no baseline
     if v is None:
         ctrl = _control_of("sft", None, None, seed)
         return [Run(f"{slug}/{ctrl}", "finetune", base/ctrl,
@@ -112,6 +112,7 @@ def _evaluation_runs(g: dict, s: dict, slug: str, base: Path, common: dict, meth
         if use_placebo:                                    # the next target's artefact of the same method
             pk = _artefact_of(method, *targets[(i + 1) % len(targets)], seed)
             placebo = str(base/pk); deps.append(f"{slug}/{pk}")
+        if method == "verdict": a["split"] = "test"          # its train posts are what it learned from
         runs.append(Run(f"{slug}/aita__{tag}", "aita", base/f"aita__{tag}", {**ev, **pair, "placebo": placebo, "values": v,
                         "limit": None, "posts": input_path(a.pop("posts", "bundled")), **a}, deps))
     if "machiavelli" not in skip:
@@ -132,6 +133,14 @@ def grid_dir(g: dict, runs_dir=None) -> Path:
     runs_dir = Path(runs_dir or g["runs_dir"])
     return runs_dir if runs_dir.is_absolute() else (Path.cwd()/runs_dir).resolve()
 
+def _method_steer(steer: dict, s: dict, method: str) -> dict:
+    "The steering parameters of `method`: `verdict` trains on the aita stage's posts with its own recipe (`stages.verdict`)."
+    if method != "verdict": return steer
+    vs = s.get("verdict") or {}
+    recipe = input_path(vs.get("recipe", "recipes/verdict-cpu.yaml"))
+    return dict(steer, recipe=recipe, overrides=json.dumps(vs.get("overrides") or {}), recipe_sha256=recipe_digest(recipe),
+                posts=input_path(s["aita"].get("posts", "bundled")), baseline=None)
+
 # %% ../nbs/08_grid.ipynb #02aed26c
 def plan(recipe, runs_dir=None) -> list[Run]:
     "The stage runs of a grid recipe, in an order that respects their dependencies."
@@ -150,7 +159,7 @@ def plan(recipe, runs_dir=None) -> list[Run]:
             for method in g["methods"]:
                 if method == "sft": runs += _steering_runs(g, slug, base, steer, method, seed, None, None)
                 for i, (v, d) in enumerate(targets):
-                    runs += _steering_runs(g, slug, base, steer, method, seed, v, d)
+                    runs += _steering_runs(g, slug, base, _method_steer(steer, s, method), method, seed, v, d)
                     runs += _evaluation_runs(g, s, slug, base, common, method, seed, i, v, d)
     if "report" not in set(g["skip"]):
         runs.append(Run("report", "report", runs_dir/"report",

@@ -4,8 +4,8 @@
 
 # %% ../nbs/05a_posts.ipynb #12cdc5b1
 from __future__ import annotations
-import json, re, warnings
-from dataclasses import asdict, dataclass
+import hashlib, json, re, warnings
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -17,9 +17,9 @@ from .runs import repo_root
 from .values import UnknownValueError, normalize_value
 
 # %% auto #0
-__all__ = ['LABELS', 'SCRUPLES_MAP', 'LOADERS', 'PostFormatError', 'normalize_stance', 'Post', 'posts_frame', 'Posts',
+__all__ = ['LABELS', 'SCRUPLES_MAP', 'LOADERS', 'SPLITS', 'PostFormatError', 'normalize_stance', 'Post', 'posts_frame', 'Posts',
            'bundled_posts_path', 'load_paper_json', 'normalize_verdict', 'load_reddit_csv', 'scruples_verdict',
-           'load_scruples_jsonl', 'resolve_posts', 'detect_format', 'parse_values', 'load_posts']
+           'load_scruples_jsonl', 'resolve_posts', 'detect_format', 'parse_values', 'assign_splits', 'load_posts']
 
 # %% ../nbs/05a_posts.ipynb #7c8f7276
 LABELS: tuple[str, ...] = ("NTA", "YTA", "Neutral")
@@ -48,6 +48,7 @@ class Post:
     low_standard_stance: str | None = None      # ... and of someone who gives it little weight
     verdict: str | None = None                  # the community verdict (CSV/JSONL), as a label
     source: str = ""                            # the file (or URL) it was read from
+    split: str | None = None                    # "train" or "test": the file's, else `assign_splits`'s
 
     @property
     def full_text(self) -> str:
@@ -116,9 +117,12 @@ def load_paper_json(path, name: str | None = None) -> Posts:
             pid = str(rid) if rid is not None else f"{value}-{j}"
             if pid in seen: raise PostFormatError(f"{where}: duplicate id {pid!r} (also record {seen[pid]})")
             seen[pid] = i
+            sp = r.get("split")
+            if sp is not None and sp not in ("train", "test"):
+                raise PostFormatError(f"{where}: post {pid!r}: split must be 'train' or 'test', not {sp!r}")
             if stances["high_standard_stance"] == stances["low_standard_stance"]:
                 warnings.warn(f"{where}: high and low stance are both {stances['low_standard_stance']}; it gets no gain")
-            out.append(Post(pid, r["post"].strip(), None, value, **stances, source=name))
+            out.append(Post(pid, r["post"].strip(), None, value, **stances, source=name, split=sp))
     return Posts(out, name)
 
 # %% ../nbs/05a_posts.ipynb #d57f7311
@@ -253,14 +257,29 @@ def parse_values(values) -> tuple[str, ...] | None:
     return tuple(normalize_value(v.strip() if isinstance(v, str) else v) for v in items if str(v).strip())
 
 # %% ../nbs/05a_posts.ipynb #ffa0bd1d
-def load_posts(posts="bundled", values=None, limit: int | None = None, fmt: str | None = None) -> Posts:
-    "Load posts from 'bundled', a path or a URL; keep `values` (None: all) and the first `limit`."
+SPLITS: tuple[str, ...] = ("train", "test")
+
+def assign_splits(posts: Posts) -> Posts:
+    "`posts`, each without a `split` given one: per value, ordered by high stance and a hash of the id, alternately train and test."
+    groups: dict = {}
+    for p in posts:
+        if p.split is None: groups.setdefault(p.value, []).append(p)
+    dealt = {}
+    for g in groups.values():
+        g = sorted(g, key=lambda p: (str(p.high_standard_stance), hashlib.sha256(p.id.encode()).hexdigest()))
+        dealt.update({p.id: SPLITS[k % 2] for k, p in enumerate(g)})
+    return posts._like(replace(p, split=dealt[p.id]) if p.id in dealt else p for p in posts)
+
+# %% ../nbs/05a_posts.ipynb #4347b0dd
+def load_posts(posts="bundled", values=None, limit: int | None = None, fmt: str | None = None, split: str | None = None) -> Posts:
+    "Load posts from 'bundled', a path or a URL; keep `values` (None: all), the posts of `split` (None: all) and the first `limit`."
+    if split is not None and split not in SPLITS: raise ValueError(f"split must be one of {', '.join(SPLITS)} or None, not {split!r}")
     path = resolve_posts(posts)
     name = str(posts) if re.match(r"https?://", str(posts), re.I) else str(path)
     _check_utf8(path, name)
     fmt = fmt or detect_format(path)
     if fmt not in LOADERS: raise ValueError(f"fmt must be one of {', '.join(LOADERS)}, not {fmt!r}")
-    ps = LOADERS[fmt](path, name=name)
+    ps = assign_splits(LOADERS[fmt](path, name=name))
     ps.path = path
     keep = parse_values(values)
     if keep is not None:
@@ -268,5 +287,8 @@ def load_posts(posts="bundled", values=None, limit: int | None = None, fmt: str 
         ps = ps._like(p for p in ps if p.value in keep)
         if not ps: raise ValueError(f"no posts of {', '.join(keep)} in {name}" +
                                     ("" if valued else " (its posts carry no value: leave `values` empty)"))
+    if split is not None:
+        ps = ps._like(p for p in ps if p.split == split)
+        if not ps: raise ValueError(f"no {split} posts" + (f" of {', '.join(keep)}" if keep else "") + f" in {name}")
     if limit is not None: ps = ps[:int(limit)]
     return ps

@@ -109,16 +109,29 @@ def side_effects(runs: pd.DataFrame, model: str, direction: str = "down", method
     return mat
 
 # %% ../nbs/07a_report.ipynb #59308e65
+def _with_ceiling(t: pd.DataFrame) -> pd.DataFrame:
+    "`t` with `ceiling_gain` and its CI: the `verdict` method's gain for the row's model, value and direction (same seed first)."
+    cols = ["ceiling_gain", "ceiling_ci_low", "ceiling_ci_high"]
+    t = t.assign(**{c: np.nan for c in cols})
+    own = t[(t.method == "verdict") & (t.value == t.adapter_value)]
+    for i, r in t[t.method != "verdict"].iterrows():
+        c = own[(own.model == r.model) & (own.value == r.value) & (own.direction.astype(str) == str(r.direction))]
+        if c.empty: continue
+        same = c[c.seed.astype(str) == str(r.seed)]
+        t.loc[i, cols] = (same if len(same) else c).iloc[0][["gain", "gain_ci_low", "gain_ci_high"]].to_numpy(float)
+    return t
+
 def aita_table(runs: pd.DataFrame) -> pd.DataFrame:
-    "AITA probability gain per model × method × value (the steered value's posts), with the placebo and the shift toward the low stance."
+    "AITA probability gain per model × method × value, with its CI, MDE, placebo, shift toward the low stance and the ceiling."
     rows = []
     for r in runs[runs.stage == "aita"].itertuples():
         for v, e in (r.metrics.get("values") or {}).items():
             if e.get("gain") is None: continue
             rows.append({"model": r.model, "method": r.method, "value": v, "adapter_value": r.target, "direction": r.direction, "seed": r.seed,
-                         "n": e.get("n"), "gain": e["gain"], "gain_ci_low": _ci(e.get("gain_ci"))[0], "gain_ci_high": _ci(e.get("gain_ci"))[1],
-                         "placebo_gain": e.get("placebo_gain"), "shift_low": e.get("shift_low")})
-    return pd.DataFrame(rows)
+                         "split": r.metrics.get("split"), "n": e.get("n"), "gain": e["gain"], "gain_ci_low": _ci(e.get("gain_ci"))[0],
+                         "gain_ci_high": _ci(e.get("gain_ci"))[1], "mde": e.get("mde", np.nan), "placebo_gain": e.get("placebo_gain"),
+                         "shift_low": e.get("shift_low")})
+    return _with_ceiling(pd.DataFrame(rows)) if rows else pd.DataFrame(rows)
 
 # %% ../nbs/07a_report.ipynb #5f12be04
 def machiavelli_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -198,9 +211,11 @@ def aita_lines(at: pd.DataFrame) -> list[str]:
     from s2b.aita import gain_verdict
     many = "method" in at and at.method.nunique() > 1
     lines = []
+    val = lambda r, k: None if getattr(r, k, None) is None or pd.isna(getattr(r, k)) else float(getattr(r, k))
     for r in at[at.value == at.adapter_value].itertuples():
-        e = {"gain": r.gain, "gain_ci": [r.gain_ci_low, r.gain_ci_high], "n": r.n,
-             "placebo_gain": r.placebo_gain if r.placebo_gain is not None and pd.notna(r.placebo_gain) else None}
+        e = {"gain": r.gain, "gain_ci": [r.gain_ci_low, r.gain_ci_high], "n": r.n, "placebo_gain": val(r, "placebo_gain"),
+             "mde": val(r, "mde"), "ceiling_gain": val(r, "ceiling_gain"),
+             "ceiling_gain_ci": [val(r, "ceiling_ci_low"), val(r, "ceiling_ci_high")] if val(r, "ceiling_ci_low") is not None else None}
         who = f"{r.model} {r.method} {r.value}" if many else f"{r.model} {r.value}"
         lines.append(f"{who} {getattr(r, 'direction', '')} AITA: {gain_verdict(e, getattr(r, 'direction', 'down'))}")
     return lines

@@ -17,7 +17,8 @@ STAGES = {"profile": "02_profile.ipynb", "baseline": "02_profile.ipynb",   # a b
           "finetune": "03_finetune.ipynb", "indomain": "04_indomain.ipynb", "aita": "05c_aita.ipynb",
           "machiavelli": "06e_machiavelli.ipynb", "report": "07a_report.ipynb",
           "capability": "06g_capability.ipynb",
-          "prompt": "03b_persona.ipynb", "caa": "03c_caa.ipynb", "dpo": "03d_dpo.ipynb"}   # the other steering methods (s2b.steering)   # lm-evaluation-harness accuracy under the conditioned and control artefacts
+          "prompt": "03b_persona.ipynb", "caa": "03c_caa.ipynb", "dpo": "03d_dpo.ipynb",
+          "verdict": "05d_ceiling.ipynb"}   # the other steering methods (s2b.steering)   # lm-evaluation-harness accuracy under the conditioned and control artefacts
 
 # %% ../nbs/07b_stages.ipynb #813804fa
 def stage_notebook(stage: str) -> Path:

@@ -13,12 +13,14 @@ from .models import LM, adapter_path, use_adapter
 from .prompts import with_persona
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_STAGES', 'steering_record', 'Steering', 'read_steering', 'decoder_layers', 'add_vectors',
-           'load_vectors', 'steer']
+__all__ = ['METHODS', 'METHOD_STAGES', 'ADAPTER_METHODS', 'steering_record', 'Steering', 'read_steering', 'decoder_layers',
+           'add_vectors', 'load_vectors', 'steer']
 
 # %% ../nbs/02a_steering.ipynb #2dede1a9
-METHODS = ("sft", "dpo", "prompt", "caa")
-METHOD_STAGES = {"sft": "finetune", "dpo": "dpo", "caa": "caa", "prompt": "prompt"}   # the stage that makes each artefact
+METHODS = ("sft", "dpo", "prompt", "caa", "verdict")
+METHOD_STAGES = {"sft": "finetune", "dpo": "dpo", "caa": "caa", "prompt": "prompt",   # the stage that makes each artefact
+                 "verdict": "verdict"}              # LoRA on AITA verdicts themselves: the AITA ceiling (s2b.ceiling)
+ADAPTER_METHODS = ("sft", "dpo", "verdict")         # the methods whose artefact is a LoRA adapter (`adapter/`)
 
 def steering_record(method: str, targets: dict, direction: str | None, seed: int | None) -> dict:
     "The `steering` block of a run.json: method, targets {value: rating}, direction, a label and the seed."
@@ -114,7 +116,7 @@ def load_vectors(path) -> tuple[dict, dict]:
 @contextlib.contextmanager
 def steer(lm: LM, st: Steering, name: str = "default"):
     "Within the block, `lm` is steered by `st` (any method); afterwards it is the base model again."
-    if st.method in ("sft", "dpo"): use_adapter(lm, st.path, name)
+    if st.method in ADAPTER_METHODS: use_adapter(lm, st.path, name)
     try:
         if st.method == "prompt":
             with_persona(lm.tokenizer, st.settings["persona"])
@@ -125,4 +127,4 @@ def steer(lm: LM, st: Steering, name: str = "default"):
         else: yield lm
     finally:
         with_persona(lm.tokenizer, None)
-        if st.method in ("sft", "dpo"): use_adapter(lm, None)
+        if st.method in ADAPTER_METHODS: use_adapter(lm, None)

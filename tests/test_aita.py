@@ -171,3 +171,29 @@ def test_truncated_posts_are_said_on_the_console(tmp_path, capsys):
     m = run_aita("embedded", posts="bundled", limit=1, max_length=200, out=tmp_path, n_boot=10, progress=False)
     assert m["n_truncated"] == 1
     assert "1 of 1 posts were cut to fit 200 tokens" in capsys.readouterr().out
+
+
+def test_mde_in_the_metrics_and_the_words():
+    "Each value's MDE comes from its own per-post gains (paired: conditioned − control per post); one post gives none."
+    from s2b.stats import mde, mean_se
+    rows = []
+    for i, (pc, pt) in enumerate([(.5, .3), (.5, .4), (.4, .35), (.6, .3)]):     # Tradition: 4 posts, high NTA, low YTA
+        rows += [(f"t{i}", "Tradition", "control", "NTA", "YTA", pc, 1 - pc - .1, .1),
+                 (f"t{i}", "Tradition", "conditioned", "NTA", "YTA", pt, 1 - pt - .1, .1)]
+    rows += [("f0", "Face", "control", "NTA", "YTA", .5, .4, .1), ("f0", "Face", "conditioned", "NTA", "YTA", .4, .5, .1)]
+    df = _table(rows)
+    df["coverage"], df["seconds"], df["truncated"], df["verdict"] = .9, 1.0, False, None
+    m = aita_metrics(df, n_boot=200)
+    gains = post_gains(df).set_index("post_id").gain
+    t = m["values"]["Tradition"]
+    assert t["mde"] == pytest.approx(mde(mean_se(gains[[f"t{i}" for i in range(4)]])))
+    assert t["mde"] == pytest.approx(2.8016 * gains[[f"t{i}" for i in range(4)]].std(ddof=1) / 2, rel=1e-4)
+    assert m["values"]["Face"]["mde"] is None and m["weighted_mean"]["mde"] == pytest.approx(mde(mean_se(gains)))
+    table = aita.metrics_table(m)
+    assert table.loc["Tradition", "mde"] == pytest.approx(t["mde"])
+    json.dumps(m)
+    assert f"MDE {t['mde']:.3f}" in aita.gain_verdict(t)
+    face = aita.gain_verdict(m["values"]["Face"])                   # one post: a CI of zero width, no claim
+    assert face.endswith("no spread to measure over 1 post(s): no difference claimed") and "shift in" not in face
+    wide = {"gain": 0.01, "gain_ci": [-0.02, 0.05], "n": 12, "mde": 0.041}
+    assert aita.gain_verdict(wide).endswith("no shift larger than 0.041 (MDE; the CI includes 0)")

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 
 LIB = Path(__file__).resolve().parent.parent/"s2b"
-TRAINING = {"finetune", "dpo", "caa", "persona"}           # what makes a steering artefact
+TRAINING = {"finetune", "dpo", "caa", "persona", "ceiling"}           # what makes a steering artefact
 EVALUATIONS = {"indomain", "aita", "machiavelli", "capability", "report"}   # what reads one from disk
 
 def _modules() -> dict[str, Path]:

@@ -79,6 +79,12 @@ def cases(t: Path) -> dict:
                                               "g6.yaml: slurm.time must be minutes (240) or a SLURM time"),
         "demo recipe missing": (["demo", "--recipe", str(t/"demo.yaml")], "demo.yaml not found"),
         "AITA posts file missing": (["evaluate", "aita", "--posts", str(t/"posts.json"), "--out", out], "posts.json"),
+        "AITA post with a bad split": (["evaluate", "aita", "--posts", sv("split.json", {"Hedonism": [{"id": "h7", "post": "AITA?",
+                                        "high_standard_stance": "NTA", "low_standard_stance": "YTA", "split": "val"}]}), "--out", out],
+                                       "split.json: record 0 ('Hedonism'[0], id 'h7'): post 'h7': split must be 'train' or 'test', not 'val'"),
+        "verdict method without train posts of its value": (["finetune", "--method", "verdict", "--target", "Face", "--posts",
+                                       sv("hed.json", {"Hedonism": [{"post": "AITA?", "high_standard_stance": "NTA", "low_standard_stance": "YTA"}]}),
+                                       "--out", out], "no posts of Face in"),
         "offline hub id not cached": (prof("--model", "nobody-s2b/not-a-model"), "HF_HUB_OFFLINE is set"),
     }
 

@@ -103,3 +103,47 @@ def test_load_from_url(tmp_path, monkeypatch):
             load_posts(url.replace("paper_ok", "paper_bad_stance"))
     finally:
         srv.shutdown()
+
+
+# ---------------------------------------------------------------- train and test posts
+
+def _paper(tmp_path, records, value="Hedonism"):
+    f = tmp_path/"posts.json"
+    f.write_text(json.dumps({value: records}))
+    return f
+
+def _rec(i, high="NTA", low="YTA", **kw):
+    return {"id": f"h{i}", "post": f"AITA for post {i}?", "high_standard_stance": high, "low_standard_stance": low, **kw}
+
+def test_split_is_deterministic_and_balanced_per_value_and_stance():
+    ps = load_posts("bundled")
+    again = {p.id: p.split for p in load_posts("bundled")}
+    assert {p.id: p.split for p in ps} == again and set(again.values()) == {"train", "test"}
+    for v in {p.value for p in ps}:
+        of = [p for p in ps if p.value == v]
+        n_train = sum(p.split == "train" for p in of)
+        assert abs(n_train - (len(of) - n_train)) <= 1, (v, n_train, len(of))
+        for high in {p.high_standard_stance for p in of}:
+            s = [p.split for p in of if p.high_standard_stance == high]
+            assert abs(s.count("train") - s.count("test")) <= 1, (v, high, s)
+    train, test = load_posts("bundled", values="Face", split="train"), load_posts("bundled", values="Face", split="test")
+    assert abs(len(train) - len(test)) <= 1 and len(train) + len(test) == len(load_posts("bundled", values="Face"))
+    assert {p.id for p in train}.isdisjoint(p.id for p in test)
+
+def test_split_does_not_depend_on_the_order_of_the_file(tmp_path):
+    recs = [_rec(i, *(("NTA", "YTA") if i % 2 else ("YTA", "NTA"))) for i in range(10)]
+    a = {p.id: p.split for p in load_posts(_paper(tmp_path, recs))}
+    b = {p.id: p.split for p in load_posts(_paper(tmp_path, recs[::-1]))}
+    assert a == b and list(a.values()).count("train") == 5
+
+def test_split_field_is_honoured(tmp_path):
+    recs = [_rec(i, split="test") for i in range(3)] + [_rec(i) for i in range(3, 7)]
+    ps = load_posts(_paper(tmp_path, recs))
+    assert [p.split for p in ps[:3]] == ["test"] * 3                 # the file's own split is kept
+    assert sorted(p.split for p in ps[3:]) == ["test", "test", "train", "train"]   # the others: dealt out by hash
+    assert [p.id for p in load_posts(_paper(tmp_path, recs), split="train")] == [p.id for p in ps if p.split == "train"]
+
+def test_bad_split_is_refused_with_the_post_id(tmp_path):
+    with pytest.raises(PostFormatError) as e: load_posts(_paper(tmp_path, [_rec(0), _rec(1, split="validation")]))
+    assert "posts.json" in str(e.value) and "'h1'" in str(e.value) and "split must be 'train' or 'test', not 'validation'" in str(e.value)
+    with pytest.raises(ValueError, match="split must be one of train, test"): load_posts("bundled", split="dev")

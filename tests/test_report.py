@@ -177,3 +177,24 @@ def test_save_figure_writes_atomically_and_closes(tmp_path):
     assert save_figure(fig, tmp_path/"out", "f", formats=("png", "svg")) == [str(tmp_path/"out"/"f.png"), str(tmp_path/"out"/"f.svg")]
     assert not plt.fignum_exists(fig.number) and sorted(p.name for p in (tmp_path/"out").iterdir()) == ["f.png", "f.svg"]
     assert save_figure(plt.figure(), tmp_path/"g.png") == [str(tmp_path/"g.png")]
+
+
+def test_the_ceiling_stands_beside_each_survey_adapters_gain(runs, tmp_path):
+    "A verdict-method AITA run for the same model, value and direction is the ceiling of the survey adapters' gains."
+    from s2b.report import aita_table, aita_lines
+    _run(runs, "aita__verdict__Hedonism-down__s0", {"split": "test", "values": {"Hedonism": {"n": 6, "gain": 0.25, "gain_ci": [0.12, 0.4],
+                                                    "mde": 0.09, "placebo_gain": 0.02}}}, "aita", _steer("Hedonism", method="verdict"))
+    _run(runs, "aita__verdict__Hedonism-up__s0", {"values": {"Hedonism": {"n": 6, "gain": -0.3, "gain_ci": [-0.4, -0.2]}}}, "aita",
+         _steer("Hedonism", "up", method="verdict"))
+    at = aita_table(collect(runs)).set_index(["method", "value", "direction"])
+    sft = at.loc[("sft", "Hedonism", "down")]
+    assert (sft.ceiling_gain, sft.ceiling_ci_low, sft.ceiling_ci_high) == (0.25, 0.12, 0.4)     # down's, not up's
+    assert pd.isna(at.loc[("sft", "Tradition", "down"), "ceiling_gain"])                     # no verdict run for Tradition
+    assert pd.isna(at.loc[("verdict", "Hedonism", "down"), "ceiling_gain"]) and at.loc[("verdict", "Hedonism", "down"), "split"] == "test"
+    lines = {l.split(" AITA")[0]: l for l in aita_lines(aita_table(collect(runs)))}
+    assert "ceiling +0.250 [+0.120, +0.400]" in lines["tiny-model sft Hedonism down"]
+    assert "MDE 0.090" in lines["tiny-model verdict Hedonism down"] and "ceiling" not in lines["tiny-model verdict Hedonism down"]
+    written = build_report(runs, tmp_path/"figures")
+    table = pd.read_csv(runs/"report"/"tables"/"aita.csv")
+    assert {"mde", "ceiling_gain", "split"} <= set(table.columns)
+    assert any("ceiling +0.250" in l for l in written["findings"])
