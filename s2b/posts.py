@@ -74,7 +74,7 @@ class Posts(list):
 
 # %% ../nbs/05a_posts.ipynb #d5877839
 def bundled_posts_path() -> Path:
-    "The bundled scenarios: `data/aita/scenarios.json` in the s2b checkout (240 posts, 12 per value)."
+    "The bundled scenarios: `data/aita/scenarios.json` in the s2b checkout (800 posts, 40 per value, each with its train/test split)."
     p = repo_root()/"data"/"aita"/"scenarios.json"
     if not p.exists(): raise FileNotFoundError(f"{p} not found: the bundled AITA posts live in the s2b source checkout")
     return p

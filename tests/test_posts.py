@@ -43,11 +43,11 @@ def test_paper_json_value_key_mismatch(tmp_path):
 
 def test_bundled():
     ps = load_posts("bundled")
-    assert len(ps) == 240 and len({p.value for p in ps}) == 20 and len({p.id for p in ps}) == 240
+    assert len(ps) == 800 and len({p.value for p in ps}) == 20 and len({p.id for p in ps}) == 800
     assert all(p.high_standard_stance in LABELS and p.low_standard_stance in LABELS for p in ps)
     ps = load_posts("bundled", values="Universalism: concern,hedonism", limit=4)
     assert [p.id for p in ps] == ["hed-01", "hed-02", "hed-03", "hed-04"] and ps.path.name == "scenarios.json"
-    assert len(load_posts("bundled", values=["Face"])) == 12
+    assert len(load_posts("bundled", values=["Face"])) == 40
     with pytest.raises(UnknownValueError, match="Did you mean 'Universalism_concern'"):
         load_posts("bundled", values="Universalism_concen")
 
