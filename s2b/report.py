@@ -14,6 +14,7 @@ from .indomain import selectivity_verdict, selectivity_word
 from .runs import save_figure
 from .figures import fig_profiles, fig_drop_heatmap, fig_selectivity, fig_side_effects
 from .figures import fig_aita, fig_machiavelli, fig_transfer, fig_methods
+from .transfer import transfer_lines, transfer_markdown, transfer_table
 
 # %% auto #0
 __all__ = ['run_info', 'collect', 'profile_table', 'indomain_table', 'side_effects', 'aita_table', 'machiavelli_table',
@@ -322,10 +323,11 @@ def build_report(runs_dir="papermill_runs", figures="figures", out=None) -> dict
               "machiavelli": machiavelli_table(runs)}
     if (runs.stage == "capability").any(): tables["capability"] = capability_table(runs)
     if many: tables["methods"] = methods_table(runs)
+    study = transfer_table(tables["indomain"], tables["aita"], tables["machiavelli"]) if not tables["indomain"].empty else pd.DataFrame()
     findings = (selectivity_lines(tables["indomain"]) + (aita_lines(tables["aita"]) if not tables["aita"].empty else [])
                 + (machiavelli_lines(tables["machiavelli"]) if not tables["machiavelli"].empty else [])
                 + (capability_lines(tables["capability"]) if "capability" in tables else [])
-                + (methods_lines(tables["methods"]) if many else []))
+                + (methods_lines(tables["methods"]) if many else []) + transfer_lines(study))
     written["findings"] = findings
     md = ["# s2b results\n", f"{len(runs)} finished runs in `{Path(runs_dir).resolve()}`.\n",
           "\n## Findings\n\n", "".join(f"- {l}\n" for l in findings) or "_no steering runs_\n"]
@@ -351,6 +353,10 @@ def build_report(runs_dir="papermill_runs", figures="figures", out=None) -> dict
         written["figures"] += save(fig, "transfer"); d.to_csv(out/"tables"/"transfer.csv", index=False)
         md += ["\n## transfer (in-domain drop vs AITA gain)\n\n", to_markdown(d)]
     if many and not tables["methods"].empty: written["figures"] += save(fig_methods(tables["methods"]), "methods")
+    if not study.empty:                                    # the transfer study: per value and seed, with one verdict per value
+        study.to_csv(out/"tables"/"transfer_study.csv", index=False); atomic_write_text(out/"tables"/"transfer_study.md", transfer_markdown(study))
+        written["tables"].append("transfer_study")
+        md += ["\n## transfer study (AITA q: Benjamini-Hochberg over the rows)\n\n", transfer_markdown(study)]
     atomic_write_text(out/"tables"/"summary.md", "".join(md))
     atomic_write_text(figures/"results.md", "".join(md))
     return written

@@ -1,4 +1,5 @@
 from pathlib import Path
+import numpy as np
 import pandas as pd
 import pytest
 from s2b.report import build_report, collect, side_effects, indomain_table, methods_table
@@ -128,7 +129,7 @@ def test_the_same_run_twice_is_reported_once(runs, capsys):
 
 def test_methods_are_compared(two_methods, tmp_path):
     written = build_report(two_methods, tmp_path/"figures")
-    assert written["tables"][-1] == "methods" and "methods.png" in written["figures"]
+    assert "methods" in written["tables"] and "methods.png" in written["figures"]
     assert {"side_effects_tiny-model_sft.png", "side_effects_tiny-model_caa.png"} <= set(written["figures"])
     mt = pd.read_csv(two_methods/"report"/"tables"/"methods.csv").set_index(["method", "label"])
     assert len(mt) == 4 and list(mt.index.unique("method")) == ["sft", "caa"]
@@ -198,3 +199,18 @@ def test_the_ceiling_stands_beside_each_survey_adapters_gain(runs, tmp_path):
     table = pd.read_csv(runs/"report"/"tables"/"aita.csv")
     assert {"mde", "ceiling_gain", "split"} <= set(table.columns)
     assert any("ceiling +0.250" in l for l in written["findings"])
+
+def test_the_transfer_study_table_and_verdicts(tmp_path):
+    "A study of one value over three seeds: the report writes the study table and one verdict in words, with q and MDE."
+    from s2b.transfer import transfer_table, transfer_lines
+    ind = pd.DataFrame({"model": "m", "method": "sft", "value": "Hedonism", "direction": "up", "seed": [0, 1, 2],
+                        "held_out_selectivity": 0.2, "held_out_sel_ci_low": 0.1, "held_out_sel_ci_high": 0.3, "held_out_selective": True})
+    at = pd.DataFrame({"model": "m", "method": ["sft"] * 3 + ["verdict"], "value": "Hedonism", "adapter_value": "Hedonism",
+                       "direction": "up", "seed": [0, 1, 2, 0], "n": 40, "gain": [0.01, -0.01, 0.0, -0.3],
+                       "gain_ci_low": [-0.02, -0.04, -0.03, -0.4], "gain_ci_high": [0.04, 0.02, 0.03, -0.2], "mde": 0.04,
+                       "placebo_gain": 0.0, "ceiling_gain": [-0.3] * 3 + [np.nan], "ceiling_ci_low": -0.4, "ceiling_ci_high": -0.2})
+    t = transfer_table(ind, at, pd.DataFrame())
+    assert len(t) == 3 and t.aita_q.notna().all() and (t.aita_q > 0.05).all()
+    lines = transfer_lines(t)
+    assert lines[0].startswith("Hedonism up: AITA gain significant") and "no transfer larger than the MDE (0.040" in lines[0]
+    assert lines[1] == "Hedonism up MACHIAVELLI: not played"
