@@ -303,7 +303,7 @@ def _main(a) -> int:
         stage = a.task if a.cmd == "evaluate" else METHOD_STAGES[a.method] if a.cmd == "finetune" else a.cmd
         if stage == "capability":             # a task name lm-eval does not know: one line, no notebook
             from s2b.lmeval import check_tasks
-            check_tasks(_eval_params(a)["tasks"])
+            check_tasks(_eval_params(a)["tasks"], trust_remote_code=getattr(a, "trust_remote_code", False) or None)
         _check(stage, a)
         params = {"profile": _profile_params, "finetune": _finetune_params}.get(a.cmd, _eval_params)(a)
         return _run(stage, a.out, _model_flags(a, params), a.force, a)
