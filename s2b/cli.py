@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, os, sys, time
 from pathlib import Path
-from .stages import execute_stage, StageFailed
+from .stages import execute_stage, end_kernels, StageFailed
 from .runs import input_path
 from .steering import METHOD_STAGES
 
@@ -325,7 +325,7 @@ def main(argv=None) -> int:
     if debug: argv.remove("--debug")
     a = build_parser().parse_args(argv)
     import signal, threading
-    def _term(signum, frame): raise KeyboardInterrupt("terminated")
+    def _term(signum, frame): end_kernels(); raise KeyboardInterrupt("terminated")   # the kernel first: it prints nothing on its way out
     main_thread = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _term) if main_thread else None   # a kill ends the stage kernel and removes its files
     try: return _main(a)
