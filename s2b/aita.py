@@ -303,7 +303,8 @@ def run_aita(model: str = "embedded", adapter=None, control=None, placebo=None, 
     lm = load_model(model, backend=backend, device=device)
     max_length = max_length or default_max_length(lm)
     cache = out/"posts.parquet"
-    out.mkdir(parents=True, exist_ok=True)
+    from s2b.runs import start_run                       # posts' scores resumed only from the same posts file, adapters and settings
+    start_run(out, "aita", params, ["posts.parquet"])
     tables = []
     if base or not adapters:
         tables.append(score_posts(lm, ps, "base", system=system, max_length=max_length, cache=cache, every=every,

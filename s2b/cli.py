@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, os, sys, time
 from pathlib import Path
-from .stages import execute_stage, StageFailed
+from .stages import execute_stage, end_kernels, StageFailed
 from .runs import input_path
 from .steering import ADAPTER_METHODS, METHOD_STAGES
 
@@ -311,7 +311,7 @@ def _main(a) -> int:
         stage = a.task if a.cmd == "evaluate" else METHOD_STAGES[a.method] if a.cmd == "finetune" else a.cmd
         if stage == "capability":             # a task name lm-eval does not know: one line, no notebook
             from s2b.lmeval import check_tasks
-            check_tasks(_eval_params(a)["tasks"])
+            check_tasks(_eval_params(a)["tasks"], trust_remote_code=getattr(a, "trust_remote_code", False) or None)
         _check(stage, a)
         params = {"profile": _profile_params, "finetune": _finetune_params}.get(a.cmd, _eval_params)(a)
         return _run(stage, a.out, _model_flags(a, params), a.force, a)
@@ -333,7 +333,7 @@ def main(argv=None) -> int:
     if debug: argv.remove("--debug")
     a = build_parser().parse_args(argv)
     import signal, threading
-    def _term(signum, frame): raise KeyboardInterrupt("terminated")
+    def _term(signum, frame): end_kernels(); raise KeyboardInterrupt("terminated")   # the kernel first: it prints nothing on its way out
     main_thread = threading.current_thread() is threading.main_thread()
     old = signal.signal(signal.SIGTERM, _term) if main_thread else None   # a kill ends the stage kernel and removes its files
     try: return _main(a)

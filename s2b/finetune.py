@@ -10,12 +10,12 @@ import numpy as np, pandas as pd
 from .recipes import load_recipe
 from .models import LM, load_model, resolve_backend, model_slug
 from .interventions import intervention_data, prepare_intervention, steering_params, write_steering_run
-from .runs import save_figure, atomic_write_json, atomic_to_parquet, is_done, read_json
+from .runs import save_figure, atomic_write_json, atomic_to_parquet, is_done, read_json, write_checksums, verify_checksums, CHECKSUMS
 from .trainstep import prompt_batch, answer_logits, slot_loss, frozen_states
 
 # %% auto #0
-__all__ = ['lora_model', 'with_labels', 'answer_features', 'answer_loss', 'sft_trainer', 'last_checkpoint', 'plot_loss',
-           'run_finetune']
+__all__ = ['lora_model', 'with_labels', 'answer_features', 'answer_loss', 'checkpoint_checksums', 'sft_trainer',
+           'last_checkpoint', 'plot_loss', 'run_finetune']
 
 # %% ../nbs/03_finetune.ipynb #f5ca8d07
 def _linear_names(model) -> list[str]:
@@ -107,6 +107,17 @@ def _evaluates(training: dict) -> bool:
     "False for `eval_every: null`: a fixed number of steps with no evaluation, no early stopping and the last step kept."
     return training["eval_every"] is not None
 
+# %% ../nbs/03_finetune.ipynb #f402c342
+def checkpoint_checksums():
+    "A `TrainerCallback` that writes `s2b-checksums.json` (`s2b.runs.write_checksums`) into each checkpoint once it is saved."
+    from transformers import TrainerCallback
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+    class Checksums(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            d = Path(args.output_dir)/f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+            if d.is_dir() and getattr(state, "is_world_process_zero", True): write_checksums(d)
+    return Checksums()
+
 # %% ../nbs/03_finetune.ipynb #f9782c1d
 def sft_trainer(lm: LM, train: pd.DataFrame, evald: pd.DataFrame | None, cfg: dict, out_dir, backend: str = "hf", seed: int = 0):
     "A transformers `Trainer` for the pre-tokenised examples, with the loss on the answer tokens only."
@@ -145,6 +156,7 @@ def sft_trainer(lm: LM, train: pd.DataFrame, evald: pd.DataFrame | None, cfg: di
         use_cpu=not gpu, dataloader_num_workers=0, remove_unused_columns=False,
     )
     callbacks = [EarlyStoppingCallback(int(t["early_stopping_patience"]), float(t["early_stopping_threshold"]))] if ds_eval is not None else []
+    callbacks.append(checkpoint_checksums())            # a resume verifies the checkpoint it starts from (`last_checkpoint`)
     # the frozen layers' states of every prompt, computed once (lora.top_layers, training.frozen_cache)
     frozen = frozen_states(lm, model, [f["input_ids"] for d in (ds_train, ds_eval) if d is not None for f in d],
                            enabled=slot and bool(t["frozen_cache"])) if slot else None
@@ -158,26 +170,34 @@ def sft_trainer(lm: LM, train: pd.DataFrame, evald: pd.DataFrame | None, cfg: di
     return trainer
 
 # %% ../nbs/03_finetune.ipynb #5172ff69
-def _checkpoint_ok(d: Path) -> bool:
-    "A checkpoint written to the end: its trainer state parses, its weights open, its torch files are whole zip archives."
+def _checkpoint_problem(d: Path) -> str | None:
+    """Why the checkpoint `d` cannot be resumed from (None: it can): a file that differs from the checksums written at its
+    save (`checkpoint_checksums`), no checksums (killed before the save ended), or a file that does not open."""
     import zipfile
+    bad = verify_checksums(d)
+    if bad is None: return f"it has no {CHECKSUMS} (its save did not end)"
+    if bad: return f"{', '.join(bad[:3])} {'does' if len(bad) == 1 else 'do'} not match the checksums written at its save"
     try:
         json.loads((d/"trainer_state.json").read_text())
         from safetensors import safe_open
         weights = list(d.glob("*.safetensors"))
         for w in weights:
             with safe_open(str(w), "pt") as f: [f.get_slice(k) for k in f.keys()]
-        return bool(weights or list(d.glob("*.bin"))) and all(zipfile.is_zipfile(p) for p in d.glob("*.pt*"))
-    except Exception: return False
+    except Exception as e: return f"it cannot be read ({type(e).__name__})"
+    if not (weights or list(d.glob("*.bin"))): return "it holds no weights"
+    torn = [p.name for p in d.glob("*.pt*") if not zipfile.is_zipfile(p)]
+    return f"{', '.join(torn)} not whole" if torn else None
 
 # %% ../nbs/03_finetune.ipynb #268a0319
 def last_checkpoint(ckpt_dir) -> str | None:
-    "The newest complete checkpoint in `ckpt_dir`; a half-written one (killed during a save) is removed, and the one before used."
+    """The newest checkpoint in `ckpt_dir` that verifies (`_checkpoint_problem`); one that does not (half written, or its
+    bytes changed since its save) is named in one line and removed, and the one before used."""
     import shutil
     step = lambda p: int(p.name.rsplit("-", 1)[-1]) if p.name.rsplit("-", 1)[-1].isdigit() else -1
     for d in sorted(Path(ckpt_dir).glob("checkpoint-*"), key=step, reverse=True):
-        if _checkpoint_ok(d): return str(d)
-        print(f"s2b: skipping the incomplete checkpoint {d}"); shutil.rmtree(d, ignore_errors=True)
+        why = _checkpoint_problem(d)
+        if why is None: return str(d)
+        print(f"s2b: skipping the checkpoint {d}: {why}; removed"); shutil.rmtree(d, ignore_errors=True)
     return None
 
 # %% ../nbs/03_finetune.ipynb #d96abc71

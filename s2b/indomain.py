@@ -117,11 +117,17 @@ def shared_ratings_path(steering_run, model, s) -> Path:
     """Where the ratings under the steering run `steering_run` on the prepared survey `s` are cached beside it, so that
     every in-domain run with the same control (20 values × directions in a grid) rates it once. The key holds the model,
     the survey file, the selection of items and variants, and the artefact's content (`s2b.runs.fingerprint`), so a
-    retrained artefact is rated anew."""
+    retrained artefact is rated anew. A `ratings/` (or cache file) that is a link leading out of the run is refused."""
     import hashlib
     key = json.dumps([str(model), s.sha256, sorted(i.id for i in s.items), s.template_ids(), s.instruction_ids(),
                       fingerprint(steering_run)], default=str)
-    return Path(steering_run)/"ratings"/f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.parquet"
+    run = Path(steering_run).resolve()
+    path = run/"ratings"/f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.parquet"
+    for p in (path.parent, path):
+        if (p.is_symlink() or p.exists()) and not p.resolve().is_relative_to(run):
+            raise ValueError(f"{Path(steering_run)/p.relative_to(run)} is a link to {p.resolve()}, outside the run folder "
+                             f"{steering_run}; s2b writes the shared ratings only inside it (remove the link)")
+    return path
 
 def run_indomain(model="embedded", survey="bundled", adapter=None, control=None, target=None, direction="down", split="test",
                  limit=None, templates=None, batch_size=None, seed=0, backend="hf", out="indomain", force=False, instructions=None) -> dict:

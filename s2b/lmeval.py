@@ -4,7 +4,7 @@
 
 # %% ../nbs/06f_lmeval.ipynb #87751d4c
 from __future__ import annotations
-import contextlib, difflib, functools, importlib.metadata as _md, json, logging, warnings
+import contextlib, difflib, functools, importlib.metadata as _md, json, logging, os, re, warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +16,8 @@ from .runs import repo_root
 # %% auto #0
 __all__ = ['BUNDLED_TASK', 'DEFAULT_TASKS', 'METRICS', 'SAMPLE_COLUMNS', 'bundled_tasks_dir', 'bundled_tasks',
            'bundled_task_config', 'bundled_data_files', 'load_questions', 'TaskError', 'parse_tasks', 'lm_eval_version',
-           'task_manager', 'check_tasks', 'load_tasks', 'task_record', 'hflm', 'samples_frame', 'evaluate_role']
+           'task_manager', 'yaml_code', 'check_tasks', 'load_tasks', 'task_record', 'hflm', 'samples_frame',
+           'evaluate_role']
 
 # %% ../nbs/06f_lmeval.ipynb #598b88db
 BUNDLED_TASK = "s2b_general"
@@ -122,10 +123,26 @@ def task_manager(names: Sequence[str]):
     own = bundled_tasks()
     return _task_manager(str(bundled_tasks_dir()), any(n not in own and not _is_yaml(n) for n in names))
 
+# %% ../nbs/06f_lmeval.ipynb #21a9a9eb
+def yaml_code(path, seen=None) -> Path | None:
+    "The task YAML (`path`, or one it includes) that names Python code beside it (lm-eval's `!function`); None when none does."
+    path = Path(path).expanduser().resolve(); seen = set() if seen is None else seen
+    if path in seen or not path.is_file(): return None
+    seen.add(path); text = path.read_text(errors="replace")
+    if re.search(r"!function\b", text): return path
+    for inc in re.findall(r"^\s*include:\s*['\"]?([^'\"#\s]+)", text, re.M):
+        if (hit := yaml_code(Path(inc) if Path(inc).is_absolute() else path.parent/inc, seen)): return hit
+    return None
+
 # %% ../nbs/06f_lmeval.ipynb #35d30d74
-def check_tasks(tasks, tm=None) -> list[str]:
-    "The parsed task names, or a `TaskError` naming those that neither lm-eval nor s2b knows (no data is loaded)."
+def check_tasks(tasks, tm=None, trust_remote_code: bool | None = None) -> list[str]:
+    """The parsed task names, or a `TaskError` naming those that neither lm-eval nor s2b knows (no data is loaded), or a task
+    file that runs code (`yaml_code`) without `trust_remote_code` (default: `$S2B_TRUST_REMOTE_CODE`, set by --trust-remote-code)."""
     names = parse_tasks(tasks)
+    if trust_remote_code is None: trust_remote_code = os.environ.get("S2B_TRUST_REMOTE_CODE", "").strip().lower() in ("1", "true", "yes", "on")
+    for n in names:
+        if _is_yaml(n) and not trust_remote_code and (code := yaml_code(n)):
+            raise TaskError(f"{code}: the task file runs Python code beside it (!function); s2b runs it only with --trust-remote-code")
     own = bundled_tasks()
     todo = [n for n in names if n not in own and not _is_yaml(n)]
     if not todo: return names

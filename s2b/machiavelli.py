@@ -10,7 +10,7 @@ from typing import Callable
 
 import numpy as np
 
-from .runs import atomic_write_json, atomic_write_text, is_done, read_json, run_record
+from .runs import atomic_write_json, atomic_write_text, inputs_fingerprint, is_done, read_json, run_record
 from .runs import cache_dir, save_figure
 from .models import load_model
 from .steering import read_steering, steer
@@ -33,8 +33,12 @@ def baseline_path(game: GameSource, n: int, max_steps: int = 200) -> Path:
 def random_baseline(game: GameSource, n: int = 50, max_steps: int = 200, cache: bool = True) -> dict:
     "The random agent's per-episode counts (both scorings) on `game` over `n` episodes (cached per game version, n, max_steps)."
     path = baseline_path(game, n, max_steps)
-    rec = read_json(path) if cache else None
-    if rec and rec.get("version") == BASELINE_VERSION and rec.get("sha256") == game.sha256: return {**rec, "cache": str(path)}
+    try: rec = read_json(path) if cache else None
+    except (OSError, ValueError): rec = None                       # a corrupt cache: played again and rewritten
+    if isinstance(rec, dict) and rec.get("version") == BASELINE_VERSION and rec.get("sha256") == game.sha256:
+        # a mean the random agent never scored is NaN, written as null (strict JSON): read back as NaN
+        nan = {k: {m: math.nan if v is None else v for m, v in (rec.get(k) or {}).items()} for k in ("mean", "upstream_mean")}
+        return {**rec, **nan, "cache": str(path)}
     env = game.env()
     eps = [play_episode(env, RandomAgent(), seed=i, agent_seed=derive_seed("random-baseline", game.id, i), max_steps=max_steps)
            for i in range(n)]
@@ -233,7 +237,9 @@ def run_machiavelli(model: str = "embedded", adapter: str | None = None, control
     for g in sources:
         t0 = time.time(); baselines[g.id] = random_baseline(g, random_episodes, max_steps); g.release()
         say(f"random baseline {g.id}: {random_episodes} episodes ({time.time()-t0:.1f}s)")
-    key = {**{k: params[k] for k in _RESUME_KEYS}, "max_steps": max_steps, "counts_version": _COUNTS_VERSION}
+    # the episodes resumed are those of the same settings and of the same model and artefacts by content (one retrained in place is replayed)
+    arts = {k: v for k, v in inputs_fingerprint(params).items() if k in ("model", "adapter", "control")}
+    key = {**{k: params[k] for k in _RESUME_KEYS}, "max_steps": max_steps, "counts_version": _COUNTS_VERSION, "content": arts}
     run_key = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
     wanted = {(g.id, g.sha256, r, e) for g in sources for r in roles for e in range(episodes)}
     traj = out/"trajectories.jsonl"

@@ -45,13 +45,17 @@ def run_info(run: dict, folder) -> dict:
 def collect(runs_dir="papermill_runs") -> pd.DataFrame:
     "One row per finished stage run, as its `run.json` describes it (`run_info`), with its folder, metrics and run record."
     rows = []
+    def obj(f: Path) -> dict:                                          # a corrupt run folder is named and skipped
+        try: o = read_json(f, {})
+        except (OSError, ValueError) as e: raise ValueError(f"its {f.name} cannot be read ({e})") from None
+        if not isinstance(o, dict): raise ValueError(f"its {f.name} is not a JSON object")
+        return o
     for m in sorted(Path(runs_dir).glob("*/*/metrics.json")):
         if m.parent.name.startswith("."): continue                      # a rerun still at work (`.<name>.next`)
-        run = read_json(m.parent/"run.json", {})
-        try: info = run_info(run, m.parent)
+        try: run = obj(m.parent/"run.json"); metrics = obj(m); info = run_info(run, m.parent)
         except ValueError as e:
             print(f"s2b report: skipped {m.parent}: {e}", file=sys.stderr); continue
-        rows.append({**info, "path": str(m.parent), "metrics": read_json(m), "run": run, "created": str(run.get("created") or "")})
+        rows.append({**info, "path": str(m.parent), "metrics": metrics, "run": run, "created": str(run.get("created") or "")})
     cols = ["model", "stage", "method", "target", "direction", "seed", "label", "targets", "path", "metrics", "run"]
     df = pd.DataFrame(rows, columns=cols + ["created"]).sort_values("created", kind="stable")
     df["seed"] = pd.to_numeric(df.seed, errors="coerce").astype("Int64")

@@ -10,7 +10,8 @@ from .runs import atomic_write_json, atomic_write_text, inputs_fingerprint, is_d
 
 # %% auto #0
 __all__ = ['STAGES', 'MARKER', 'stage_notebook', 'StageFailed', 'RunFolderError', 'foreign_entries', 'check_out_dir',
-           'stage_done', 'clean_kernel_files', 'is_library_cell', 'stage_copy', 'RunFolderBusy', 'execute_stage']
+           'stage_done', 'clean_kernel_files', 'end_kernels', 'is_library_cell', 'stage_copy', 'RunFolderBusy',
+           'execute_stage']
 
 # %% ../nbs/07b_stages.ipynb #bed8f561
 STAGES = {"profile": "02_profile.ipynb", "baseline": "02_profile.ipynb",   # a baseline is a profile of the un-steered model
@@ -153,8 +154,8 @@ def clean_kernel_files(pid: int | None = None) -> list[Path]:
     return files
 
 # %% ../nbs/07b_stages.ipynb #7c7f3b32
-def _end_kernels():
-    "Stop this process's kernels (an interrupted papermill leaves them running) and remove their files."
+def end_kernels():
+    "Stop this process's kernels (an interrupted papermill leaves them running, a terminated one prints their errors) and remove their files."
     import glob, signal
     me = os.getpid()
     for st in glob.glob("/proc/[0-9]*/stat"):                # Linux; elsewhere the files are removed by the next run
@@ -281,7 +282,7 @@ def _execute(stage: str, out_dir: Path, params: dict, *, force, progress, log_ou
                                 progress_bar=progress and not stream, log_output=log_output, kernel_name="python3",
                                 kernel_manager_class=_kernel_manager(),
                                 stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
-    except KeyboardInterrupt: _end_kernels(); raise
+    except KeyboardInterrupt: end_kernels(); raise
     except pm.PapermillExecutionError as e:
         if running.exists(): os.replace(running, failed)
         _mark(work, stage, [p.name for p in work.iterdir()])
