@@ -197,7 +197,7 @@ def test_task_file_with_function_needs_trust_remote_code(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- SIGTERM
 
 @pytest.mark.slow
-@pytest.mark.parametrize("after", [1.5, 5.0, 12.0])
+@pytest.mark.parametrize("after", [1.5, 5.0])      # later, an idle machine may have finished the 40 prompts
 def test_sigterm_prints_one_line(tmp_path, after):
     "A stage terminated while its kernel starts, or while it runs, prints `s2b: interrupted` and no traceback."
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
