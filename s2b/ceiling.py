@@ -5,7 +5,7 @@
 # %% ../nbs/05d_ceiling.ipynb #45005977
 from __future__ import annotations
 import json          # the run cell reads its overrides
-import os, shutil, time
+import time
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -15,7 +15,7 @@ from .recipes import load_recipe
 from .models import LM, load_model
 from .scoring import encode
 from .interventions import steering_params, write_steering_run
-from .finetune import lora_model
+from .finetune import lora_model, train_adapter
 from .posts import LABELS, load_posts
 from .verdicts import default_max_length, fit_prompt
 
@@ -78,17 +78,8 @@ def verdict_trainer(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0
 # %% ../nbs/05d_ceiling.ipynb #f8713e30
 def train_verdicts(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0) -> Path:
     "Train a LoRA adapter on `examples` and save it into `out_dir/adapter` (atomically); the log into `out_dir/loss.csv`."
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    trainer = verdict_trainer(lm, examples, recipe, out, seed)
-    trainer.train()
-    tmp = out/".adapter.tmp"
-    if tmp.exists(): shutil.rmtree(tmp)
-    trainer.model.save_pretrained(tmp); lm.tokenizer.save_pretrained(tmp)
-    if (out/"adapter").exists(): shutil.rmtree(out/"adapter")
-    os.replace(tmp, out/"adapter")
-    shutil.rmtree(out/"checkpoints", ignore_errors=True)
-    pd.DataFrame(trainer.state.log_history).to_csv(out/"loss.csv", index=False)
-    return out/"adapter"
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return train_adapter(verdict_trainer(lm, examples, recipe, out_dir, seed), lm.tokenizer, out_dir)
 
 # %% ../nbs/05d_ceiling.ipynb #7f144ad1
 def run_verdict(model="embedded", survey="bundled", target=None, direction="down", control=False, recipe="recipes/verdict-cpu.yaml",

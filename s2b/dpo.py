@@ -5,7 +5,6 @@
 # %% ../nbs/03d_dpo.ipynb #fd868aa6
 from __future__ import annotations
 import json          # the run cell reads its overrides
-import os, shutil
 from pathlib import Path
 import pandas as pd
 import time
@@ -16,7 +15,7 @@ from .models import LM, load_model
 from .scoring import encode
 from .interventions import anchor_answers, prepare_intervention, steering_params, write_steering_run
 from .recipes import load_recipe
-from .finetune import lora_model
+from .finetune import lora_model, train_adapter
 from .trainstep import prompt_batch, answer_logits, frozen_states
 from .runs import is_done, read_json
 
@@ -129,17 +128,8 @@ def dpo_trainer(lm: LM, pairs, recipe, out_dir, seed: int = 0):
 # %% ../nbs/03d_dpo.ipynb #23d89a99
 def train_dpo(lm: LM, pairs, recipe, out_dir, seed: int = 0) -> Path:
     "Train a DPO LoRA adapter on `pairs` and save it into `out_dir/adapter`; return that folder."
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    trainer = dpo_trainer(lm, pairs, recipe, out, seed)
-    trainer.train()
-    tmp = out/".adapter.tmp"
-    if tmp.exists(): shutil.rmtree(tmp)
-    trainer.model.save_pretrained(tmp); lm.tokenizer.save_pretrained(tmp)
-    if (out/"adapter").exists(): shutil.rmtree(out/"adapter")
-    os.replace(tmp, out/"adapter")
-    shutil.rmtree(out/"checkpoints", ignore_errors=True)
-    pd.DataFrame(trainer.state.log_history).to_csv(out/"loss.csv", index=False)
-    return out/"adapter"
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    return train_adapter(dpo_trainer(lm, pairs, recipe, out_dir, seed), lm.tokenizer, out_dir)
 
 # %% ../nbs/03d_dpo.ipynb #d62b7e73
 def run_dpo(model="embedded", survey="bundled", target=None, direction="down", control=False, recipe="recipes/cpu-smoke.yaml",

@@ -14,8 +14,8 @@ from .runs import save_figure, atomic_write_json, atomic_to_parquet, is_done, re
 from .trainstep import prompt_batch, answer_logits, slot_loss, frozen_states
 
 # %% auto #0
-__all__ = ['lora_model', 'with_labels', 'answer_features', 'answer_loss', 'checkpoint_checksums', 'sft_trainer',
-           'last_checkpoint', 'plot_loss', 'run_finetune']
+__all__ = ['lora_model', 'save_adapter', 'train_adapter', 'with_labels', 'answer_features', 'answer_loss', 'checkpoint_checksums',
+           'sft_trainer', 'last_checkpoint', 'plot_loss', 'run_finetune']
 
 # %% ../nbs/03_finetune.ipynb #f5ca8d07
 def _linear_names(model) -> list[str]:
@@ -41,6 +41,28 @@ def lora_model(lm: LM, lora: dict, backend: str = "hf", seed: int = 0, gradient_
                      layers_to_transform=layers, bias="none", task_type="CAUSAL_LM")
     if gradient_checkpointing: lm.model.gradient_checkpointing_enable(); lm.model.enable_input_require_grads()
     return get_peft_model(lm.model, cfg)
+
+# %% ../nbs/03_finetune.ipynb #41a06706
+def save_adapter(trainer, tok, out) -> Path:
+    "Save `trainer`'s adapter (and the tokenizer) into `out/adapter` atomically: a temporary folder, then a rename; return it."
+    import shutil
+    out = Path(out); tmp = out/".adapter.tmp"
+    if tmp.exists(): shutil.rmtree(tmp)
+    trainer.model.save_pretrained(tmp); tok.save_pretrained(tmp)
+    if (out/"adapter").exists(): shutil.rmtree(out/"adapter")
+    os.replace(tmp, out/"adapter")
+    return out/"adapter"
+
+# %% ../nbs/03_finetune.ipynb #2c5ff822
+def train_adapter(trainer, tok, out) -> Path:
+    "Train with `trainer` from the start, save its adapter into `out/adapter` (`save_adapter`), the log into `out/loss.csv`; return the adapter."
+    import shutil
+    out = Path(out); out.mkdir(parents=True, exist_ok=True)
+    trainer.train()
+    save_adapter(trainer, tok, out)
+    shutil.rmtree(out/"checkpoints", ignore_errors=True)
+    pd.DataFrame(trainer.state.log_history).to_csv(out/"loss.csv", index=False)
+    return out/"adapter"
 
 # %% ../nbs/03_finetune.ipynb #2c642504
 def with_labels(df: pd.DataFrame) -> pd.DataFrame:
@@ -284,10 +306,7 @@ def run_finetune(model="embedded", survey="bundled", target=None, direction="dow
     best = trainer.state.best_metric
     final_eval = ({"eval_loss": best} if best is not None else trainer.evaluate()) if trainer.eval_dataset is not None else {}
     eval_secs = sum(h.get("eval_runtime", 0.0) for h in hist)
-    tmp = out/".adapter.tmp"
-    trainer.model.save_pretrained(tmp); lm.tokenizer.save_pretrained(tmp)
-    if (out/"adapter").exists(): import shutil; shutil.rmtree(out/"adapter")
-    os.replace(tmp, out/"adapter")
+    save_adapter(trainer, lm.tokenizer, out)
     shutil.rmtree(out/"checkpoints", ignore_errors=True); (out/"checkpoints.json").unlink(missing_ok=True)
     pd.DataFrame(hist).to_csv(out/"loss.csv", index=False)
     ax = plot_loss(hist, title=f"{model_slug(model)}: {'control' if control else ', '.join(f'{v}→{r}' for v, r in targets.items())}")
