@@ -81,7 +81,8 @@ def transfer_verdict(rows: pd.DataFrame, alpha: float = 0.05) -> str:
         return (f"{v}: no test of transfer: the survey adapter is not selective in domain on held-out templates in any of "
                 f"{len(rows)} seeds, so there is no steered value to transfer")
     sig = tested[tested.aita_q < alpha]
-    right, wrong = int((np.sign(sig.aita_gain) == sign).sum()), int((np.sign(sig.aita_gain) == -sign).sum())
+    beyond = sign * (sig.aita_gain - sig.placebo.fillna(0)) > 0 if "placebo" in sig else True     # and beyond its placebo
+    right, wrong = int(((np.sign(sig.aita_gain) == sign) & beyond).sum()), int((np.sign(sig.aita_gain) == -sign).sum())
     n = int(tested.aita_gain.notna().sum())
     mde = float(np.nanmax(tested.aita_mde)) if tested.aita_mde.notna().any() else np.nan
     ceil = rows[["ceiling", "ceiling_lo", "ceiling_hi"]].astype(float).dropna() if "ceiling" in rows else pd.DataFrame()
@@ -89,12 +90,12 @@ def transfer_verdict(rows: pd.DataFrame, alpha: float = 0.05) -> str:
     ceiling = (f"ceiling {ceil.ceiling.iloc[0]:+.3f} [{ceil.ceiling_lo.iloc[0]:+.3f}, {ceil.ceiling_hi.iloc[0]:+.3f}]"
                if len(ceil) else "no ceiling measured")
     left = f" ({len(rows) - len(tested)} seed(s) not selective in domain left out)" if len(tested) < len(rows) else ""
-    head = (f"{v}: AITA gain significant (BH q < {alpha}) in the intended direction in {right} of {n} selective seeds, "
+    head = (f"{v}: AITA gain significant (BH q < {alpha}) in the intended direction and beyond its placebo in {right} of {n} selective seeds, "
             f"the other way in {wrong}{left}")
     if right > n / 2 and wrong == 0: return f"{head}; {ceiling}: transfer shown"
-    if right == 0 and wrong == 0 and sees:
+    if right == 0 and sees:
         return f"{head}; {ceiling}: no transfer larger than the MDE ({mde:.3f}; the instrument sees its ceiling)"
-    why = ("the instrument's ceiling is not distinguishable from 0, so a null says nothing" if not sees and right == wrong == 0
+    why = ("the instrument's ceiling is not distinguishable from 0, so a null says nothing" if not sees and right == 0
            else "the seeds disagree")
     return f"{head}; {ceiling}: inconclusive ({why})"
 
