@@ -25,7 +25,7 @@ def test_stage_copy_needs_a_parameters_cell(tmp_path):
 def test_execute_stage_runs_the_stage_once(tmp_path, capsys):
     out = tmp_path/"report"
     params = {"runs_dir": str(tmp_path/"runs"), "figures": str(tmp_path/"figures")}
-    sockets = lambda: set(Path(tempfile.gettempdir()).glob("s2b-kernel-*"))
+    sockets = lambda: set(Path(tempfile.gettempdir()).glob(f"s2b-kernel-{os.getpid()}-*"))     # this process's (others may run beside)
     before_run = sockets()
     report = execute_stage("report", out, params, stream=True)
     assert "figure files" in capsys.readouterr().out                         # the notebook's own output, live
