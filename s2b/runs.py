@@ -50,14 +50,14 @@ def _jsonable(o):
 
 # %% ../nbs/00a_runs.ipynb #f17691d3
 def _nan_to_none(o):
-    if isinstance(o, float) and o != o: return None
+    if isinstance(o, float) and (o != o or o in (float("inf"), float("-inf"))): return None
     if isinstance(o, dict): return {k: _nan_to_none(v) for k, v in o.items()}
     if isinstance(o, (list, tuple)): return [_nan_to_none(v) for v in o]
     return o
 
 # %% ../nbs/00a_runs.ipynb #6706b862
 def atomic_write_json(path, obj) -> Path:
-    "Write `obj` as indented JSON, atomically. NaN becomes null (strict JSON)."
+    "Write `obj` as indented JSON, atomically. NaN and ±inf become null (strict JSON)."
     obj = _nan_to_none(json.loads(json.dumps(obj, default=_jsonable)))
     return atomic_write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
