@@ -130,6 +130,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                               's2b.finetune.answer_features': ('finetune.html#answer_features', 's2b/finetune.py'),
                               's2b.finetune.answer_loss': ('finetune.html#answer_loss', 's2b/finetune.py'),
                               's2b.finetune.checkpoint_checksums': ('finetune.html#checkpoint_checksums', 's2b/finetune.py'),
+                              's2b.finetune.fixed_step_args': ('finetune.html#fixed_step_args', 's2b/finetune.py'),
                               's2b.finetune.last_checkpoint': ('finetune.html#last_checkpoint', 's2b/finetune.py'),
                               's2b.finetune.lora_model': ('finetune.html#lora_model', 's2b/finetune.py'),
                               's2b.finetune.plot_loss': ('finetune.html#plot_loss', 's2b/finetune.py'),

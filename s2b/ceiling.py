@@ -15,7 +15,7 @@ from .recipes import load_recipe
 from .models import LM, load_model
 from .scoring import encode
 from .interventions import steering_params, write_steering_run
-from .finetune import lora_model, train_adapter
+from .finetune import fixed_step_args, lora_model, train_adapter
 from .posts import LABELS, load_posts
 from .verdicts import default_max_length, fit_prompt
 
@@ -52,9 +52,8 @@ def verdict_examples(tok, data: pd.DataFrame, posts, max_length: int) -> list[di
 # %% ../nbs/05d_ceiling.ipynb #799c3e0e
 def verdict_trainer(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0):
     "A transformers `Trainer` on `examples` (`verdict_examples`), LoRA and training settings from `recipe`."
-    import torch
     from datasets import Dataset
-    from transformers import Trainer, TrainingArguments
+    from transformers import Trainer
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
     cfg = load_recipe(recipe)
     t = cfg["training"]
@@ -63,14 +62,7 @@ def verdict_trainer(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0
     if lm.adapter or hasattr(lm.model, "peft_config"): raise ValueError("verdict_trainer needs the base model, without an adapter")
     model = lora_model(lm, cfg["lora"], "hf", seed, t["gradient_checkpointing"])
     gpu = str(lm.device).startswith("cuda")
-    args = TrainingArguments(
-        output_dir=str(Path(out_dir)/"checkpoints"), seed=seed, data_seed=seed,
-        learning_rate=float(t["learning_rate"]), warmup_steps=float(t["warmup_ratio"]), lr_scheduler_type=t["lr_scheduler_type"],
-        num_train_epochs=float(t["num_train_epochs"]), max_steps=int(t["max_steps"]),
-        per_device_train_batch_size=int(t["per_device_train_batch_size"]),
-        gradient_accumulation_steps=int(t["gradient_accumulation_steps"]), eval_strategy="no", save_strategy="no",
-        logging_steps=1, report_to=[], bf16=gpu and torch.cuda.is_bf16_supported(), use_cpu=not gpu,
-        dataloader_num_workers=0, remove_unused_columns=False)
+    args = fixed_step_args(t, out_dir, seed, gpu)
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     return Trainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
                    data_collator=DataCollatorForLanguageModeling(pad_token_id=pad), processing_class=lm.tokenizer)

@@ -15,7 +15,7 @@ from .models import LM, load_model
 from .scoring import encode
 from .interventions import anchor_answers, prepare_intervention, steering_params, write_steering_run
 from .recipes import load_recipe
-from .finetune import lora_model, train_adapter
+from .finetune import fixed_step_args, lora_model, train_adapter
 from .trainstep import prompt_batch, answer_logits, frozen_states
 from .runs import is_done, read_json
 
@@ -98,9 +98,7 @@ def _preference_trainer():
 
 def dpo_trainer(lm: LM, pairs, recipe, out_dir, seed: int = 0):
     "A transformers `Trainer` with DPO's loss on `pairs` (`dpo_pairs`), LoRA and training settings from `recipe`."
-    import torch
     from datasets import Dataset
-    from transformers import TrainingArguments
     cfg = load_recipe(recipe)
     beta, t = float(cfg["dpo"]["beta"]), cfg["training"]
     feats = pair_tokens(lm.tokenizer, pairs)
@@ -109,14 +107,7 @@ def dpo_trainer(lm: LM, pairs, recipe, out_dir, seed: int = 0):
     if lm.adapter or hasattr(lm.model, "peft_config"): raise ValueError("dpo_trainer needs the base model, without an adapter")
     model = lora_model(lm, cfg["lora"], "hf", seed, t["gradient_checkpointing"])
     gpu = str(lm.device).startswith("cuda")
-    args = TrainingArguments(
-        output_dir=str(Path(out_dir)/"checkpoints"), seed=seed, data_seed=seed,
-        learning_rate=float(cfg["dpo"]["learning_rate"] or t["learning_rate"]), warmup_steps=float(t["warmup_ratio"]), lr_scheduler_type=t["lr_scheduler_type"],
-        num_train_epochs=float(t["num_train_epochs"]), max_steps=int(t["max_steps"]),
-        per_device_train_batch_size=int(t["per_device_train_batch_size"]),
-        gradient_accumulation_steps=int(t["gradient_accumulation_steps"]), eval_strategy="no", save_strategy="no",
-        logging_steps=1, report_to=[], bf16=gpu and torch.cuda.is_bf16_supported(), use_cpu=not gpu,
-        dataloader_num_workers=0, remove_unused_columns=False)
+    args = fixed_step_args(t, out_dir, seed, gpu, cfg["dpo"]["learning_rate"])
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     # the frozen layers' states of every prompt, computed once (lora.top_layers, training.frozen_cache); the reference reads them too
     frozen = frozen_states(lm, model, [f["input_ids"] for f in feats], enabled=bool(t["frozen_cache"]))

@@ -14,8 +14,8 @@ from .runs import save_figure, atomic_write_json, atomic_to_parquet, is_done, re
 from .trainstep import prompt_batch, answer_logits, slot_loss, frozen_states
 
 # %% auto #0
-__all__ = ['lora_model', 'save_adapter', 'train_adapter', 'with_labels', 'answer_features', 'answer_loss', 'checkpoint_checksums',
-           'sft_trainer', 'last_checkpoint', 'plot_loss', 'run_finetune']
+__all__ = ['lora_model', 'save_adapter', 'train_adapter', 'fixed_step_args', 'with_labels', 'answer_features', 'answer_loss',
+           'checkpoint_checksums', 'sft_trainer', 'last_checkpoint', 'plot_loss', 'run_finetune']
 
 # %% ../nbs/03_finetune.ipynb #f5ca8d07
 def _linear_names(model) -> list[str]:
@@ -63,6 +63,21 @@ def train_adapter(trainer, tok, out) -> Path:
     shutil.rmtree(out/"checkpoints", ignore_errors=True)
     pd.DataFrame(trainer.state.log_history).to_csv(out/"loss.csv", index=False)
     return out/"adapter"
+
+# %% ../nbs/03_finetune.ipynb #0de3cd42
+def fixed_step_args(t: dict, out_dir, seed: int, gpu: bool, learning_rate=None):
+    """transformers `TrainingArguments` for a fixed number of steps from a recipe's `training` section `t`: no evaluation,
+    no checkpoints, a log entry per step (the `dpo` and `verdict` methods); `learning_rate` overrides the section's."""
+    import torch
+    from transformers import TrainingArguments
+    return TrainingArguments(
+        output_dir=str(Path(out_dir)/"checkpoints"), seed=seed, data_seed=seed,
+        learning_rate=float(learning_rate or t["learning_rate"]), warmup_steps=float(t["warmup_ratio"]), lr_scheduler_type=t["lr_scheduler_type"],
+        num_train_epochs=float(t["num_train_epochs"]), max_steps=int(t["max_steps"]),
+        per_device_train_batch_size=int(t["per_device_train_batch_size"]),
+        gradient_accumulation_steps=int(t["gradient_accumulation_steps"]), eval_strategy="no", save_strategy="no",
+        logging_steps=1, report_to=[], bf16=gpu and torch.cuda.is_bf16_supported(), use_cpu=not gpu,
+        dataloader_num_workers=0, remove_unused_columns=False)
 
 # %% ../nbs/03_finetune.ipynb #2c642504
 def with_labels(df: pd.DataFrame) -> pd.DataFrame:
