@@ -72,11 +72,12 @@ def _ci(x): return x if isinstance(x, (list, tuple)) and len(x) == 2 else [np.na
 
 # %% ../nbs/07a_report.ipynb #09de926f
 def profile_table(runs: pd.DataFrame) -> pd.DataFrame:
-    "Value profiles: model × method (× label, for a steered model) × value mean with CI."
+    "Value profiles: model × method × label (the steering label; `base` for the unsteered model) × value mean with CI."
     rows = []
     for r in runs[runs.stage == "profile"].itertuples():
+        label = r.label if isinstance(r.label, str) else r.method            # the unsteered model: `base`
         for v in VALUES:
-            if v in r.metrics: rows.append({"model": r.model, "method": r.method, "label": r.label, "value": v,
+            if v in r.metrics: rows.append({"model": r.model, "method": r.method, "label": label, "value": v,
                                             **{k: r.metrics[v][k] for k in ("mean", "ci_low", "ci_high", "n_items")}})
     return pd.DataFrame(rows, columns=["model", "method", "label", "value", "mean", "ci_low", "ci_high", "n_items"])
 
@@ -126,6 +127,7 @@ def _with_ceiling(t: pd.DataFrame) -> pd.DataFrame:
         t.loc[i, cols] = (same if len(same) else c).iloc[0][["gain", "gain_ci_low", "gain_ci_high"]].to_numpy(float)
     return t
 
+# %% ../nbs/07a_report.ipynb #221f8900
 def aita_table(runs: pd.DataFrame) -> pd.DataFrame:
     "AITA probability gain per model × method × value, with its CI, MDE, placebo, shift toward the low stance and the ceiling."
     rows = []

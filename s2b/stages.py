@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib, json, os, re, tempfile
 from pathlib import Path
 from .runs import atomic_write_json, atomic_write_text, inputs_fingerprint, is_done, read_json, repo_root
+from .rendered import write_report_html
 
 # %% auto #0
 __all__ = ['STAGES', 'MARKER', 'stage_notebook', 'StageFailed', 'RunFolderError', 'foreign_entries', 'check_out_dir',
@@ -220,7 +221,7 @@ def _move_run(work: Path, out_dir: Path):
     foreign = foreign_entries(out_dir)
     if foreign: raise RunFolderError(f"out {out_dir} came to hold files s2b did not write ({', '.join(foreign[:4])}) while "
                                      f"the run ran; nothing was replaced, the new run is in {work}")
-    for f in list(work.glob("*.json")) + list(work.glob("*.ipynb")):
+    for f in list(work.glob("*.json")) + list(work.glob("*.ipynb")) + list(work.glob("*.html")):
         t = f.read_text()
         if str(work) in t: atomic_write_text(f, t.replace(str(work), str(out_dir)))
     old = out_dir.with_name(f".{out_dir.name}.old")
@@ -290,6 +291,7 @@ def _execute(stage: str, out_dir: Path, params: dict, *, force, progress, log_ou
         raise StageFailed(f"stage {stage!r} failed in cell {e.exec_count}: {e.ename}: {e.evalue}\n"
                           f"  read the failed notebook: {failed}{kept}") from None
     os.replace(running, work/"report.ipynb")
+    write_report_html(work/"report.ipynb", is_library_cell)      # the library folded, report.html beside it
     failed.unlink(missing_ok=True)
     _mark(work, stage, [p.name for p in work.iterdir()])
     if work != out_dir: _move_run(work, out_dir)
