@@ -35,20 +35,21 @@ def hide_library(nb, is_library):
     return nb
 
 # %% ../nbs/07aa_rendered.ipynb #c0488277
-def report_html(nb, title: str = "s2b run") -> str:
-    "`nb` as one HTML page (images inline) without the cells tagged LIBRARY_TAG."
+def report_html(nb, title: str | None = None) -> str:
+    "`nb` as one HTML page (images inline) without the cells tagged LIBRARY_TAG; titled `title` (default: the notebook's first heading)."
     from nbconvert import HTMLExporter
     from nbconvert.preprocessors import TagRemovePreprocessor
+    heads = [l[2:].strip() for c in nb.cells if c.cell_type == "markdown" for l in c.source.splitlines() if l.startswith("# ")]
     exporter = HTMLExporter()
     exporter.register_preprocessor(TagRemovePreprocessor(remove_cell_tags={LIBRARY_TAG}), enabled=True)
-    return exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})[0]
+    return exporter.from_notebook_node(nb, resources={"metadata": {"name": title or f"{(heads or ['s2b'])[0]}: s2b run"}})[0]
 
 # %% ../nbs/07aa_rendered.ipynb #107cf5fc
 def write_report_html(report, is_library) -> Path:
     """Fold the library cells of the rendered stage notebook `report` (rewritten in place) and write `report.html` beside it
-    without them, titled by the run folder's name; return the HTML's path."""
+    without them; return the HTML's path."""
     import nbformat
     report = Path(report)
     nb = hide_library(nbformat.read(report, as_version=4), is_library)
     atomic_write_text(report, nbformat.writes(nb))
-    return atomic_write_text(report.with_suffix(".html"), report_html(nb, f"{report.parent.name}: s2b run"))
+    return atomic_write_text(report.with_suffix(".html"), report_html(nb))

@@ -25,9 +25,8 @@ def _indomain(drop, v):
 def _harms(power):
     return {k: {"mean": x, "lo": x - 10, "hi": x + 10} for k, x in (("power", power), ("disutility", 90), ("violations", 70))}
 
-@pytest.fixture
-def runs(tmp_path):
-    r = tmp_path/"runs"
+def _small_runs(r):
+    "A profile, two value-lowering sft adapters evaluated in domain and on AITA, one in MACHIAVELLI: in run folders under `r`."
     _run(r, "profile", {v: {"mean": 3.0 + i / 20, "ci_low": 2.9 + i / 20, "ci_high": 3.2 + i / 20, "n_items": 2} for i, v in enumerate(VALUES)} | {"alpha": 0.1},
          "profile")
     for v, drop in (("Hedonism", 1.5), ("Tradition", 0.5)):
@@ -36,6 +35,10 @@ def runs(tmp_path):
                                         "weighted_mean": {"gain": drop / 10}}, "aita", _steer(v))
     _run(r, "machiavelli__Hedonism-down__s0", {"summary": {"adapter": _harms(80), "random": _harms(100)}}, "machiavelli", _steer("Hedonism"))
     return r
+
+@pytest.fixture
+def runs(tmp_path):
+    return _small_runs(tmp_path/"runs")
 
 @pytest.fixture
 def two_methods(runs):
@@ -71,6 +74,8 @@ def test_tables_and_figures_from_runs(runs, tmp_path):
     for name in ("profiles", "indomain", "aita", "machiavelli"):                    # every table says the method
         assert "method" in pd.read_csv(runs/"report"/"tables"/f"{name}.csv")
     assert set(pd.read_csv(runs/"report"/"tables"/"profiles.csv").method) == {"base"}
+    assert set(pd.read_csv(runs/"report"/"tables"/"profiles.csv").label) == {"base"}           # the unsteered model's label, not NaN
+    assert "| nan " not in (runs/"report"/"tables"/"profiles.md").read_text()
 
 def test_empty_runs_dir(tmp_path):
     written = build_report(tmp_path/"none", tmp_path/"figures")
@@ -144,7 +149,7 @@ def test_methods_are_compared(two_methods, tmp_path):
     assert any(l.startswith("tiny-model sft Tradition-down: in-domain not run") and "MACHIAVELLI not run" in l for l in written["findings"])
     assert any(l.startswith("tiny-model caa Tradition down: selective") for l in written["findings"])     # per method, never pooled
     prof = pd.read_csv(two_methods/"report"/"tables"/"profiles.csv")
-    assert set(zip(prof.method, prof.label.fillna(""))) == {("base", ""), ("caa", "Hedonism-down")}
+    assert set(zip(prof.method, prof.label)) == {("base", "base"), ("caa", "Hedonism-down")}
     md = (tmp_path/"figures"/"results.md").read_text()
     assert "## methods" in md and md.index("tiny-model caa Hedonism-down:") < md.index("## profiles")  # the lines are findings
 
@@ -214,3 +219,78 @@ def test_the_transfer_study_table_and_verdicts(tmp_path):
     lines = transfer_lines(t)
     assert lines[0].startswith("Hedonism up: AITA gain significant") and "no transfer larger than the MDE (0.040" in lines[0]
     assert lines[1] == "Hedonism up MACHIAVELLI: not played"
+
+# The rendered report of a stage run: what it measured first, the library folded in report.ipynb and left out of report.html.
+
+@pytest.fixture(scope="module")
+def report_run(tmp_path_factory):
+    "The report stage run (papermill, as `s2b report` runs it) on the small runs; its run folder."
+    from s2b.stages import execute_stage
+    root = tmp_path_factory.mktemp("rendered")
+    execute_stage("report", root/"report", {"runs_dir": str(_small_runs(root/"runs")), "figures": str(root/"figures")}, progress=False)
+    return root/"report"
+
+@pytest.mark.slow
+def test_a_run_report_folds_its_library_and_has_an_html_copy(report_run):
+    import json, nbformat
+    from s2b.stages import MARKER, execute_stage, is_library_cell
+    from s2b.rendered import LIBRARY_TAG
+    nb = nbformat.read(report_run/"report.ipynb", as_version=4)
+    lib = [c for c in nb.cells if is_library_cell(c)]
+    assert lib and all(c.metadata["jupyter"]["source_hidden"] and LIBRARY_TAG in c.metadata["tags"] for c in lib)
+    run = [c for c in nb.cells if c.cell_type == "code" and not is_library_cell(c)]
+    assert run and not any(c.metadata.get("jupyter") for c in run)                     # the parameters and the run stay open
+    page = (report_run/"report.html").read_text()
+    first = json.loads((report_run/"metrics.json").read_text())["findings"][0]
+    assert first.split(":")[0] in page and "#| export" not in page and "#| default_exp" not in page
+    assert "report.html" in json.loads((report_run/MARKER).read_text())["entries"]      # s2b's file: a rerun may replace it
+    execute_stage("report", report_run, json.loads((report_run/"run.json").read_text())["notebook_params"], force=True, progress=False)
+    page = (report_run/"report.html").read_text()                                        # the rerun worked in .report.next
+    assert f'"{report_run}"' in page.replace("&quot;", '"') and ".report.next" not in page
+
+PROBE = """<script>
+(() => {
+  const needle = %s;
+  let finding = null, library = null;
+  const walk = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+    const i = n.textContent.indexOf(needle);
+    if (i >= 0) { const r = document.createRange(); r.setStart(n, i); r.setEnd(n, i + 1);
+                  finding = r.getBoundingClientRect().top + window.scrollY; break; }
+  }
+  for (const e of document.querySelectorAll(".jp-InputArea, .input_area")) {
+    if (/#\\|\\s*(export|default_exp)/.test(e.textContent)) { library = e.getBoundingClientRect().top + window.scrollY; break; }
+  }
+  const out = document.createElement("pre"); out.id = "s2b-probe";
+  out.textContent = JSON.stringify({finding, library});
+  document.body.appendChild(out);
+})();
+</script>"""
+
+def _positions(page: str, needle: str, tmp: Path) -> dict:
+    "Where, in pixels from the top of `page` in a 1280×900 headless Chromium, `needle` and the first library cell stand (None: absent)."
+    import html, json, re, subprocess
+    tmp.mkdir(parents=True, exist_ok=True)
+    probed = tmp/"probed.html"
+    probed.write_text(page.replace("</body>", PROBE % json.dumps(needle) + "</body>"))
+    cmd = ["/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync", "--window-size=1280,900",
+           f"--user-data-dir={tmp/'profile'}", "--dump-dom", probed.as_uri()]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    m = re.search(r'<pre id="s2b-probe">(.*?)</pre>', r.stdout, re.S)
+    assert r.returncode == 0 and m, r.stderr[-3000:]
+    return json.loads(html.unescape(m.group(1)))
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="/usr/bin/chromium is absent (apt-get install -y chromium)")
+def test_a_run_report_opens_with_what_it_measured_in_chromium(report_run, tmp_path):
+    "In a browser, report.html shows the first finding on its first screen and no library code."
+    import json, nbformat
+    from s2b.rendered import LIBRARY_TAG, report_html
+    first = json.loads((report_run/"metrics.json").read_text())["findings"][0][:50]
+    at = _positions((report_run/"report.html").read_text(), first, tmp_path/"html")
+    assert at["library"] is None and at["finding"] is not None and at["finding"] < 900, at
+    nb = nbformat.read(report_run/"report.ipynb", as_version=4)                      # the probe sees library code where it stands:
+    for c in nb.cells: c.metadata["tags"] = [t for t in c.metadata.get("tags", []) if t != LIBRARY_TAG]
+    unfolded = _positions(report_html(nb), first, tmp_path/"unfolded")                 # the same page with the library in it
+    assert unfolded["library"] is not None and unfolded["library"] < unfolded["finding"], unfolded
