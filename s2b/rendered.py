@@ -42,7 +42,8 @@ def report_html(nb, title: str | None = None) -> str:
     heads = [l[2:].strip() for c in nb.cells if c.cell_type == "markdown" for l in c.source.splitlines() if l.startswith("# ")]
     exporter = HTMLExporter()
     exporter.register_preprocessor(TagRemovePreprocessor(remove_cell_tags={LIBRARY_TAG}), enabled=True)
-    return exporter.from_notebook_node(nb, resources={"metadata": {"name": title or f"{(heads or ['s2b'])[0]}: s2b run"}})[0]
+    title = title or (f"{heads[0]}: s2b run" if heads else "s2b run")
+    return exporter.from_notebook_node(nb, resources={"metadata": {"name": title}})[0]
 
 # %% ../nbs/07aa_rendered.ipynb #107cf5fc
 def write_report_html(report, is_library) -> Path:
