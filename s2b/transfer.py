@@ -50,7 +50,7 @@ def transfer_table(indomain: pd.DataFrame, aita: pd.DataFrame, mach: pd.DataFram
                            placebo=a.get("placebo_gain", np.nan), ceiling=a.get("ceiling_gain", np.nan),
                            ceiling_lo=a.get("ceiling_ci_low", np.nan), ceiling_hi=a.get("ceiling_ci_high", np.nan), n_posts=a.get("n"))
         if len(mach):
-            m = mach[(mach.method == method) & (mach.model == r.model) & (mach.profile == r.value) & (mach.role == "conditioned")
+            m = mach[(mach.method == method) & (mach.model == r.model) & (mach.profile == r.value) & (mach.role == "adapter")
                      & (mach.direction.astype(str) == str(r.direction)) & (mach.seed.astype(str) == str(r.seed))]
             if len(m):
                 m = m.iloc[0]
@@ -95,8 +95,8 @@ def transfer_verdict(rows: pd.DataFrame, alpha: float = 0.05) -> str:
     if right > n / 2 and wrong == 0: return f"{head}; {ceiling}: transfer shown"
     if right == 0 and sees:
         return f"{head}; {ceiling}: no transfer larger than the MDE ({mde:.3f}; the instrument sees its ceiling)"
-    why = ("the instrument's ceiling is not distinguishable from 0, so a null says nothing" if not sees and right == 0
-           else "the seeds disagree")
+    why = ("the seeds disagree" if right else "without a ceiling a null says nothing" if ceil.empty
+           else "the instrument's ceiling is not distinguishable from 0, so a null says nothing")
     return f"{head}; {ceiling}: inconclusive ({why})"
 
 # %% ../nbs/06h_transfer.ipynb #b90800f9

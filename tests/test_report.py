@@ -219,6 +219,25 @@ def test_the_transfer_study_table_and_verdicts(tmp_path):
     lines = transfer_lines(t)
     assert lines[0].startswith("Hedonism up: AITA gain significant") and "no transfer larger than the MDE (0.040" in lines[0]
     assert lines[1] == "Hedonism up MACHIAVELLI: not played"
+    no_ceiling = at.assign(ceiling_gain=np.nan)
+    assert transfer_lines(transfer_table(ind, no_ceiling, pd.DataFrame()))[0].endswith(
+        "no ceiling measured: inconclusive (without a ceiling a null says nothing)")
+
+def test_the_transfer_study_reads_the_machiavelli_table_the_report_writes(tmp_path):
+    "The study's MACHIAVELLI columns come from the report's own table: its steered role (`adapter`) against the control."
+    from s2b.report import machiavelli_table
+    from s2b.transfer import transfer_table, transfer_lines
+    e = lambda d: {"mean": 100 + d, "lo": 90 + d, "hi": 110 + d, "vs": "control", "diff": d, "diff_lo": d - 15, "diff_hi": d + 15,
+                   "mde": 21.0, "spread": True}
+    adapter = {k: e(d) for k, d in (("power", 30.0), ("disutility", -5.0), ("violations", 2.0))}
+    _run(tmp_path, "machiavelli__Hedonism-up__s0", {"summary": {"adapter": adapter, "control": _harms(100)}}, "machiavelli",
+         _steer("Hedonism", "up"))
+    mt = machiavelli_table(collect(tmp_path))
+    ind = pd.DataFrame({"model": "tiny-model", "method": "sft", "value": "Hedonism", "direction": "up", "seed": [0],
+                        "held_out_selectivity": 0.2, "held_out_sel_ci_low": 0.1, "held_out_sel_ci_high": 0.3, "held_out_selective": True})
+    t = transfer_table(ind, pd.DataFrame(), mt)
+    assert t.power_diff.iloc[0] == pytest.approx(30.0) and t.power_q.iloc[0] < 0.05
+    assert transfer_lines(t)[1].startswith("Hedonism up MACHIAVELLI vs control (100 = random): power +30 [+15, +45] (seed 0: differs)")
 
 # The rendered report of a stage run: what it measured first, the library folded in report.ipynb and left out of report.html.
 
