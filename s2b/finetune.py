@@ -130,6 +130,7 @@ def _anchored_trainer():
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             inputs = dict(inputs)
             soft, cand, labels = inputs.pop("soft"), inputs.pop("cand"), inputs.pop("labels")
+            inputs.pop("shift_labels", None)
             if labels.dim() == 1:
                 logits, outputs = answer_logits(model, inputs, self.frozen and self.frozen.layer)
                 loss = slot_loss(logits, soft, cand, num_items_in_batch)
@@ -199,8 +200,12 @@ def sft_trainer(lm: LM, train: pd.DataFrame, evald: pd.DataFrame | None, cfg: di
                            enabled=slot and bool(t["frozen_cache"])) if slot else None
     pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
     # on GPU, lengths padded to a multiple of 64 avoid a stall at every new shape
-    collator = ((lambda fs: prompt_batch(fs, pad, [frozen[f["input_ids"]] for f in fs] if frozen else None, 64 if gpu else None))
-                if slot else _collator(lm.tokenizer.pad_token_id, 64 if gpu else None))   # right padding, labels padded with -100
+    def slot_batch(fs):
+        b = prompt_batch(fs, pad, [frozen[f["input_ids"]] for f in fs] if frozen else None, 64 if gpu else None)
+        # the answer tokens again as `shift_labels`, from which the Trainer counts a batch's examples (from 1-D
+        # `labels[..., 1:]` it would count one fewer and divide the summed loss by B-1)
+        return {**b, "shift_labels": b["labels"]}
+    collator = slot_batch if slot else _collator(lm.tokenizer.pad_token_id, 64 if gpu else None)   # right padding, labels -100
     trainer = _anchored_trainer()(model=model, args=args, train_dataset=ds_train, eval_dataset=ds_eval, data_collator=collator,
                                   processing_class=lm.tokenizer, callbacks=callbacks)
     trainer.frozen = frozen

@@ -97,6 +97,23 @@ def test_cached_training_gives_the_same_adapter(lm, data, tmp_path):
     la, lb = [h["loss"] for h in ha if "loss" in h], [h["loss"] for h in hb if "loss" in h]
     assert len(la) == 6 and pytest.approx(la, abs=1e-5) == lb
 
+@pytest.mark.parametrize("batch,accumulate", [(8, 1), (4, 2)])
+def test_a_logged_step_loss_is_the_mean_over_its_examples(lm, data, tmp_path, batch, accumulate):
+    "The Trainer divides the summed loss by the number of examples (it once counted one fewer per batch: a loss ×8/7)."
+    import torch
+    from s2b.models import load_model
+    model = load_model("embedded")
+    with torch.no_grad():
+        logits, _ = answer_logits(model.model, prompt_batch(answer_features(data), model.tokenizer.pad_token_id))
+        f = answer_features(data)
+        want = float(slot_loss(logits, torch.tensor([x["soft"] for x in f]), torch.tensor([x["cand"] for x in f])))
+    cfg = load_recipe("recipes/cpu-selective.yaml", {"lora.r": 4, "lora.alpha": 8, "training.max_steps": 1, "training.frozen_cache": False,
+                                                    "training.per_device_train_batch_size": batch,
+                                                    "training.gradient_accumulation_steps": accumulate})
+    tr = sft_trainer(model, data, None, cfg, tmp_path)     # LoRA's B starts at 0: the first step's loss is the base model's
+    tr.train()
+    assert len(data) == 8 and [h["loss"] for h in tr.state.log_history if "loss" in h] == [pytest.approx(want, abs=1e-4)]
+
 def test_bad_answer_marks_are_named():
     with pytest.raises(ValueError, match="example 0: completion_mask must mark exactly one answer token, it marks 2"):
         answer_features(pd.DataFrame({"input_ids": [[1, 2, 3]], "completion_mask": [[0, 1, 1]], "soft": [[1.]], "cand": [[3]]}))
