@@ -6,9 +6,9 @@
 from __future__ import annotations
 import argparse, os, sys, time
 from pathlib import Path
-from .stages import execute_stage, end_kernels, StageFailed
+from .stages import STAGES, execute_stage, end_kernels, method_stage, StageFailed
 from .runs import input_path
-from .steering import ADAPTER_METHODS, METHOD_STAGES
+from .steering import ADAPTER_METHODS
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -97,7 +97,7 @@ def _run(stage: str, out, params: dict, force: bool, a=None) -> int:
 
 # %% ../nbs/09_cli.ipynb #dae79071
 def _add_profile(sub):
-    p = sub.add_parser("profile", help="rate survey statements and write a value profile")
+    p = sub.add_parser("profile", help=STAGES["profile"].help)
     _add_common(p)
     p.add_argument("--survey", default="bundled", help="'bundled', a path (KVS json, s2b json, CSV) or an http(s) URL")
     p.add_argument("--adapter", help="a steering run folder (any method) or a LoRA adapter folder")
@@ -114,9 +114,8 @@ def _add_profile(sub):
 def _add_finetune(sub):
     p = sub.add_parser("finetune", help="make a steering artefact (or its control): LoRA on survey answers, or --method dpo|caa|prompt")
     _add_common(p)
-    p.add_argument("--method", default="sft", choices=list(METHOD_STAGES), help="sft: LoRA on survey answers (the paper's); "
-                   "dpo: LoRA preference tuning; caa: a steering vector; prompt: a system-prompt persona; "
-                   "verdict: LoRA on the target's train AITA posts answered with a stance (the AITA ceiling)")
+    methods = {s.method: s.help for s in STAGES.values() if s.method}
+    p.add_argument("--method", default="sft", choices=list(methods), help="; ".join(f"{m}: {h}" for m, h in methods.items()))
     p.add_argument("--posts", default="bundled", help="--method verdict: the AITA posts it trains on ('bundled' or the paper's json)")
     p.add_argument("--survey", default="bundled")
     p.add_argument("--target", help="the value to steer, or a profile target as JSON: '{\"Power_dominance\": 1}'")
@@ -134,7 +133,7 @@ def _add_finetune(sub):
 # %% ../nbs/09_cli.ipynb #d66572f7
 def _add_evaluate(sub):
     ev = sub.add_parser("evaluate", help="measure a steering run (any method): indomain, aita, machiavelli or capability").add_subparsers(dest="task", required=True)
-    p = ev.add_parser("indomain", help="target drop, drift and side effects on held-out statements")
+    p = ev.add_parser("indomain", help=STAGES["indomain"].help)
     _add_common(p)
     p.add_argument("--survey", default="bundled")
     p.add_argument("--adapter", required=True, help="the steering run (any method) or a LoRA adapter folder")
@@ -144,14 +143,14 @@ def _add_evaluate(sub):
     p.add_argument("--split", default="test"); p.add_argument("--limit", type=_pos_int)
     p.add_argument("--templates"); p.add_argument("--instructions"); p.add_argument("--batch-size", type=_pos_int)
 
-    p = ev.add_parser("aita", help="verdict probabilities on AITA posts and the probability gain")
+    p = ev.add_parser("aita", help=STAGES["aita"].help)
     _add_common(p)
     p.add_argument("--adapter"); p.add_argument("--control"); p.add_argument("--placebo")
     p.add_argument("--posts", default="bundled", help="'bundled', the paper's AITA json, a Reddit CSV or Scruples JSONL")
     p.add_argument("--values", help="comma-separated values"); p.add_argument("--limit", type=_pos_int)
     p.add_argument("--split", choices=["train", "test"], help="score only the train or test posts (default: all)")
 
-    p = ev.add_parser("machiavelli", help="power, disutility and violations in text games against a random agent")
+    p = ev.add_parser("machiavelli", help=STAGES["machiavelli"].help)
     _add_common(p)
     p.add_argument("--adapter"); p.add_argument("--control")
     p.add_argument("--games", default="bundled"); p.add_argument("--upstream-data", help="MACHIAVELLI game_data dir (needs the machiavelli package)")
@@ -164,7 +163,7 @@ def _add_evaluate(sub):
     p.add_argument("--random-episodes", type=_pos_int, help="random-baseline episodes (default: 50 for s2b, 1000 for upstream)")
     p.add_argument("--max-steps", type=_pos_int, help="decisions per episode at most (default: 200 for s2b, 1000 for upstream)")
 
-    p = ev.add_parser("capability", help="lm-evaluation-harness accuracy under the adapter and the control, Δ with a CI")
+    p = ev.add_parser("capability", help=STAGES["capability"].help)
     _add_common(p)
     p.add_argument("--adapter", required=True); p.add_argument("--control", required=True)
     p.add_argument("--tasks", default="default", help="comma-separated lm-eval tasks, groups or task YAML paths; 'default': "
@@ -182,7 +181,7 @@ def _add_grid(sub):
     p.add_argument("--force", action="store_true")
     p.add_argument("--runs-dir", help="default: the recipe's runs_dir (papermill_runs)")
 
-    p = sub.add_parser("report", help="collect papermill_runs/ into tables and figures")
+    p = sub.add_parser("report", help=STAGES["report"].help)
     p.add_argument("--runs-dir", default="papermill_runs"); p.add_argument("--figures", default="figures")
     p.add_argument("--force", action="store_true")
 
@@ -286,7 +285,7 @@ def _check(stage: str, a) -> None:
     if stage in ("profile", "indomain"):
         from s2b.profile import prepare_survey
         prepare_survey(a.survey, a.split, a.limit, a.templates, getattr(a, "values", None), a.instructions)
-    if stage in METHOD_STAGES.values():
+    if STAGES[stage].method:
         from s2b.survey import load_survey
         from s2b.recipes import load_recipe
         from s2b.models import check_recipe_for_model
@@ -308,7 +307,7 @@ def _check(stage: str, a) -> None:
 # %% ../nbs/09_cli.ipynb #b2ec8622
 def _main(a) -> int:
     if a.cmd in ("profile", "finetune", "evaluate"):
-        stage = a.task if a.cmd == "evaluate" else METHOD_STAGES[a.method] if a.cmd == "finetune" else a.cmd
+        stage = a.task if a.cmd == "evaluate" else method_stage(a.method).name if a.cmd == "finetune" else a.cmd
         if stage == "capability":             # a task name lm-eval does not know: one line, no notebook
             from s2b.lmeval import check_tasks
             check_tasks(_eval_params(a)["tasks"], trust_remote_code=getattr(a, "trust_remote_code", False) or None)

@@ -8,10 +8,10 @@ import json, os, subprocess, sys, time
 from dataclasses import dataclass, field
 from pathlib import Path
 from .models import model_slug
-from .stages import execute_stage, stage_done, StageFailed
+from .stages import execute_stage, method_stage, stage_done, StageFailed
 from .runs import input_path
 from .recipes import CAPABILITY_DEFAULTS, load_grid, load_recipe, merge, recipe_digest
-from .steering import METHODS, METHOD_STAGES
+from .steering import METHODS
 
 # %% auto #0
 __all__ = ['FULL', 'Run', 'grid_dir', 'plan', 'unfinished', 'describe', 'run_local']
@@ -80,7 +80,7 @@ def _baseline_source(g: dict, slug: str, base: Path, seed) -> tuple[list[str], d
 def _steering_runs(g: dict, slug: str, base: Path, steer: dict, method: str, seed, v: str | None, d: str | None) -> list[Run]:
     """The runs that make one artefact of `method` (target `v`, `d`) and its own control; `v=None`: the `sft` control,
     one per model and seed."""
-    stage = METHOD_STAGES[method]
+    stage = method_stage(method).name
     deps, over = ([], {}) if method == "verdict" else _baseline_source(g, slug, base, seed)   # verdict reads posts, no baseline
     if v is None:
         ctrl = _control_of("sft", None, None, seed)
