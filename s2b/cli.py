@@ -5,6 +5,7 @@
 # %% ../nbs/09_cli.ipynb #97b5fb75
 from __future__ import annotations
 import argparse, os, sys, time
+from dataclasses import fields
 from pathlib import Path
 from .stages import STAGES, execute_stage, end_kernels, method_stage, StageFailed
 from .runs import input_path
@@ -110,20 +111,25 @@ def _add_profile(sub):
     p.add_argument("--no-prefix-sharing", action="store_true", help="score full prompts (slower; for comparison)")
     p.add_argument("--instructions", help="comma-separated instruction ids to use (default: all)")
 
+# %% ../nbs/09_cli.ipynb #e208ce57
+def _add_fields(p, cls, skip=()):
+    "An argument per field of the parameter object `cls` (`--items-of` for `items_of`): its default, choices and help are the field's."
+    for f in fields(cls):
+        if f.name in skip: continue
+        flag, m = "--" + f.name.replace("_", "-"), f.metadata
+        if f.default is False: p.add_argument(flag, action="store_true", help=m.get("help"))
+        else: p.add_argument(flag, default=f.default, choices=m.get("choices"), help=m.get("help"))
+
 # %% ../nbs/09_cli.ipynb #ef6b1363
 def _add_finetune(sub):
     p = sub.add_parser("finetune", help="make a steering artefact (or its control): LoRA on survey answers, or --method dpo|caa|prompt")
     _add_common(p)
     methods = {s.method: s.help for s in STAGES.values() if s.method}
     p.add_argument("--method", default="sft", choices=list(methods), help="; ".join(f"{m}: {h}" for m, h in methods.items()))
-    p.add_argument("--posts", default="bundled", help="--method verdict: the AITA posts it trains on ('bundled' or the paper's json)")
-    p.add_argument("--survey", default="bundled")
-    p.add_argument("--target", help="the value to steer, or a profile target as JSON: '{\"Power_dominance\": 1}'")
-    p.add_argument("--direction", default="down", choices=["down", "up"])
-    p.add_argument("--control", action="store_true", help="train the control adapter on baseline answers only")
+    shared = {f.name for f in fields(STAGES["finetune"].params_class)}
+    _add_fields(p, STAGES["finetune"].params_class, skip={"model", "backend", "seed", "overrides"})   # --survey, --target, ...
+    _add_fields(p, STAGES["verdict"].params_class, skip=shared)                                      # --posts
     p.set_defaults(backend="auto")
-    p.add_argument("--recipe", default="recipes/cpu-smoke.yaml", help="YAML recipe (recipes/paper.yaml: the paper's settings)")
-    p.add_argument("--baseline", help="a profile run directory with the model's baseline ratings (computed when missing)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe setting, e.g. --set lora.r=8 --set training.max_steps=20 (YAML values)")
     p.add_argument("--lr", type=float, help="= --set training.learning_rate=LR")
@@ -212,15 +218,10 @@ def _overrides(a) -> dict:
     return out
 
 # %% ../nbs/09_cli.ipynb #ea230ef9
-def _finetune_params(a) -> dict:
-    import json
-    from s2b.recipes import recipe_digest
-    if not a.control and not a.target: raise ValueError("s2b finetune: give --target VALUE (or --control)")
-    params = dict(model=_abs(a.model), survey=_abs(a.survey), target=a.target, direction=a.direction,   # a control keeps its target's items
-                control=a.control, recipe=_abs(a.recipe), overrides=json.dumps(_overrides(a)), baseline=_abs(a.baseline),
-                backend=a.backend, seed=a.seed, recipe_sha256=recipe_digest(a.recipe))   # an edited recipe is not a finished run
-    if a.method == "verdict": params["posts"] = _abs(a.posts)
-    return params                                   # every method's stage takes the same parameters
+def _steering_params(a):
+    "The parameter object of the method's stage (`SteeringParams`, `VerdictParams`), from the arguments named like its fields."
+    paths = {k: _abs(getattr(a, k)) for k in ("model", "survey", "recipe", "baseline", "posts")}   # the notebook runs in its run folder
+    return method_stage(a.method).params_class.of({**vars(a), **paths, "overrides": _overrides(a)})
 
 # %% ../nbs/09_cli.ipynb #20e42fde
 def _eval_params(a) -> dict:
@@ -261,14 +262,6 @@ def _demo(a) -> int:
     for line in findings: print(f"  - {line}")
     return 1 if failed else 0
 
-# %% ../nbs/09_cli.ipynb #17b04646
-def _check_target(target, direction, survey) -> None:
-    "A target whose values have train items in the survey (else an adapter would be labelled with a value it never saw)."
-    from s2b.values import target_ratings
-    for v in target_ratings(target, direction):
-        if not any(i.value == v and i.split == "train" for i in survey.items):
-            raise ValueError(f"target {v}: the survey {survey.source or survey.name} has no train items of it, so nothing would steer it")
-
 # %% ../nbs/09_cli.ipynb #84f0d491
 def _check(stage: str, a) -> None:
     "Everything that can be checked without loading a model, named: out folder, model, adapters, survey, recipe, target, posts, games."
@@ -285,20 +278,10 @@ def _check(stage: str, a) -> None:
     if stage in ("profile", "indomain"):
         from s2b.profile import prepare_survey
         prepare_survey(a.survey, a.split, a.limit, a.templates, getattr(a, "values", None), a.instructions)
-    if STAGES[stage].method:
-        from s2b.survey import load_survey
-        from s2b.recipes import load_recipe
-        from s2b.models import check_recipe_for_model
-        survey = load_survey(a.survey)
-        check_recipe_for_model(load_recipe(a.recipe, _overrides(a)), a.model, f"recipe {a.recipe}")
-        _check_target(a.target, a.direction, survey)
-        if _none(a.baseline) and not Path(a.baseline).is_dir(): raise FileNotFoundError(f"baseline {a.baseline}: no such run folder")
+    if STAGES[stage].method: _steering_params(a).check()          # the stage's parameter object checks its own inputs
     if stage == "aita":
         from s2b.posts import load_posts
         load_posts(a.posts, a.values, a.limit, split=a.split)
-    if stage == "verdict" and a.target:
-        from s2b.posts import load_posts
-        load_posts(a.posts, a.target, split="train")
     if stage == "machiavelli" and not _none(a.upstream_data):
         from s2b.games import resolve_games
         resolve_games(a.games)
@@ -312,7 +295,7 @@ def _main(a) -> int:
             from s2b.lmeval import check_tasks
             check_tasks(_eval_params(a)["tasks"], trust_remote_code=getattr(a, "trust_remote_code", False) or None)
         _check(stage, a)
-        params = {"profile": _profile_params, "finetune": _finetune_params}.get(a.cmd, _eval_params)(a)
+        params = {"profile": _profile_params, "finetune": lambda a: _steering_params(a).params()}.get(a.cmd, _eval_params)(a)
         return _run(stage, a.out, _model_flags(a, params), a.force, a)
     if a.cmd == "grid":
         from s2b.cluster import run_grid

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07b_stages.ipynb #ccf50c17
 from __future__ import annotations
-import contextlib, importlib, json, os, re, tempfile
+import contextlib, functools, importlib, json, os, re, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -12,35 +12,45 @@ from .runs import atomic_write_json, atomic_write_text, inputs_fingerprint, is_d
 
 # %% auto #0
 __all__ = ['STAGES', 'MARKER', 'Stage', 'method_stage', 'stage_notebook', 'StageFailed', 'RunFolderError', 'foreign_entries',
-           'check_out_dir', 'stage_done', 'clean_kernel_files', 'end_kernels', 'is_library_cell', 'stage_copy',
-           'RunFolderBusy', 'run_notebook', 'execute_stage']
+           'check_out_dir', 'notebook_defaults', 'run_identity', 'stage_done', 'clean_kernel_files', 'end_kernels',
+           'is_library_cell', 'stage_copy', 'RunFolderBusy', 'run_notebook', 'execute_stage']
 
 # %% ../nbs/07b_stages.ipynb #bed8f561
+def _resolve(path: str):
+    "The object `module.name` of s2b, imported on use (so the command line starts without the stages' libraries)."
+    mod, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(f"s2b.{mod}"), name)
+
 @dataclass(frozen=True)
 class Stage:
     "One stage: its name, the notebook a run of it executes, the function that notebook's run calls, what it does."
     name: str
     notebook: str                  # in nbs/
-    function: str                  # `module.function` of s2b: imported on use, so the command line starts fast
+    function: str                  # `module.function` of s2b
     help: str
     method: str | None = None      # a steering stage: the method (s2b.steering.METHODS) whose artefact it makes
+    params: str | None = None      # `module.Class`: the stage's parameter object, where it has one
 
     @property
-    def run(self) -> Callable:
-        "The stage's function (`s2b.finetune.run_finetune`, ...)."
-        mod, fn = self.function.rsplit(".", 1)
-        return getattr(importlib.import_module(f"s2b.{mod}"), fn)
+    def run(self) -> Callable: return _resolve(self.function)
+
+    @property
+    def params_class(self) -> type | None: return _resolve(self.params) if self.params else None
 
 # %% ../nbs/07b_stages.ipynb #b33e6ba3
 STAGES = {s.name: s for s in (
     Stage("profile", "02_profile.ipynb", "profile.run_profile", "rate survey statements and write a value profile"),
     Stage("baseline", "02_profile.ipynb", "profile.run_profile", "a profile of the un-steered model: the ratings a steering method starts from"),
-    Stage("finetune", "03_finetune.ipynb", "finetune.run_finetune", "LoRA on survey answers (the paper's)", method="sft"),
-    Stage("prompt", "03b_persona.ipynb", "persona.run_prompt", "a system-prompt persona", method="prompt"),
-    Stage("caa", "03c_caa.ipynb", "caa.run_caa", "a steering vector added to the residual stream", method="caa"),
-    Stage("dpo", "03d_dpo.ipynb", "dpo.run_dpo", "LoRA preference tuning on survey answers", method="dpo"),
+    Stage("finetune", "03_finetune.ipynb", "finetune.run_finetune", "LoRA on survey answers (the paper's)", method="sft",
+          params="interventions.SteeringParams"),
+    Stage("prompt", "03b_persona.ipynb", "persona.run_prompt", "a system-prompt persona", method="prompt",
+          params="interventions.SteeringParams"),
+    Stage("caa", "03c_caa.ipynb", "caa.run_caa", "a steering vector added to the residual stream", method="caa",
+          params="interventions.SteeringParams"),
+    Stage("dpo", "03d_dpo.ipynb", "dpo.run_dpo", "LoRA preference tuning on survey answers", method="dpo",
+          params="interventions.SteeringParams"),
     Stage("verdict", "05d_ceiling.ipynb", "ceiling.run_verdict", "LoRA on the target's train AITA posts answered with a stance "
-          "(the AITA ceiling)", method="verdict"),
+          "(the AITA ceiling)", method="verdict", params="ceiling.VerdictParams"),
     Stage("indomain", "04_indomain.ipynb", "indomain.run_indomain", "target drop, drift and side effects on held-out statements"),
     Stage("aita", "05c_aita.ipynb", "aita.run_aita", "verdict probabilities on AITA posts and the probability gain"),
     Stage("machiavelli", "06e_machiavelli.ipynb", "machiavelli.run_machiavelli", "power, disutility and violations in text games against a random agent"),
@@ -154,9 +164,35 @@ def check_out_dir(stage: str, out_dir) -> Path:
     return out_dir
 
 # %% ../nbs/07b_stages.ipynb #5c967b1d
+@functools.lru_cache(maxsize=64)
+def _cell_values(nb_path: str, mtime: float) -> dict:
+    import ast, nbformat
+    nb = nbformat.read(nb_path, as_version=4)
+    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None: return {}
+    return {t.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body if isinstance(n, ast.Assign)
+            for t in n.targets if isinstance(t, ast.Name)}
+
+def notebook_defaults(stage: str) -> dict:
+    "The values of a stage notebook's `parameters` cell: what a run that does not name a parameter runs with."
+    nb = stage_notebook(stage)
+    return _cell_values(str(nb), nb.stat().st_mtime)
+
+def run_identity(stage: str, params: dict) -> dict:
+    """What makes two runs of `stage` the same run: every parameter of its notebook with the value it ran with (a
+    parameter left out runs with the notebook's default, so leaving it out and giving that default are one run). The
+    files a run reads are compared by content (`inputs_fingerprint`), so a recipe's digest is no parameter."""
+    return {k: v for k, v in {**notebook_defaults(stage), **params}.items() if k != "recipe_sha256"}
+
 def stage_done(out_dir, params: dict) -> bool:
-    "True when `out_dir` holds a finished stage run executed with these notebook parameters, on inputs with the same content."
+    """True when `out_dir` holds a finished stage run executed with these notebook parameters (the same `run_identity`),
+    on inputs with the same content."""
     params = {**params, "out": str(Path(out_dir).resolve())}
+    rec = read_json(Path(out_dir)/"run.json", {}) if (Path(out_dir)/"run.json").is_file() else {}
+    old, stage = (rec.get("notebook_params"), rec.get("notebook_stage")) if isinstance(rec, dict) else (None, None)
+    if isinstance(old, dict) and stage in STAGES:
+        same = lambda a, b: json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))
+        if same(run_identity(stage, old), run_identity(stage, params)): params = old   # this run: its record decides the rest
     return is_done(out_dir, params, ("metrics.json", "report.ipynb"), record="notebook_")
 
 # %% ../nbs/07b_stages.ipynb #10f56f2d
