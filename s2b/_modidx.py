@@ -366,7 +366,6 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                              's2b.recipes.load_grid': ('recipes.html#load_grid', 's2b/recipes.py'),
                              's2b.recipes.load_recipe': ('recipes.html#load_recipe', 's2b/recipes.py'),
                              's2b.recipes.merge': ('recipes.html#merge', 's2b/recipes.py'),
-                             's2b.recipes.recipe_digest': ('recipes.html#recipe_digest', 's2b/recipes.py'),
                              's2b.recipes.recipe_path': ('recipes.html#recipe_path', 's2b/recipes.py')},
             's2b.report': { 's2b.report._across_seeds': ('report.html#_across_seeds', 's2b/report.py'),
                             's2b.report._ci': ('report.html#_ci', 's2b/report.py'),

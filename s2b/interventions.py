@@ -12,7 +12,7 @@ from .values import VALUES, normalize_value, target_ratings
 from .survey import Survey, load_survey
 from .models import LM
 from .profile import encode_variants, rate, item_scores
-from .recipes import recipe_digest
+from .recipes import recipe_path
 from .steering import steering_record
 from .runs import atomic_to_parquet, atomic_write_json, read_parquet_verified, run_record
 
@@ -149,8 +149,8 @@ class SteeringParams:
         return dict((json.loads(self.overrides) if isinstance(self.overrides, str) else self.overrides) or {})
 
     def params(self) -> dict:
-        "What a stage run receives (papermill's parameters) and compares: the fields, `overrides` as JSON, the recipe's digest."
-        d = {**asdict(self), "overrides": json.dumps(self.overrides_dict()), "recipe_sha256": recipe_digest(self.recipe)}
+        "What a stage run receives (papermill's parameters): the fields, `overrides` as JSON (the recipe's content is an input)."
+        d = {**asdict(self), "overrides": json.dumps(self.overrides_dict())}
         if not self.target: d.pop("direction")                           # no target, no direction
         return d
 
@@ -158,8 +158,9 @@ class SteeringParams:
         "The parameters that identify a steering run of any method (`run.json`'s `params`)."
         t = self.target
         return dict(model=self.model, survey=str(self.survey), target=json.dumps(t) if isinstance(t, dict) else t, items_of=self.items_of,
-                    direction=self.direction, control=bool(self.control), recipe=str(self.recipe) if self.recipe else None,
-                    recipe_sha256=recipe_digest(self.recipe), overrides={k: v for k, v in self.overrides_dict().items() if v is not None},
+                    direction=self.direction, control=bool(self.control),
+                    recipe=str(recipe_path(self.recipe)) if self.recipe else None,   # found from anywhere: its content is an input
+                    overrides={k: v for k, v in self.overrides_dict().items() if v is not None},
                     baseline=str(self.baseline) if self.baseline else None, backend=self.backend, seed=self.seed)
 
     def check(self) -> None:

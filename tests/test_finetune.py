@@ -25,13 +25,14 @@ def test_recipe_override_order(tmp_path):
 
 def test_edited_recipe_is_not_a_finished_run(tmp_path):
     p = tmp_path/"r.yaml"; p.write_text("lora: {r: 8}\n")
-    before = SteeringParams(target="Hedonism", recipe=p).record()
-    assert before == SteeringParams(target="Hedonism", recipe=p).record()     # same file, same parameters
+    from s2b.runs import inputs_fingerprint
+    params = SteeringParams(target="Hedonism", recipe=p).record()
+    before = inputs_fingerprint(params)
+    assert before == inputs_fingerprint(params) and "recipe" in before          # same file, same inputs
     p.write_text("lora: {r: 16}\n")
-    after = SteeringParams(target="Hedonism", recipe=p).record()
-    assert before["recipe"] == after["recipe"] and before["recipe_sha256"] != after["recipe_sha256"]
+    assert params == SteeringParams(target="Hedonism", recipe=p).record() and inputs_fingerprint(params) != before
     with pytest.raises(FileNotFoundError, match="recipe"):
-        SteeringParams(target="Hedonism", recipe=tmp_path/"missing.yaml").record()
+        SteeringParams(target="Hedonism", recipe=tmp_path/"missing.yaml").check()
 
 def test_targets():
     assert target_ratings("Hedonism") == {"Hedonism": 1} and target_ratings("hedonism", "up") == {"Hedonism": 6}
