@@ -87,3 +87,11 @@ def test_parameters_cell_holds_the_parameter_object(stage):
     names = {t.id for n in ast.parse(cell.source).body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
     fields = {f.name for f in dataclasses.fields(STAGES[stage].params_class)}
     assert names == fields | RUN_CONTROL, f"{STAGES[stage].notebook}: missing {sorted(fields | RUN_CONTROL - names)}, extra {sorted(names - fields - RUN_CONTROL)}"
+
+def test_each_registry_entry_names_its_notebooks_function():
+    "A stage's function lives in the module its notebook exports, so the registry's two halves cannot drift apart."
+    from s2b.stages import STAGES
+    for s in STAGES.values():
+        mod = s.function.split(".")[0]
+        assert _notebook(MODULES[mod]) + ".ipynb" == s.notebook, f"{s.name}: {s.function} is not exported by {s.notebook}"
+        if s.params: assert _notebook(MODULES[s.params.split(".")[0]]) <= s.notebook.removesuffix(".ipynb"), s.name
