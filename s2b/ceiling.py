@@ -4,7 +4,6 @@
 
 # %% ../nbs/05d_ceiling.ipynb #45005977
 from __future__ import annotations
-import json          # the run cell reads its overrides
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

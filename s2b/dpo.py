@@ -4,7 +4,6 @@
 
 # %% ../nbs/03d_dpo.ipynb #fd868aa6
 from __future__ import annotations
-import json          # the run cell reads its overrides
 from pathlib import Path
 import pandas as pd
 import time

@@ -4,7 +4,6 @@
 
 # %% ../nbs/03b_persona.ipynb #4c7f146b
 from __future__ import annotations
-import json          # the run cell reads its overrides
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 import numpy as np
