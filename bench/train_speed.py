@@ -219,10 +219,12 @@ def child_finetune(a):
     F.sft_trainer = timed_sft_trainer
     out = Path(tempfile.mkdtemp(prefix=f"s2b-ft-{backend}-"))
     t0 = time.time()
-    m = F.run_finetune(model=a.model, survey=C.kvs_path(a.survey), target=a.target, direction="down", recipe="recipes/paper.yaml",
+    from s2b.interventions import SteeringParams
+    p = SteeringParams(model=a.model, survey=C.kvs_path(a.survey), target=a.target, direction="down", recipe="recipes/paper.yaml",
                        overrides={"training.max_steps": a.steps, "lora.r": a.r, "lora.alpha": a.alpha,
                                   "training.per_device_train_batch_size": a.bs,
-                                  "data.others_per_value": 4, "data.eval_limit": 20}, backend=backend, out=out, force=True)
+                                  "data.others_per_value": 4, "data.eval_limit": 20}, backend=backend)
+    m = F.run_finetune(p, out=out, force=True)
     wall = time.time() - t0
     s = summarize(stats, a.warmup)
     s.update(label=f"run_finetune backend={backend}", backend=m["backend"], device=m["device"], wall_s=wall, steps=m["steps"],

@@ -37,9 +37,7 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 from urllib.parse import quote
 
@@ -239,25 +237,6 @@ def _forget_runs(box: Path, name: str) -> dict:
     return made
 
 
-def _kernel_manager():
-    "Kernels talk to papermill over local (IPC) sockets where the OS has them, as the stage runs do."
-    from jupyter_client.manager import AsyncKernelManager
-    from traitlets import default
-    if os.name != "posix":
-        return AsyncKernelManager
-
-    class IPCKernelManager(AsyncKernelManager):
-        @default("transport")
-        def _transport_default(self):
-            return "ipc"
-
-        @default("ip")
-        def _ip_default(self):
-            return os.path.join(tempfile.gettempdir(), f"s2b-docs-kernel-{os.getpid()}-{uuid.uuid4().hex[:12]}")
-
-    return IPCKernelManager
-
-
 def _relative_paths(nb: dict, box: Path) -> dict:
     "Outputs name files as paths of the checkout: the sandbox's absolute path is cut from every text output."
     prefixes = sorted({f"{box}/", f"{box.resolve()}/"}, key=len, reverse=True)
@@ -282,6 +261,14 @@ def _relative_paths(nb: dict, box: Path) -> dict:
     return nb
 
 
+def _s2b_stages():
+    "`s2b.stages` of this checkout: notebooks execute the way stage runs do (`run_notebook`), and the registry names the stages."
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    import s2b.stages
+    return s2b.stages
+
+
 class NotebookFailed(SystemExit):
     "A notebook raised while the docs were built."
 
@@ -290,6 +277,7 @@ def execute_notebook(src: Path, box: Path, dest: Path, skip_flags: set[str] = fr
     "Execute `src` with papermill inside the sandbox `box` (cwd `box/nbs`, `s2b` imported from `box`); write `dest`."
     import nbformat
     import papermill as pm
+    run_notebook = _s2b_stages().run_notebook
     nb = json.loads(src.read_text(encoding="utf-8"))
     work = nbformat.from_dict(execution_copy(nb, skip_flags))
     failed = dest.parent.parent / "failed" / src.name
@@ -297,9 +285,8 @@ def execute_notebook(src: Path, box: Path, dest: Path, skip_flags: set[str] = fr
     old_path = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = os.pathsep.join([str(box)] + ([old_path] if old_path else []))
     try:
-        pm.execute_notebook(work, str(failed), cwd=str(box / "nbs"), kernel_name="python3",
-                            kernel_manager_class=_kernel_manager(), progress_bar=False,
-                            request_save_on_cell_execute=False, execution_timeout=CELL_TIMEOUT)
+        run_notebook(work, failed, box / "nbs", progress_bar=False, request_save_on_cell_execute=False,
+                     execution_timeout=CELL_TIMEOUT)
     except pm.PapermillExecutionError as e:
         raise NotebookFailed(f"docs/build.py: nbs/{src.name} failed to execute: cell {e.exec_count}: "
                              f"{e.ename}: {e.evalue}\n  the executed copy: {failed}") from None
@@ -542,10 +529,15 @@ def nav(docs: Path) -> list:
 
 
 def stages_table(docs: Path) -> str:
-    rows = ["| stage | notebook | what it does |", "|---|---|---|"]
+    "The notebooks' pages, each with the stages of `s2b.stages.STAGES` it runs (`s2b <stage>`, a grid's stage)."
+    runs = {}
+    for s in _s2b_stages().STAGES.values():
+        runs.setdefault(s.notebook, []).append(f"`{s.name}`")
+    rows = ["| notebook | file | runs the stage | what it does |", "|---|---|---|---|"]
     for p in sorted((docs / "nbs").glob("*.ipynb")):
         title, summary = notebook_info(json.loads(p.read_text(encoding="utf-8")), p.stem)
-        rows.append(f"| [{_label(title)}](nbs/{p.name}) | `nbs/{p.name}` | {summary.replace('|', '&#124;')} |")
+        rows.append(f"| [{_label(title)}](nbs/{p.name}) | `nbs/{p.name}` | {', '.join(runs.get(p.name, []))} | "
+                    f"{summary.replace('|', '&#124;')} |")
     if len(rows) == 2:
         return "*(The stage pages appear here once `python docs/build.py` has copied the notebooks.)*"
     return "\n".join(rows)

@@ -12,7 +12,7 @@ from .survey import Survey
 from .models import LM, load_model
 from .profile import encode_variants
 from .steering import decoder_layers
-from .interventions import anchor_answers, prepare_intervention, steering_params, write_steering_run
+from .interventions import anchor_answers, prepare_intervention, SteeringParams, write_steering_run
 from .recipes import load_recipe
 from .runs import atomic_path, atomic_write_json, is_done, read_json
 
@@ -88,16 +88,16 @@ def save_vectors(path, vectors: dict, meta: dict | None = None) -> Path:
     return Path(path)
 
 # %% ../nbs/03c_caa.ipynb #bc0b9041
-def run_caa(model="embedded", survey="bundled", target=None, direction="down", control=False, recipe="recipes/cpu-smoke.yaml",
-            overrides=None, baseline=None, backend="auto", seed=0, out="caa", force=False, items_of=None) -> dict:
+def run_caa(p: SteeringParams, out="caa", force: bool = False) -> dict:
     "The `caa` method: write the target's steering vectors (or, for its control, those of shuffled labels) into `out`."
     out = Path(out)
-    params = steering_params(model, survey, target, direction, control, recipe, overrides, baseline, backend, seed, items_of)
+    model, target, direction, control, seed = p.model, p.target, p.direction, p.control, p.seed
+    params, overrides = p.record(), p.overrides_dict()
     if not force and is_done(out, params, ("metrics.json", "steering.safetensors")): return read_json(out/"metrics.json")
-    cfg = load_recipe(recipe, overrides)
+    cfg = load_recipe(p.recipe, overrides)
     lm = load_model(model, backend="hf")
     out.mkdir(parents=True, exist_ok=True)
-    iv = prepare_intervention(lm, survey, target, direction, False, cfg["data"], baseline, items_of, seed,
+    iv = prepare_intervention(lm, p.survey, target, direction, False, cfg["data"], p.baseline, p.items_of, seed,
                               cache=out/"baseline_ratings.parquet", evaluates=False)
     pairs = caa_pairs(lm, iv.train, anchor_answers(iv.baseline, "majority" if iv.anchor == "distribution" else iv.anchor), iv.targets)
     if control: pairs = shuffled_pairs(pairs, seed)

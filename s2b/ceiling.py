@@ -4,8 +4,8 @@
 
 # %% ../nbs/05d_ceiling.ipynb #45005977
 from __future__ import annotations
-import json          # the run cell reads its overrides
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
@@ -14,13 +14,13 @@ from .runs import atomic_to_parquet, is_done, read_json, sha256_file
 from .recipes import load_recipe
 from .models import LM, load_model
 from .scoring import encode
-from .interventions import steering_params, write_steering_run
+from .interventions import SteeringParams, write_steering_run
 from .finetune import fixed_step_args, lora_model, train_adapter
 from .posts import LABELS, load_posts
 from .verdicts import default_max_length, fit_prompt
 
 # %% auto #0
-__all__ = ['verdict_data', 'verdict_examples', 'verdict_trainer', 'train_verdicts', 'run_verdict']
+__all__ = ['verdict_data', 'verdict_examples', 'verdict_trainer', 'train_verdicts', 'VerdictParams', 'run_verdict']
 
 # %% ../nbs/05d_ceiling.ipynb #4a1dd4e8
 def verdict_data(posts, targets: dict, shuffle: int | None = None) -> pd.DataFrame:
@@ -73,15 +73,27 @@ def train_verdicts(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0)
     Path(out_dir).mkdir(parents=True, exist_ok=True)
     return train_adapter(verdict_trainer(lm, examples, recipe, out_dir, seed), lm.tokenizer, out_dir)
 
+# %% ../nbs/05d_ceiling.ipynb #34d58af6
+@dataclass
+class VerdictParams(SteeringParams):
+    "The `verdict` method's parameters: a steering run's, its own recipe, and the AITA posts whose train split it learns from."
+    recipe: str = "recipes/verdict-cpu.yaml"
+    posts: str = field(default="bundled", metadata={"help": "--method verdict: the AITA posts it trains on ('bundled' or the paper's json)"})
+
+    def record(self) -> dict: return {**super().record(), "posts": str(self.posts)}
+
+    def check(self) -> None:
+        super().check()
+        if not self.target: raise ValueError("the verdict method needs a target value (its control too: it is trained on the same posts)")
+        load_posts(self.posts, self.target, split="train")
+
 # %% ../nbs/05d_ceiling.ipynb #7f144ad1
-def run_verdict(model="embedded", survey="bundled", target=None, direction="down", control=False, recipe="recipes/verdict-cpu.yaml",
-                overrides=None, baseline=None, backend="auto", seed=0, out="verdict", force=False, items_of=None,
-                posts="bundled") -> dict:
+def run_verdict(p: VerdictParams, out="verdict", force: bool = False) -> dict:
     "The `verdict` method: LoRA on the target's train AITA posts answered with a stance (its control: the labels shuffled)."
     import transformers
     out = Path(out)
-    params = {**steering_params(model, survey, target, direction, control, recipe, overrides, baseline, backend, seed, items_of),
-              "posts": str(posts)}
+    model, survey, target, direction, control, posts, seed = p.model, p.survey, p.target, p.direction, p.control, p.posts, p.seed
+    params, recipe, overrides = p.record(), p.recipe, p.overrides_dict()
     if not force and is_done(out, params, ("metrics.json", "adapter/adapter_config.json")): return read_json(out/"metrics.json")
     if not target: raise ValueError("the verdict method needs a target value (its control too: it is trained on the same posts)")
     cfg = load_recipe(recipe, overrides)

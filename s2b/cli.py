@@ -5,10 +5,11 @@
 # %% ../nbs/09_cli.ipynb #97b5fb75
 from __future__ import annotations
 import argparse, os, sys, time
+from dataclasses import fields
 from pathlib import Path
-from .stages import execute_stage, end_kernels, StageFailed
+from .stages import STAGES, execute_stage, end_kernels, method_stage, StageFailed
 from .runs import input_path
-from .steering import ADAPTER_METHODS, METHOD_STAGES
+from .steering import ADAPTER_METHODS
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
@@ -97,7 +98,7 @@ def _run(stage: str, out, params: dict, force: bool, a=None) -> int:
 
 # %% ../nbs/09_cli.ipynb #dae79071
 def _add_profile(sub):
-    p = sub.add_parser("profile", help="rate survey statements and write a value profile")
+    p = sub.add_parser("profile", help=STAGES["profile"].help)
     _add_common(p)
     p.add_argument("--survey", default="bundled", help="'bundled', a path (KVS json, s2b json, CSV) or an http(s) URL")
     p.add_argument("--adapter", help="a steering run folder (any method) or a LoRA adapter folder")
@@ -110,21 +111,25 @@ def _add_profile(sub):
     p.add_argument("--no-prefix-sharing", action="store_true", help="score full prompts (slower; for comparison)")
     p.add_argument("--instructions", help="comma-separated instruction ids to use (default: all)")
 
+# %% ../nbs/09_cli.ipynb #e208ce57
+def _add_fields(p, cls, skip=()):
+    "An argument per field of the parameter object `cls` (`--items-of` for `items_of`): its default, choices and help are the field's."
+    for f in fields(cls):
+        if f.name in skip: continue
+        flag, m = "--" + f.name.replace("_", "-"), f.metadata
+        if f.default is False: p.add_argument(flag, action="store_true", help=m.get("help"))
+        else: p.add_argument(flag, default=f.default, choices=m.get("choices"), help=m.get("help"))
+
 # %% ../nbs/09_cli.ipynb #ef6b1363
 def _add_finetune(sub):
     p = sub.add_parser("finetune", help="make a steering artefact (or its control): LoRA on survey answers, or --method dpo|caa|prompt")
     _add_common(p)
-    p.add_argument("--method", default="sft", choices=list(METHOD_STAGES), help="sft: LoRA on survey answers (the paper's); "
-                   "dpo: LoRA preference tuning; caa: a steering vector; prompt: a system-prompt persona; "
-                   "verdict: LoRA on the target's train AITA posts answered with a stance (the AITA ceiling)")
-    p.add_argument("--posts", default="bundled", help="--method verdict: the AITA posts it trains on ('bundled' or the paper's json)")
-    p.add_argument("--survey", default="bundled")
-    p.add_argument("--target", help="the value to steer, or a profile target as JSON: '{\"Power_dominance\": 1}'")
-    p.add_argument("--direction", default="down", choices=["down", "up"])
-    p.add_argument("--control", action="store_true", help="train the control adapter on baseline answers only")
+    methods = {s.method: s.help for s in STAGES.values() if s.method}
+    p.add_argument("--method", default="sft", choices=list(methods), help="; ".join(f"{m}: {h}" for m, h in methods.items()))
+    shared = {f.name for f in fields(STAGES["finetune"].params_class)}
+    _add_fields(p, STAGES["finetune"].params_class, skip={"model", "backend", "seed", "overrides"})   # --survey, --target, ...
+    _add_fields(p, STAGES["verdict"].params_class, skip=shared)                                      # --posts
     p.set_defaults(backend="auto")
-    p.add_argument("--recipe", default="recipes/cpu-smoke.yaml", help="YAML recipe (recipes/paper.yaml: the paper's settings)")
-    p.add_argument("--baseline", help="a profile run directory with the model's baseline ratings (computed when missing)")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a recipe setting, e.g. --set lora.r=8 --set training.max_steps=20 (YAML values)")
     p.add_argument("--lr", type=float, help="= --set training.learning_rate=LR")
@@ -134,7 +139,7 @@ def _add_finetune(sub):
 # %% ../nbs/09_cli.ipynb #d66572f7
 def _add_evaluate(sub):
     ev = sub.add_parser("evaluate", help="measure a steering run (any method): indomain, aita, machiavelli or capability").add_subparsers(dest="task", required=True)
-    p = ev.add_parser("indomain", help="target drop, drift and side effects on held-out statements")
+    p = ev.add_parser("indomain", help=STAGES["indomain"].help)
     _add_common(p)
     p.add_argument("--survey", default="bundled")
     p.add_argument("--adapter", required=True, help="the steering run (any method) or a LoRA adapter folder")
@@ -144,14 +149,14 @@ def _add_evaluate(sub):
     p.add_argument("--split", default="test"); p.add_argument("--limit", type=_pos_int)
     p.add_argument("--templates"); p.add_argument("--instructions"); p.add_argument("--batch-size", type=_pos_int)
 
-    p = ev.add_parser("aita", help="verdict probabilities on AITA posts and the probability gain")
+    p = ev.add_parser("aita", help=STAGES["aita"].help)
     _add_common(p)
     p.add_argument("--adapter"); p.add_argument("--control"); p.add_argument("--placebo")
     p.add_argument("--posts", default="bundled", help="'bundled', the paper's AITA json, a Reddit CSV or Scruples JSONL")
     p.add_argument("--values", help="comma-separated values"); p.add_argument("--limit", type=_pos_int)
     p.add_argument("--split", choices=["train", "test"], help="score only the train or test posts (default: all)")
 
-    p = ev.add_parser("machiavelli", help="power, disutility and violations in text games against a random agent")
+    p = ev.add_parser("machiavelli", help=STAGES["machiavelli"].help)
     _add_common(p)
     p.add_argument("--adapter"); p.add_argument("--control")
     p.add_argument("--games", default="bundled"); p.add_argument("--upstream-data", help="MACHIAVELLI game_data dir (needs the machiavelli package)")
@@ -164,7 +169,7 @@ def _add_evaluate(sub):
     p.add_argument("--random-episodes", type=_pos_int, help="random-baseline episodes (default: 50 for s2b, 1000 for upstream)")
     p.add_argument("--max-steps", type=_pos_int, help="decisions per episode at most (default: 200 for s2b, 1000 for upstream)")
 
-    p = ev.add_parser("capability", help="lm-evaluation-harness accuracy under the adapter and the control, Δ with a CI")
+    p = ev.add_parser("capability", help=STAGES["capability"].help)
     _add_common(p)
     p.add_argument("--adapter", required=True); p.add_argument("--control", required=True)
     p.add_argument("--tasks", default="default", help="comma-separated lm-eval tasks, groups or task YAML paths; 'default': "
@@ -182,7 +187,7 @@ def _add_grid(sub):
     p.add_argument("--force", action="store_true")
     p.add_argument("--runs-dir", help="default: the recipe's runs_dir (papermill_runs)")
 
-    p = sub.add_parser("report", help="collect papermill_runs/ into tables and figures")
+    p = sub.add_parser("report", help=STAGES["report"].help)
     p.add_argument("--runs-dir", default="papermill_runs"); p.add_argument("--figures", default="figures")
     p.add_argument("--force", action="store_true")
 
@@ -213,15 +218,10 @@ def _overrides(a) -> dict:
     return out
 
 # %% ../nbs/09_cli.ipynb #ea230ef9
-def _finetune_params(a) -> dict:
-    import json
-    from s2b.recipes import recipe_digest
-    if not a.control and not a.target: raise ValueError("s2b finetune: give --target VALUE (or --control)")
-    params = dict(model=_abs(a.model), survey=_abs(a.survey), target=a.target, direction=a.direction,   # a control keeps its target's items
-                control=a.control, recipe=_abs(a.recipe), overrides=json.dumps(_overrides(a)), baseline=_abs(a.baseline),
-                backend=a.backend, seed=a.seed, recipe_sha256=recipe_digest(a.recipe))   # an edited recipe is not a finished run
-    if a.method == "verdict": params["posts"] = _abs(a.posts)
-    return params                                   # every method's stage takes the same parameters
+def _steering_params(a):
+    "The parameter object of the method's stage (`SteeringParams`, `VerdictParams`), from the arguments named like its fields."
+    paths = {k: _abs(getattr(a, k)) for k in ("model", "survey", "recipe", "baseline", "posts")}   # the notebook runs in its run folder
+    return method_stage(a.method).params_class.of({**vars(a), **paths, "overrides": _overrides(a)})
 
 # %% ../nbs/09_cli.ipynb #20e42fde
 def _eval_params(a) -> dict:
@@ -262,14 +262,6 @@ def _demo(a) -> int:
     for line in findings: print(f"  - {line}")
     return 1 if failed else 0
 
-# %% ../nbs/09_cli.ipynb #17b04646
-def _check_target(target, direction, survey) -> None:
-    "A target whose values have train items in the survey (else an adapter would be labelled with a value it never saw)."
-    from s2b.values import target_ratings
-    for v in target_ratings(target, direction):
-        if not any(i.value == v and i.split == "train" for i in survey.items):
-            raise ValueError(f"target {v}: the survey {survey.source or survey.name} has no train items of it, so nothing would steer it")
-
 # %% ../nbs/09_cli.ipynb #84f0d491
 def _check(stage: str, a) -> None:
     "Everything that can be checked without loading a model, named: out folder, model, adapters, survey, recipe, target, posts, games."
@@ -286,20 +278,10 @@ def _check(stage: str, a) -> None:
     if stage in ("profile", "indomain"):
         from s2b.profile import prepare_survey
         prepare_survey(a.survey, a.split, a.limit, a.templates, getattr(a, "values", None), a.instructions)
-    if stage in METHOD_STAGES.values():
-        from s2b.survey import load_survey
-        from s2b.recipes import load_recipe
-        from s2b.models import check_recipe_for_model
-        survey = load_survey(a.survey)
-        check_recipe_for_model(load_recipe(a.recipe, _overrides(a)), a.model, f"recipe {a.recipe}")
-        _check_target(a.target, a.direction, survey)
-        if _none(a.baseline) and not Path(a.baseline).is_dir(): raise FileNotFoundError(f"baseline {a.baseline}: no such run folder")
+    if STAGES[stage].method: _steering_params(a).check()          # the stage's parameter object checks its own inputs
     if stage == "aita":
         from s2b.posts import load_posts
         load_posts(a.posts, a.values, a.limit, split=a.split)
-    if stage == "verdict" and a.target:
-        from s2b.posts import load_posts
-        load_posts(a.posts, a.target, split="train")
     if stage == "machiavelli" and not _none(a.upstream_data):
         from s2b.games import resolve_games
         resolve_games(a.games)
@@ -308,12 +290,12 @@ def _check(stage: str, a) -> None:
 # %% ../nbs/09_cli.ipynb #b2ec8622
 def _main(a) -> int:
     if a.cmd in ("profile", "finetune", "evaluate"):
-        stage = a.task if a.cmd == "evaluate" else METHOD_STAGES[a.method] if a.cmd == "finetune" else a.cmd
+        stage = a.task if a.cmd == "evaluate" else method_stage(a.method).name if a.cmd == "finetune" else a.cmd
         if stage == "capability":             # a task name lm-eval does not know: one line, no notebook
             from s2b.lmeval import check_tasks
             check_tasks(_eval_params(a)["tasks"], trust_remote_code=getattr(a, "trust_remote_code", False) or None)
         _check(stage, a)
-        params = {"profile": _profile_params, "finetune": _finetune_params}.get(a.cmd, _eval_params)(a)
+        params = {"profile": _profile_params, "finetune": lambda a: _steering_params(a).params()}.get(a.cmd, _eval_params)(a)
         return _run(stage, a.out, _model_flags(a, params), a.force, a)
     if a.cmd == "grid":
         from s2b.cluster import run_grid

@@ -4,7 +4,6 @@
 
 # %% ../nbs/03d_dpo.ipynb #fd868aa6
 from __future__ import annotations
-import json          # the run cell reads its overrides
 from pathlib import Path
 import pandas as pd
 import time
@@ -13,7 +12,7 @@ from .survey import Survey, answer_prefix
 from .prompts import prompt_parts
 from .models import LM, load_model
 from .scoring import encode
-from .interventions import anchor_answers, prepare_intervention, steering_params, write_steering_run
+from .interventions import anchor_answers, prepare_intervention, SteeringParams, write_steering_run
 from .recipes import load_recipe
 from .finetune import fixed_step_args, lora_model, train_adapter
 from .trainstep import prompt_batch, answer_logits, frozen_states
@@ -123,18 +122,18 @@ def train_dpo(lm: LM, pairs, recipe, out_dir, seed: int = 0) -> Path:
     return train_adapter(dpo_trainer(lm, pairs, recipe, out_dir, seed), lm.tokenizer, out_dir)
 
 # %% ../nbs/03d_dpo.ipynb #d62b7e73
-def run_dpo(model="embedded", survey="bundled", target=None, direction="down", control=False, recipe="recipes/cpu-smoke.yaml",
-            overrides=None, baseline=None, backend="auto", seed=0, out="dpo", force=False, items_of=None) -> dict:
+def run_dpo(p: SteeringParams, out="dpo", force: bool = False) -> dict:
     "The `dpo` method: train a LoRA adapter by DPO on the survey (or its control) and write the run into `out`."
     import transformers
     out = Path(out)
-    params = steering_params(model, survey, target, direction, control, recipe, overrides, baseline, backend, seed, items_of)
+    model, target, direction, control, seed = p.model, p.target, p.direction, p.control, p.seed
+    params, overrides = p.record(), p.overrides_dict()
     if not force and is_done(out, params, ("metrics.json", "adapter/adapter_config.json")): return read_json(out/"metrics.json")
-    cfg = load_recipe(recipe, overrides)
+    cfg = load_recipe(p.recipe, overrides)
     transformers.set_seed(seed)
     lm = load_model(model, backend="hf")
     out.mkdir(parents=True, exist_ok=True)
-    iv = prepare_intervention(lm, survey, target, direction, False, cfg["data"], baseline, items_of, seed,
+    iv = prepare_intervention(lm, p.survey, target, direction, False, cfg["data"], p.baseline, p.items_of, seed,
                               cache=out/"baseline_ratings.parquet", evaluates=False)
     kept = anchor_answers(iv.baseline, "majority" if iv.anchor == "distribution" else iv.anchor)
     pairs = dpo_pairs(lm, iv.train, iv.baseline, iv.targets, kept, control=control)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from .recipes import load_recipe
 from .models import LM, load_model, resolve_backend, model_slug
-from .interventions import intervention_data, prepare_intervention, steering_params, write_steering_run
+from .interventions import intervention_data, prepare_intervention, SteeringParams, write_steering_run
 from .runs import save_figure, atomic_write_json, atomic_to_parquet, is_done, read_json, write_checksums, verify_checksums, CHECKSUMS
 from .trainstep import prompt_batch, answer_logits, slot_loss, frozen_states
 
@@ -268,14 +268,15 @@ def plot_loss(history: list[dict], ax=None, title=None):
     return ax
 
 # %% ../nbs/03_finetune.ipynb #5136d34d
-def run_finetune(model="embedded", survey="bundled", target=None, direction="down", control=False, recipe="recipes/cpu-smoke.yaml",
-                 overrides=None, baseline=None, backend="auto", seed=0, out="finetune", force=False, items_of=None) -> dict:
+def run_finetune(p: SteeringParams, out="finetune", force: bool = False) -> dict:
     """Train a steering adapter (or the control adapter) and write the run directory `out`; return the metrics.
     `items_of`: values whose train items are all used (a grid passes all its values, so that every target's adapter and the
     control are trained on the same items); default: the target's values."""
     import transformers
     out = Path(out)
-    params = steering_params(model, survey, target, direction, control, recipe, overrides, baseline, backend, seed, items_of)
+    model, survey, target, direction, control, recipe, baseline, backend, seed, items_of = (
+        p.model, p.survey, p.target, p.direction, p.control, p.recipe, p.baseline, p.backend, p.seed, p.items_of)
+    params, overrides = p.record(), p.overrides_dict()
     if not force and is_done(out, params, ("metrics.json", "adapter/adapter_config.json")):
         print(f"s2b: {out} is finished with these parameters; reusing it (force=True to redo)")
         return read_json(out/"metrics.json")

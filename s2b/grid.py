@@ -5,13 +5,13 @@
 # %% ../nbs/08_grid.ipynb #2179ac5e
 from __future__ import annotations
 import json, os, subprocess, sys, time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from .models import model_slug
-from .stages import execute_stage, stage_done, StageFailed
+from .stages import execute_stage, method_stage, stage_done, StageFailed
 from .runs import input_path
-from .recipes import CAPABILITY_DEFAULTS, load_grid, load_recipe, merge, recipe_digest
-from .steering import METHODS, METHOD_STAGES
+from .recipes import CAPABILITY_DEFAULTS, load_grid, load_recipe, merge
+from .steering import METHODS
 
 # %% auto #0
 __all__ = ['FULL', 'Run', 'grid_dir', 'plan', 'unfinished', 'describe', 'run_local']
@@ -37,8 +37,8 @@ def _tag(method: str, value: str, direction: str, seed) -> str:
 # the stage notebooks' defaults are small demo subsets; a grid asks for everything unless its recipe says otherwise
 FULL = {"limit": None, "templates": None, "instructions": None}
 
-def _model_runs(g: dict, model: str, base: Path, s: dict) -> tuple[list[Run], dict, dict]:
-    "The profile and baseline runs of one model, the parameters every steering run shares, and the evaluations' common ones."
+def _model_runs(g: dict, model: str, base: Path, s: dict) -> tuple[list[Run], object, dict]:
+    "The profile and baseline runs of one model, the parameters every steering run shares (`SteeringParams`), and the evaluations' common ones."
     skip, survey, m = set(g["skip"]), input_path(g["survey"]), input_path(model)
     slug = model_slug(model)
     ft = s["finetune"]; ft_recipe = input_path(ft.get("recipe"))
@@ -51,9 +51,8 @@ def _model_runs(g: dict, model: str, base: Path, s: dict) -> tuple[list[Run], di
         runs.append(Run(f"{slug}/baseline", "baseline", base/"baseline", {**common, "survey": survey, "split": "train+eval", **FULL,
                         "templates": data.get("train_templates"), "instructions": data.get("instructions"), **s["baseline"]}))
     # every artefact of the grid and its control are made from the same items: all train items of the grid's values
-    steer = dict(model=m, survey=survey, recipe=ft_recipe, overrides=json.dumps(ft.get("overrides") or {}),
-                 baseline=str(base/"baseline"), backend=g["backend"], items_of=",".join(g["values"]),
-                 recipe_sha256=recipe_digest(ft_recipe))
+    steer = method_stage("sft").params_class(model=m, survey=survey, recipe=ft_recipe, overrides=ft.get("overrides") or {},
+                                             baseline=str(base/"baseline"), backend=g["backend"], items_of=",".join(g["values"]))
     return runs, steer, common
 
 # %% ../nbs/08_grid.ipynb #d7a99522
@@ -77,21 +76,21 @@ def _baseline_source(g: dict, slug: str, base: Path, seed) -> tuple[list[str], d
     return [f"{slug}/{ctrl}"], {"baseline": str(base/ctrl)}
 
 # %% ../nbs/08_grid.ipynb #5d952383
-def _steering_runs(g: dict, slug: str, base: Path, steer: dict, method: str, seed, v: str | None, d: str | None) -> list[Run]:
-    """The runs that make one artefact of `method` (target `v`, `d`) and its own control; `v=None`: the `sft` control,
-    one per model and seed."""
-    stage = METHOD_STAGES[method]
+def _steering_runs(g: dict, slug: str, base: Path, steer, method: str, seed, v: str | None, d: str | None) -> list[Run]:
+    """The runs that make one artefact of `method` (target `v`, `d`) and its own control, from the parameters `steer`
+    they share; `v=None`: the `sft` control, one per model and seed."""
+    stage = method_stage(method).name
     deps, over = ([], {}) if method == "verdict" else _baseline_source(g, slug, base, seed)   # verdict reads posts, no baseline
     if v is None:
         ctrl = _control_of("sft", None, None, seed)
-        return [Run(f"{slug}/{ctrl}", "finetune", base/ctrl,
-                    dict(steer, target=None, control=True, seed=seed), deps if "baseline" not in set(g["skip"]) else [])]
-    runs = []
+        return [Run(f"{slug}/{ctrl}", "finetune", base/ctrl, replace(steer, target=None, control=True, seed=seed).params(),
+                    deps if "baseline" not in set(g["skip"]) else [])]
+    runs, steer = [], replace(steer, **over, target=v, direction=d, seed=seed)
     if method != "sft":
         ck = _control_of(method, v, d, seed)
-        runs.append(Run(f"{slug}/{ck}", stage, base/ck, dict(steer, **over, target=v, direction=d, control=True, seed=seed), deps))
+        runs.append(Run(f"{slug}/{ck}", stage, base/ck, replace(steer, control=True).params(), deps))
     ak = _artefact_of(method, v, d, seed)
-    runs.append(Run(f"{slug}/{ak}", stage, base/ak, dict(steer, **over, target=v, direction=d, control=False, seed=seed), deps))
+    runs.append(Run(f"{slug}/{ak}", stage, base/ak, replace(steer, control=False).params(), deps))
     return runs
 
 # %% ../nbs/08_grid.ipynb #54353145
@@ -133,13 +132,13 @@ def grid_dir(g: dict, runs_dir=None) -> Path:
     runs_dir = Path(runs_dir or g["runs_dir"])
     return runs_dir if runs_dir.is_absolute() else (Path.cwd()/runs_dir).resolve()
 
-def _method_steer(steer: dict, s: dict, method: str) -> dict:
+def _method_steer(steer, s: dict, method: str):
     "The steering parameters of `method`: `verdict` trains on the aita stage's posts with its own recipe (`stages.verdict`)."
     if method != "verdict": return steer
     vs = s.get("verdict") or {}
-    recipe = input_path(vs.get("recipe", "recipes/verdict-cpu.yaml"))
-    return dict(steer, recipe=recipe, overrides=json.dumps(vs.get("overrides") or {}), recipe_sha256=recipe_digest(recipe),
-                posts=input_path(s["aita"].get("posts", "bundled")), baseline=None)
+    return method_stage("verdict").params_class(**{**vars(steer), "recipe": input_path(vs.get("recipe", "recipes/verdict-cpu.yaml")),
+                                                   "overrides": vs.get("overrides") or {}, "baseline": None,
+                                                   "posts": input_path(s["aita"].get("posts", "bundled"))})
 
 # %% ../nbs/08_grid.ipynb #02aed26c
 def plan(recipe, runs_dir=None) -> list[Run]:

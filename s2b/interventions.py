@@ -5,20 +5,20 @@
 # %% ../nbs/02b_interventions.ipynb #725188fb
 from __future__ import annotations
 import json
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 import numpy as np, pandas as pd
 from .values import VALUES, normalize_value, target_ratings
 from .survey import Survey, load_survey
 from .models import LM
 from .profile import encode_variants, rate, item_scores
-from .recipes import recipe_digest
+from .recipes import recipe_path
 from .steering import steering_record
 from .runs import atomic_to_parquet, atomic_write_json, read_parquet_verified, run_record
 
 # %% auto #0
 __all__ = ['ANCHORS', 'select_items', 'anchor_answers', 'intervention_data', 'baseline_ratings', 'Intervention',
-           'prepare_intervention', 'steering_params', 'write_steering_run']
+           'prepare_intervention', 'SteeringParams', 'write_steering_run']
 
 # %% ../nbs/02b_interventions.ipynb #d2c3aedf
 def select_items(survey: Survey, values, others_per_value=None, target_limit=None, seed: int = 0) -> Survey:
@@ -123,14 +123,58 @@ def prepare_intervention(lm: LM, survey, target, direction, control: bool, data:
     return Intervention(full, train_s, eval_s, base, targets, focus, data.get("anchor") or "majority")
 
 # %% ../nbs/02b_interventions.ipynb #2a9cc3ee
-def steering_params(model="embedded", survey="bundled", target=None, direction="down", control=False, recipe=None,
-                    overrides=None, baseline=None, backend="auto", seed=0, items_of=None) -> dict:
-    "The parameters that identify a steering run of any method (`run.json`'s `params`)."
-    return dict(model=model, survey=str(survey), target=json.dumps(target) if isinstance(target, dict) else target, items_of=items_of,
-                direction=direction, control=bool(control), recipe=str(recipe) if recipe else None,
-                recipe_sha256=recipe_digest(recipe),
-                overrides={k: v for k, v in (overrides or {}).items() if v is not None}, baseline=str(baseline) if baseline else None,
-                backend=backend, seed=seed)
+@dataclass
+class SteeringParams:
+    "The parameters of a steering run of any method (`sft`, `prompt`, `caa`, `dpo`; `verdict` adds `posts`)."
+    model: str = "embedded"
+    survey: str = field(default="bundled", metadata={"help": "'bundled', a path (KVS json, s2b json, CSV) or an http(s) URL"})
+    target: str | None = field(default=None, metadata={"help": "the value to steer, or a profile target as JSON: '{\"Power_dominance\": 1}'"})
+    direction: str = field(default="down", metadata={"choices": ("down", "up")})
+    control: bool = field(default=False, metadata={"help": "make the control: the target's items with the baseline's answers only"})
+    recipe: str = field(default="recipes/cpu-smoke.yaml", metadata={"help": "YAML recipe (recipes/paper.yaml: the paper's settings)"})
+    overrides: dict | str | None = None      # recipe settings, {"lora.r": 8} (or that as JSON)
+    baseline: str | None = field(default=None, metadata={"help": "a profile run folder with the model's baseline ratings (computed when missing)"})
+    backend: str = "auto"
+    seed: int = 0
+    items_of: str | None = field(default=None, metadata={"help": "comma-separated values whose train items are all used (a grid: all its "
+                                                                 "values, so that its adapters and control share items; default: the target's)"})
+
+    @classmethod
+    def of(cls, ns: dict):
+        "The parameters named in `ns` (a notebook's `globals()`, a run's parameters); others are left out."
+        return cls(**{f.name: ns[f.name] for f in fields(cls) if f.name in ns})
+
+    def overrides_dict(self) -> dict:
+        "The recipe overrides as given (a `null` one sets its setting to None)."
+        return dict((json.loads(self.overrides) if isinstance(self.overrides, str) else self.overrides) or {})
+
+    def params(self) -> dict:
+        "What a stage run receives (papermill's parameters): the fields, `overrides` as JSON (the recipe's content is an input)."
+        d = {**asdict(self), "overrides": json.dumps(self.overrides_dict())}
+        if not self.target: d.pop("direction")                           # no target, no direction
+        return d
+
+    def record(self) -> dict:
+        "The parameters that identify a steering run of any method (`run.json`'s `params`)."
+        t = self.target
+        return dict(model=self.model, survey=str(self.survey), target=json.dumps(t) if isinstance(t, dict) else t, items_of=self.items_of,
+                    direction=self.direction, control=bool(self.control),
+                    recipe=str(recipe_path(self.recipe)) if self.recipe else None,   # found from anywhere: its content is an input
+                    overrides={k: v for k, v in self.overrides_dict().items() if v is not None},
+                    baseline=str(self.baseline) if self.baseline else None, backend=self.backend, seed=self.seed)
+
+    def check(self) -> None:
+        """What can be checked before a model loads, each wrong input named in one line: a target or `control`, the survey,
+        the recipe (also against the model's config), a target value with train items, the baseline folder."""
+        from s2b.models import check_recipe_for_model
+        from s2b.recipes import load_recipe
+        if not self.control and not self.target: raise ValueError("give a target value (or a profile target), or control=True")
+        survey = load_survey(self.survey)
+        check_recipe_for_model(load_recipe(self.recipe, self.overrides_dict()), self.model, f"recipe {self.recipe}")
+        for v in target_ratings(self.target, self.direction):
+            if not any(i.value == v and i.split == "train" for i in survey.items):
+                raise ValueError(f"target {v}: the survey {survey.source or survey.name} has no train items of it, so nothing would steer it")
+        if self.baseline and not Path(self.baseline).is_dir(): raise FileNotFoundError(f"baseline {self.baseline}: no such run folder")
 
 # %% ../nbs/02b_interventions.ipynb #62d552a0
 def write_steering_run(out, stage: str, method: str, params: dict, model, survey_source, targets: dict, direction,

@@ -4,14 +4,13 @@
 
 # %% ../nbs/03b_persona.ipynb #4c7f146b
 from __future__ import annotations
-import json          # the run cell reads its overrides
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 import numpy as np
 from .values import normalize_value, target_ratings
 from .survey import Survey, load_survey
 from .recipes import load_recipe
-from .interventions import steering_params, write_steering_run
+from .interventions import SteeringParams, write_steering_run
 from .runs import atomic_write_json, is_done, read_json
 
 # %% auto #0
@@ -112,16 +111,16 @@ def neutral_prompt(like: str) -> str:
     return " ".join(words)
 
 # %% ../nbs/03b_persona.ipynb #afa7bc0a
-def run_prompt(model="embedded", survey="bundled", target=None, direction="down", control=False, recipe="recipes/cpu-smoke.yaml",
-               overrides=None, baseline=None, backend="auto", seed=0, out="prompt", force=False, items_of=None) -> dict:
+def run_prompt(p: SteeringParams, out="prompt", force: bool = False) -> dict:
     "The `prompt` method: write the target's persona (or, for its control, a neutral one of the same length) into `out`."
     out = Path(out)
-    params = steering_params(model, survey, target, direction, control, recipe, overrides, baseline, backend, seed, items_of)
+    model, target, direction, control, seed = p.model, p.target, p.direction, p.control, p.seed
+    params, overrides = p.record(), p.overrides_dict()
     if not force and is_done(out, params, ("metrics.json", "steering.json")): return read_json(out/"metrics.json")
-    cfg = load_recipe(recipe, overrides)
+    cfg = load_recipe(p.recipe, overrides)
     chosen = target_ratings(target, direction)
     if not chosen: raise ValueError("the prompt method needs a target (a control is the neutral persona of its target's length)")
-    s = load_survey(survey)
+    s = load_survey(p.survey)
     persona = persona_prompt(chosen, persona_examples(s, chosen, int(cfg["prompt"]["examples"]), seed))
     text = neutral_prompt(persona) if control else persona
     atomic_write_json(out/"steering.json", {"persona": text})

@@ -8,12 +8,12 @@ import copy, math
 from pathlib import Path
 import yaml
 from .values import VALUES, normalize_value
-from .runs import repo_root, sha256_file
+from .runs import repo_root
 
 # %% auto #0
 __all__ = ['FINETUNE_DEFAULTS', 'GRID_KEYS', 'RULES', 'BOUNDS', 'GRID_DEFAULTS', 'CAPABILITY_DEFAULTS', 'GRID_RULES',
-           'STAGE_RULES', 'SLURM_DEFAULTS', 'merge', 'recipe_path', 'recipe_digest', 'load_recipe', 'check_slurm',
-           'load_grid', 'grid_stages']
+           'STAGE_RULES', 'SLURM_DEFAULTS', 'merge', 'recipe_path', 'load_recipe', 'check_slurm', 'load_grid',
+           'grid_stages']
 
 # %% ../nbs/00c_recipes.ipynb #84dc8e0f
 FINETUNE_DEFAULTS = {
@@ -52,11 +52,6 @@ def recipe_path(recipe) -> Path:
     if not p.exists() and (repo_root()/p).exists(): p = repo_root()/p
     if not p.is_file(): raise FileNotFoundError(f"recipe {recipe} not found")
     return p
-
-# %% ../nbs/00c_recipes.ipynb #b780e5bc
-def recipe_digest(recipe) -> str | None:
-    "The sha256 of a recipe file (None for no recipe or a dict): part of a run's parameters, so an edited recipe is redone."
-    return sha256_file(recipe_path(recipe)) if recipe and not isinstance(recipe, dict) else None
 
 # %% ../nbs/00c_recipes.ipynb #454001af
 # what a setting may hold, beyond the type of its default (`FINETUNE_DEFAULTS` decides the keys and, unless listed here, the type)

@@ -4,29 +4,73 @@
 
 # %% ../nbs/07b_stages.ipynb #ccf50c17
 from __future__ import annotations
-import contextlib, json, os, re, tempfile
+import contextlib, functools, importlib, json, os, re, tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 from .runs import atomic_write_json, atomic_write_text, inputs_fingerprint, is_done, read_json, repo_root
 from .rendered import write_report_html
 
 # %% auto #0
-__all__ = ['STAGES', 'MARKER', 'stage_notebook', 'StageFailed', 'RunFolderError', 'foreign_entries', 'check_out_dir',
-           'stage_done', 'clean_kernel_files', 'end_kernels', 'is_library_cell', 'stage_copy', 'RunFolderBusy',
-           'execute_stage']
+__all__ = ['STAGES', 'MARKER', 'Stage', 'method_stage', 'stage_notebook', 'StageFailed', 'RunFolderError', 'foreign_entries',
+           'check_out_dir', 'notebook_defaults', 'run_identity', 'stage_done', 'clean_kernel_files', 'end_kernels',
+           'is_library_cell', 'stage_copy', 'RunFolderBusy', 'run_notebook', 'execute_stage']
 
 # %% ../nbs/07b_stages.ipynb #bed8f561
-STAGES = {"profile": "02_profile.ipynb", "baseline": "02_profile.ipynb",   # a baseline is a profile of the un-steered model
-          "finetune": "03_finetune.ipynb", "indomain": "04_indomain.ipynb", "aita": "05c_aita.ipynb",
-          "machiavelli": "06e_machiavelli.ipynb", "report": "07a_report.ipynb",
-          "capability": "06g_capability.ipynb",
-          "prompt": "03b_persona.ipynb", "caa": "03c_caa.ipynb", "dpo": "03d_dpo.ipynb",
-          "verdict": "05d_ceiling.ipynb"}   # the other steering methods (s2b.steering)   # lm-evaluation-harness accuracy under the conditioned and control artefacts
+def _resolve(path: str):
+    "The object `module.name` of s2b, imported on use (so the command line starts without the stages' libraries)."
+    mod, name = path.rsplit(".", 1)
+    return getattr(importlib.import_module(f"s2b.{mod}"), name)
+
+@dataclass(frozen=True)
+class Stage:
+    "One stage: its name, the notebook a run of it executes, the function that notebook's run calls, what it does."
+    name: str
+    notebook: str                  # in nbs/
+    function: str                  # `module.function` of s2b
+    help: str
+    method: str | None = None      # a steering stage: the method (s2b.steering.METHODS) whose artefact it makes
+    params: str | None = None      # `module.Class`: the stage's parameter object, where it has one
+
+    @property
+    def run(self) -> Callable: return _resolve(self.function)
+
+    @property
+    def params_class(self) -> type | None: return _resolve(self.params) if self.params else None
+
+# %% ../nbs/07b_stages.ipynb #b33e6ba3
+STAGES = {s.name: s for s in (
+    Stage("profile", "02_profile.ipynb", "profile.run_profile", "rate survey statements and write a value profile"),
+    Stage("baseline", "02_profile.ipynb", "profile.run_profile", "a profile of the un-steered model: the ratings a steering method starts from"),
+    Stage("finetune", "03_finetune.ipynb", "finetune.run_finetune", "LoRA on survey answers (the paper's)", method="sft",
+          params="interventions.SteeringParams"),
+    Stage("prompt", "03b_persona.ipynb", "persona.run_prompt", "a system-prompt persona", method="prompt",
+          params="interventions.SteeringParams"),
+    Stage("caa", "03c_caa.ipynb", "caa.run_caa", "a steering vector added to the residual stream", method="caa",
+          params="interventions.SteeringParams"),
+    Stage("dpo", "03d_dpo.ipynb", "dpo.run_dpo", "LoRA preference tuning on survey answers", method="dpo",
+          params="interventions.SteeringParams"),
+    Stage("verdict", "05d_ceiling.ipynb", "ceiling.run_verdict", "LoRA on the target's train AITA posts answered with a stance "
+          "(the AITA ceiling)", method="verdict", params="ceiling.VerdictParams"),
+    Stage("indomain", "04_indomain.ipynb", "indomain.run_indomain", "target drop, drift and side effects on held-out statements"),
+    Stage("aita", "05c_aita.ipynb", "aita.run_aita", "verdict probabilities on AITA posts and the probability gain"),
+    Stage("machiavelli", "06e_machiavelli.ipynb", "machiavelli.run_machiavelli", "power, disutility and violations in text games against a random agent"),
+    Stage("capability", "06g_capability.ipynb", "capability.run_capability", "lm-evaluation-harness accuracy under the adapter and the control, Δ with a CI"),
+    Stage("report", "07a_report.ipynb", "report.build_report", "collect papermill_runs/ into tables and figures"),
+)}
+
+# %% ../nbs/07b_stages.ipynb #35f3ec8d
+def method_stage(method: str) -> Stage:
+    "The stage that makes the steering artefact of `method`."
+    for s in STAGES.values():
+        if s.method == method: return s
+    raise ValueError(f"Unknown steering method {method!r}; methods: {', '.join(s.method for s in STAGES.values() if s.method)}")
 
 # %% ../nbs/07b_stages.ipynb #813804fa
 def stage_notebook(stage: str) -> Path:
     "The path of a stage's notebook in the s2b checkout."
     if stage not in STAGES: raise ValueError(f"Unknown stage {stage!r}; stages: {', '.join(STAGES)}")
-    nb = repo_root()/"nbs"/STAGES[stage]
+    nb = repo_root()/"nbs"/STAGES[stage].notebook
     if not nb.exists():
         raise FileNotFoundError(f"{nb} not found: s2b runs its stages from the notebooks of a source checkout "
                                 "(pip install -e .)")
@@ -121,9 +165,35 @@ def check_out_dir(stage: str, out_dir) -> Path:
     return out_dir
 
 # %% ../nbs/07b_stages.ipynb #5c967b1d
+@functools.lru_cache(maxsize=64)
+def _cell_values(nb_path: str, mtime: float) -> dict:
+    import ast, nbformat
+    nb = nbformat.read(nb_path, as_version=4)
+    cell = next((c for c in nb.cells if "parameters" in c.metadata.get("tags", [])), None)
+    if cell is None: return {}
+    return {t.id: ast.literal_eval(n.value) for n in ast.parse(cell.source).body if isinstance(n, ast.Assign)
+            for t in n.targets if isinstance(t, ast.Name)}
+
+def notebook_defaults(stage: str) -> dict:
+    "The values of a stage notebook's `parameters` cell: what a run that does not name a parameter runs with."
+    nb = stage_notebook(stage)
+    return _cell_values(str(nb), nb.stat().st_mtime)
+
+def run_identity(stage: str, params: dict) -> dict:
+    """What makes two runs of `stage` the same run: every parameter of its notebook with the value it ran with (a
+    parameter left out runs with the notebook's default, so leaving it out and giving that default are one run). The
+    files a run reads are compared by content (`inputs_fingerprint`), so a recipe's digest is no parameter."""
+    return {k: v for k, v in {**notebook_defaults(stage), **params}.items() if k != "recipe_sha256"}
+
 def stage_done(out_dir, params: dict) -> bool:
-    "True when `out_dir` holds a finished stage run executed with these notebook parameters, on inputs with the same content."
+    """True when `out_dir` holds a finished stage run executed with these notebook parameters (the same `run_identity`),
+    on inputs with the same content."""
     params = {**params, "out": str(Path(out_dir).resolve())}
+    rec = read_json(Path(out_dir)/"run.json", {}) if (Path(out_dir)/"run.json").is_file() else {}
+    old, stage = (rec.get("notebook_params"), rec.get("notebook_stage")) if isinstance(rec, dict) else (None, None)
+    if isinstance(old, dict) and stage in STAGES:
+        same = lambda a, b: json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))
+        if same(run_identity(stage, old), run_identity(stage, params)): params = old   # this run: its record decides the rest
     return is_done(out_dir, params, ("metrics.json", "report.ipynb"), record="notebook_")
 
 # %% ../nbs/07b_stages.ipynb #10f56f2d
@@ -259,10 +329,22 @@ def _safe_path_kernels():
         if old is None: os.environ.pop("PYTHONSAFEPATH", None)
         else: os.environ["PYTHONSAFEPATH"] = old
 
+# %% ../nbs/07b_stages.ipynb #28fa3e6d
+def run_notebook(nb, dest, cwd, parameters: dict | None = None, *, stream: bool = False, **kw):
+    """Execute the notebook `nb` (a path or an nbformat notebook) with papermill in `cwd` and write it to `dest`: a
+    python3 kernel on local sockets (`_kernel_manager`) that never imports from `cwd`. `parameters` fill its
+    `parameters` cell; `stream` passes its output to this process's stdout and stderr as it runs; `kw` goes to
+    `papermill.execute_notebook` (e.g. `execution_timeout`). Stage runs and the docs build execute notebooks here."""
+    import papermill as pm, sys
+    with _safe_path_kernels():
+        return pm.execute_notebook(nb, str(dest), parameters=parameters or {}, cwd=str(cwd), kernel_name="python3",
+                                   kernel_manager_class=_kernel_manager(), stdout_file=sys.stdout if stream else None,
+                                   stderr_file=sys.stderr if stream else None, **kw)
+
 # %% ../nbs/07b_stages.ipynb #723ec70b
 def _execute(stage: str, out_dir: Path, params: dict, *, force, progress, log_output, examples, stream) -> Path:
     "`execute_stage` once the run folder is checked and locked."
-    import papermill as pm, shutil, sys
+    import papermill as pm
     report = out_dir/"report.ipynb"
     params = {**params, "out": str(out_dir)}
     if not force and stage_done(out_dir, params):
@@ -278,11 +360,8 @@ def _execute(stage: str, out_dir: Path, params: dict, *, force, progress, log_ou
     run_params = {**params, "out": str(work), **({"force": True} if force else {})}
     running, failed = work/".report.running.ipynb", work/"report.failed.ipynb"
     try:
-        with _safe_path_kernels():
-            pm.execute_notebook(stage_copy(stage_notebook(stage), examples), str(running), parameters=run_params, cwd=str(work),
-                                progress_bar=progress and not stream, log_output=log_output, kernel_name="python3",
-                                kernel_manager_class=_kernel_manager(),
-                                stdout_file=sys.stdout if stream else None, stderr_file=sys.stderr if stream else None)
+        run_notebook(stage_copy(stage_notebook(stage), examples), running, work, run_params, stream=stream,
+                     progress_bar=progress and not stream, log_output=log_output)
     except KeyboardInterrupt: end_kernels(); raise
     except pm.PapermillExecutionError as e:
         if running.exists(): os.replace(running, failed)

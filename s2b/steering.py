@@ -13,13 +13,11 @@ from .models import LM, adapter_path, use_adapter
 from .prompts import with_persona
 
 # %% auto #0
-__all__ = ['METHODS', 'METHOD_STAGES', 'ADAPTER_METHODS', 'steering_record', 'Steering', 'read_steering', 'decoder_layers',
-           'add_vectors', 'load_vectors', 'steer']
+__all__ = ['METHODS', 'ADAPTER_METHODS', 'steering_record', 'Steering', 'read_steering', 'decoder_layers', 'add_vectors',
+           'load_vectors', 'steer']
 
 # %% ../nbs/02a_steering.ipynb #2dede1a9
-METHODS = ("sft", "dpo", "prompt", "caa", "verdict")
-METHOD_STAGES = {"sft": "finetune", "dpo": "dpo", "caa": "caa", "prompt": "prompt",   # the stage that makes each artefact
-                 "verdict": "verdict"}              # LoRA on AITA verdicts themselves: the AITA ceiling (s2b.ceiling)
+METHODS = ("sft", "dpo", "prompt", "caa", "verdict")   # the stage that makes each: s2b.stages.method_stage
 ADAPTER_METHODS = ("sft", "dpo", "verdict")         # the methods whose artefact is a LoRA adapter (`adapter/`)
 
 def steering_record(method: str, targets: dict, direction: str | None, seed: int | None) -> dict:

@@ -74,3 +74,24 @@ def test_the_ground_floor_stands_alone():
 def test_no_module_over_400_lines():
     big = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 400}
     assert not big, f"split these along their seams: {big}"
+
+RUN_CONTROL = {"out", "force"}      # where a run goes and whether to redo it: every stage's, not part of its parameter object
+
+@pytest.mark.parametrize("stage", sorted(n for n, s in __import__("s2b.stages").stages.STAGES.items() if s.params))
+def test_parameters_cell_holds_the_parameter_object(stage):
+    "A stage with a parameter object: its notebook's `parameters` cell assigns exactly the object's fields (and `out`, `force`)."
+    import dataclasses, nbformat
+    from s2b.stages import STAGES, stage_notebook
+    nb = nbformat.read(str(stage_notebook(stage)), as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    names = {t.id for n in ast.parse(cell.source).body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
+    fields = {f.name for f in dataclasses.fields(STAGES[stage].params_class)}
+    assert names == fields | RUN_CONTROL, f"{STAGES[stage].notebook}: missing {sorted(fields | RUN_CONTROL - names)}, extra {sorted(names - fields - RUN_CONTROL)}"
+
+def test_each_registry_entry_names_its_notebooks_function():
+    "A stage's function lives in the module its notebook exports, so the registry's two halves cannot drift apart."
+    from s2b.stages import STAGES
+    for s in STAGES.values():
+        mod = s.function.split(".")[0]
+        assert _notebook(MODULES[mod]) + ".ipynb" == s.notebook, f"{s.name}: {s.function} is not exported by {s.notebook}"
+        if s.params: assert _notebook(MODULES[s.params.split(".")[0]]) <= s.notebook.removesuffix(".ipynb"), s.name

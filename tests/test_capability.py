@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("lm_eval")
 from s2b import capability as C, lmeval as L
-from s2b.stages import STAGES, _KEEP, stage_copy
+from s2b.stages import STAGES, _KEEP, stage_copy, stage_notebook
 from s2b.runs import repo_root
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -105,8 +105,8 @@ def test_paired_delta_draws_through_s2b_stats():
 
 def test_stage_notebook_shape():
     "One parameters cell after the library; no parameter shadows a definition of the notebook (as tests/test_runs.py checks)."
-    assert STAGES["capability"] == "06g_capability.ipynb"
-    nb = repo_root()/"nbs"/STAGES["capability"]
+    assert STAGES["capability"].notebook == "06g_capability.ipynb" and STAGES["capability"].run.__name__ == "run_capability"
+    nb = stage_notebook("capability")
     full, run = stage_copy(nb, examples=True), stage_copy(nb)
     lib = lambda c: c.cell_type == "code" and bool(_KEEP.search(c.source))
     last = max(i for i, c in enumerate(full.cells) if lib(c))

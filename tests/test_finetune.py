@@ -5,7 +5,7 @@ from s2b.survey import load_survey
 from s2b.values import target_ratings
 from s2b.recipes import load_recipe
 from s2b.interventions import intervention_data, select_items, anchor_answers
-from s2b.interventions import steering_params
+from s2b.interventions import SteeringParams
 from s2b.finetune import (sft_trainer, run_finetune,
                           answer_loss)
 from s2b.profile import PCOLS
@@ -25,13 +25,14 @@ def test_recipe_override_order(tmp_path):
 
 def test_edited_recipe_is_not_a_finished_run(tmp_path):
     p = tmp_path/"r.yaml"; p.write_text("lora: {r: 8}\n")
-    before = steering_params(target="Hedonism", recipe=p)
-    assert before == steering_params(target="Hedonism", recipe=p)     # same file, same parameters
+    from s2b.runs import inputs_fingerprint
+    params = SteeringParams(target="Hedonism", recipe=p).record()
+    before = inputs_fingerprint(params)
+    assert before == inputs_fingerprint(params) and "recipe" in before          # same file, same inputs
     p.write_text("lora: {r: 16}\n")
-    after = steering_params(target="Hedonism", recipe=p)
-    assert before["recipe"] == after["recipe"] and before["recipe_sha256"] != after["recipe_sha256"]
+    assert params == SteeringParams(target="Hedonism", recipe=p).record() and inputs_fingerprint(params) != before
     with pytest.raises(FileNotFoundError, match="recipe"):
-        steering_params(target="Hedonism", recipe=tmp_path/"missing.yaml")
+        SteeringParams(target="Hedonism", recipe=tmp_path/"missing.yaml").check()
 
 def test_targets():
     assert target_ratings("Hedonism") == {"Hedonism": 1} and target_ratings("hedonism", "up") == {"Hedonism": 6}
@@ -82,7 +83,7 @@ def test_run_finetune_end_to_end(tmp_path):
     over = {"lora.r": 2, "lora.alpha": 4, "training.max_steps": 2, "training.per_device_train_batch_size": 4,
             "training.eval_every": 1, "data.others_per_value": 0, "data.target_limit": 2, "data.eval_limit": 2,
             "data.train_templates": "0", "data.instructions": "0"}
-    m = run_finetune("embedded", "bundled", "Hedonism", "down", recipe="recipes/cpu-smoke.yaml", overrides=over, backend="hf", out=tmp_path)
+    m = run_finetune(SteeringParams("embedded", "bundled", "Hedonism", "down", recipe="recipes/cpu-smoke.yaml", overrides=over, backend="hf"), out=tmp_path)
     assert m["targets"] == {"Hedonism": 1} and m["steps"] == 2 and m["backend"] == "hf" and m["n_train"] == 2
     for f in ("adapter/adapter_config.json", "metrics.json", "run.json", "loss.png", "loss.csv", "data.parquet"):
         assert (tmp_path/f).exists(), f
@@ -238,8 +239,8 @@ def _kill_at(monkeypatch, step):
 def test_resume_belongs_to_its_parameters(tmp_path, monkeypatch, capsys):
     "A killed fine-tune resumes from its last complete checkpoint only with the same parameters, and reports the whole run."
     def run(out, force=False, **o):
-        return run_finetune("embedded", "bundled", "Hedonism", "down", recipe="recipes/cpu-smoke.yaml",
-                            overrides={**_SMALL, **o}, backend="hf", out=out, force=force)
+        return run_finetune(SteeringParams("embedded", "bundled", "Hedonism", "down", recipe="recipes/cpu-smoke.yaml",
+                                           overrides={**_SMALL, **o}, backend="hf"), out=out, force=force)
     clean = run(tmp_path/"clean")
     undo = _kill_at(monkeypatch, 3)
     with pytest.raises(_Killed): run(tmp_path/"a")

@@ -1,12 +1,12 @@
 import json, os, tempfile
 from pathlib import Path
 import pytest
-from s2b.stages import STAGES, execute_stage, stage_copy, stage_done, is_library_cell
+from s2b.stages import STAGES, execute_stage, stage_copy, stage_done, stage_notebook, is_library_cell
 from s2b.runs import repo_root
 
 @pytest.mark.parametrize("stage", ["profile", "finetune", "indomain", "aita", "machiavelli", "report"])
 def test_stage_copy_keeps_the_library_and_the_run(stage):
-    nb = repo_root()/"nbs"/STAGES[stage]
+    nb = stage_notebook(stage)
     full, run = stage_copy(nb, examples=True), stage_copy(nb)
     assert sum(map(is_library_cell, run.cells)) == sum(map(is_library_cell, full.cells)) > 0
     assert sum("parameters" in c.metadata.get("tags", []) for c in run.cells) == 1
@@ -43,7 +43,7 @@ def test_execute_stage_runs_the_stage_once(tmp_path, capsys):
 def test_parameters_do_not_shadow_the_library(stage):
     "A parameter named like a function of the notebook would replace that function in the stage run."
     import ast
-    nb = stage_copy(repo_root()/"nbs"/STAGES[stage])
+    nb = stage_copy(stage_notebook(stage))
     names = lambda src: {t.id for n in ast.parse(src).body if isinstance(n, ast.Assign) for t in n.targets if isinstance(t, ast.Name)}
     defined = set()
     for c in nb.cells:
@@ -51,7 +51,7 @@ def test_parameters_do_not_shadow_the_library(stage):
             tree = ast.parse(c.source)
             defined |= {n.name for n in tree.body if isinstance(n, (ast.FunctionDef, ast.ClassDef))} | names(c.source)
     params = names(next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", [])))
-    assert not params & defined, f"{STAGES[stage]}: parameters {sorted(params & defined)} shadow the notebook's own definitions"
+    assert not params & defined, f"{STAGES[stage].notebook}: parameters {sorted(params & defined)} shadow the notebook's own definitions"
 
 def _toy_stage(tmp_path, monkeypatch):
     "A stage notebook that writes metrics.json and run.json, and fails when asked to."
@@ -141,7 +141,7 @@ def test_a_stage_run_defines_every_name_its_run_uses():
     import ast, builtins
     from s2b.stages import is_library_cell
     for st in sorted(set(STAGES)):
-        nb = stage_copy(repo_root()/"nbs"/STAGES[st])
+        nb = stage_copy(stage_notebook(st))
         defined, used = set(dir(builtins)) | {"display"}, set()
         params = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])][0]
         for i, c in enumerate(nb.cells):

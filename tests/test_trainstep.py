@@ -6,6 +6,7 @@ from s2b.values import target_ratings
 from s2b.recipes import load_recipe
 from s2b.interventions import intervention_data
 from s2b.finetune import answer_loss, answer_features, with_labels, lora_model, sft_trainer, run_finetune
+from s2b.interventions import SteeringParams
 from s2b.trainstep import prompt_batch, answer_logits, slot_loss, frozen_states
 from s2b.profile import PCOLS
 
@@ -129,8 +130,8 @@ def test_a_resumed_run_uses_the_cache(tmp_path, monkeypatch, capsys):
     over = {"lora.r": 2, "lora.alpha": 4, "lora.top_layers": 4, "training.max_steps": 4, "training.per_device_train_batch_size": 2,
             "training.eval_every": 2, "training.warmup_ratio": 0.0, "training.early_stopping_patience": 10, "data.others_per_value": 0,
             "data.target_limit": 2, "data.eval_limit": 1, "data.train_templates": "0,1", "data.instructions": "0"}
-    run = lambda out: run_finetune("embedded", "bundled", "Hedonism", "down", recipe="recipes/cpu-smoke.yaml", overrides=over,
-                                   backend="hf", out=out)
+    run = lambda out: run_finetune(SteeringParams("embedded", "bundled", "Hedonism", "down", recipe="recipes/cpu-smoke.yaml",
+                                                  overrides=over, backend="hf"), out=out)
     run(tmp_path/"clean")
     real = ft.sft_trainer
     class Kill(TrainerCallback):
