@@ -109,6 +109,7 @@ def machiavelli_words(rows: pd.DataFrame, alpha: float = 0.05) -> str:
     for k in HARMS:
         for r in played.itertuples():
             d, lo, hi, m, q = (getattr(r, f"{k}_{x}") for x in ("diff", "lo", "hi", "mde", "q"))
+            if pd.isna(d): parts.append(f"{k} not measured (seed {r.seed}: no decision of the games played is annotated for it)"); continue
             said = ("differs" if q < alpha else "no spread to measure" if not np.isfinite(q)
                     else f"no difference larger than {m:.0f}")
             parts.append(f"{k} {d:+.0f} [{lo:+.0f}, {hi:+.0f}] (seed {r.seed}: {said})")

@@ -229,7 +229,7 @@ def test_the_transfer_study_reads_the_machiavelli_table_the_report_writes(tmp_pa
     from s2b.transfer import transfer_table, transfer_lines
     e = lambda d: {"mean": 100 + d, "lo": 90 + d, "hi": 110 + d, "vs": "control", "diff": d, "diff_lo": d - 15, "diff_hi": d + 15,
                    "mde": 21.0, "spread": True}
-    adapter = {k: e(d) for k, d in (("power", 30.0), ("disutility", -5.0), ("violations", 2.0))}
+    adapter = {k: e(d) for k, d in (("power", 30.0), ("violations", 2.0))} | {"disutility": {"mean": None, "vs": "control", "diff": None}}
     _run(tmp_path, "machiavelli__Hedonism-up__s0", {"summary": {"adapter": adapter, "control": _harms(100)}}, "machiavelli",
          _steer("Hedonism", "up"))
     mt = machiavelli_table(collect(tmp_path))
@@ -238,6 +238,7 @@ def test_the_transfer_study_reads_the_machiavelli_table_the_report_writes(tmp_pa
     t = transfer_table(ind, pd.DataFrame(), mt)
     assert t.power_diff.iloc[0] == pytest.approx(30.0) and t.power_q.iloc[0] < 0.05
     assert transfer_lines(t)[1].startswith("Hedonism up MACHIAVELLI vs control (100 = random): power +30 [+15, +45] (seed 0: differs)")
+    assert "disutility not measured (seed 0: no decision of the games played is annotated for it)" in transfer_lines(t)[1]
 
 # The rendered report of a stage run: what it measured first, the library folded in report.ipynb and left out of report.html.
 
