@@ -50,9 +50,10 @@ def verdict_examples(tok, data: pd.DataFrame, posts, max_length: int) -> list[di
     return out
 
 # %% ../nbs/05d_ceiling.ipynb #799c3e0e
-def verdict_trainer(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0):
+def verdict_trainer(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0, mix: bool = False):
     """`s2b.finetune.sft_trainer` on `examples` (`verdict_examples`): the loss at the label's first token, the one token at
-    which NTA, YTA and Neutral differ, above the frozen layers (`s2b.trainstep`); LoRA and training settings from `recipe`."""
+    which NTA, YTA and Neutral differ, above the frozen layers (`s2b.trainstep`); LoRA and training settings from `recipe`.
+    `mix` (the control): every post's target is the labels' mix, their shares over `examples`, not its own label."""
     cfg = load_recipe(recipe)
     too_long = sum(len(e["input_ids"]) > int(cfg["training"]["max_length"]) for e in examples)
     if too_long: raise ValueError(f"{too_long} posts are longer than max_length={cfg['training']['max_length']} tokens; raise training.max_length")
@@ -64,14 +65,17 @@ def verdict_trainer(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0
         k = next(i for i, x in enumerate(e["labels"]) if x != -100)       # the label's first token
         rows.append({"input_ids": e["input_ids"][:k + 1], "completion_mask": [0] * k + [1], "cand": cand,
                      "soft": [float(e["input_ids"][k] == c) for c in cand]})
+    if mix:
+        share = np.mean([r["soft"] for r in rows], axis=0).tolist()
+        for r in rows: r["soft"] = share
     return sft_trainer(lm, pd.DataFrame(rows), None, {**cfg, "training": {**cfg["training"], "eval_every": None}},
                        Path(out_dir)/"checkpoints", "hf", seed)
 
 # %% ../nbs/05d_ceiling.ipynb #f8713e30
-def train_verdicts(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0) -> Path:
-    "Train a LoRA adapter on `examples` and save it into `out_dir/adapter` (atomically); the log into `out_dir/loss.csv`."
+def train_verdicts(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0, mix: bool = False) -> Path:
+    "Train a LoRA adapter on `examples` (`mix`: the control's targets, `verdict_trainer`) into `out_dir/adapter` (atomically); the log into `out_dir/loss.csv`."
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return train_adapter(verdict_trainer(lm, examples, recipe, out_dir, seed), lm.tokenizer, out_dir)
+    return train_adapter(verdict_trainer(lm, examples, recipe, out_dir, seed, mix), lm.tokenizer, out_dir)
 
 # %% ../nbs/05d_ceiling.ipynb #7f144ad1
 def run_verdict(model="embedded", survey="bundled", target=None, direction="down", control=False, recipe="recipes/verdict-cpu.yaml",
@@ -94,7 +98,7 @@ def run_verdict(model="embedded", survey="bundled", target=None, direction="down
     out.mkdir(parents=True, exist_ok=True)
     atomic_to_parquet(data, out/"data.parquet")
     t0 = time.perf_counter()
-    train_verdicts(lm, verdict_examples(lm.tokenizer, data, ps, max_length), cfg, out, seed)
+    train_verdicts(lm, verdict_examples(lm.tokenizer, data, ps, max_length), cfg, out, seed, mix=bool(control))
     hist = pd.read_csv(out/"loss.csv")
     metrics = {"targets": {} if control else targets, "control": bool(control), "n_posts": len(data), "posts": list(data.post_id),
                "labels": {k: int(v) for k, v in data.label.value_counts().items()},
