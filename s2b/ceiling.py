@@ -15,7 +15,7 @@ from .recipes import load_recipe
 from .models import LM, load_model
 from .scoring import encode
 from .interventions import SteeringParams, write_steering_run
-from .finetune import fixed_step_args, lora_model, train_adapter
+from .finetune import sft_trainer, train_adapter
 from .posts import LABELS, load_posts
 from .verdicts import default_max_length, fit_prompt
 
@@ -50,28 +50,32 @@ def verdict_examples(tok, data: pd.DataFrame, posts, max_length: int) -> list[di
     return out
 
 # %% ../nbs/05d_ceiling.ipynb #799c3e0e
-def verdict_trainer(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0):
-    "A transformers `Trainer` on `examples` (`verdict_examples`), LoRA and training settings from `recipe`."
-    from datasets import Dataset
-    from transformers import Trainer
-    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+def verdict_trainer(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0, mix: bool = False):
+    """`s2b.finetune.sft_trainer` on `examples` (`verdict_examples`): the loss at the label's first token, the one token at
+    which NTA, YTA and Neutral differ, above the frozen layers (`s2b.trainstep`); LoRA and training settings from `recipe`.
+    `mix` (the control): every post's target is the labels' mix, their shares over `examples`, not its own label."""
     cfg = load_recipe(recipe)
-    t = cfg["training"]
-    too_long = sum(len(e["input_ids"]) > int(t["max_length"]) for e in examples)
-    if too_long: raise ValueError(f"{too_long} posts are longer than max_length={t['max_length']} tokens; raise training.max_length")
+    too_long = sum(len(e["input_ids"]) > int(cfg["training"]["max_length"]) for e in examples)
+    if too_long: raise ValueError(f"{too_long} posts are longer than max_length={cfg['training']['max_length']} tokens; raise training.max_length")
     if lm.adapter or hasattr(lm.model, "peft_config"): raise ValueError("verdict_trainer needs the base model, without an adapter")
-    model = lora_model(lm, cfg["lora"], "hf", seed, t["gradient_checkpointing"])
-    gpu = str(lm.device).startswith("cuda")
-    args = fixed_step_args(t, out_dir, seed, gpu)
-    pad = lm.tokenizer.pad_token_id if lm.tokenizer.pad_token_id is not None else 0
-    return Trainer(model=model, args=args, train_dataset=Dataset.from_list(examples),
-                   data_collator=DataCollatorForLanguageModeling(pad_token_id=pad), processing_class=lm.tokenizer)
+    cand = [encode(lm.tokenizer, l)[0] for l in LABELS]
+    if len(set(cand)) < len(cand): raise ValueError(f"the labels {', '.join(LABELS)} do not differ at their first token for this tokenizer")
+    rows = []
+    for e in examples:
+        k = next(i for i, x in enumerate(e["labels"]) if x != -100)       # the label's first token
+        rows.append({"input_ids": e["input_ids"][:k + 1], "completion_mask": [0] * k + [1], "cand": cand,
+                     "soft": [float(e["input_ids"][k] == c) for c in cand]})
+    if mix:
+        share = np.mean([r["soft"] for r in rows], axis=0).tolist()
+        for r in rows: r["soft"] = share
+    return sft_trainer(lm, pd.DataFrame(rows), None, {**cfg, "training": {**cfg["training"], "eval_every": None}},
+                       Path(out_dir)/"checkpoints", "hf", seed)
 
 # %% ../nbs/05d_ceiling.ipynb #f8713e30
-def train_verdicts(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0) -> Path:
-    "Train a LoRA adapter on `examples` and save it into `out_dir/adapter` (atomically); the log into `out_dir/loss.csv`."
+def train_verdicts(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0, mix: bool = False) -> Path:
+    "Train a LoRA adapter on `examples` (`mix`: the control's targets, `verdict_trainer`) into `out_dir/adapter` (atomically); the log into `out_dir/loss.csv`."
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return train_adapter(verdict_trainer(lm, examples, recipe, out_dir, seed), lm.tokenizer, out_dir)
+    return train_adapter(verdict_trainer(lm, examples, recipe, out_dir, seed, mix), lm.tokenizer, out_dir)
 
 # %% ../nbs/05d_ceiling.ipynb #34d58af6
 @dataclass
@@ -89,7 +93,7 @@ class VerdictParams(SteeringParams):
 
 # %% ../nbs/05d_ceiling.ipynb #7f144ad1
 def run_verdict(p: VerdictParams, out="verdict", force: bool = False) -> dict:
-    "The `verdict` method: LoRA on the target's train AITA posts answered with a stance (its control: the labels shuffled)."
+    "The `verdict` method: LoRA on the target's train AITA posts answered with a stance (its control: every post trained toward the labels' mix)."
     import transformers
     out = Path(out)
     model, survey, target, direction, control, posts, seed = p.model, p.survey, p.target, p.direction, p.control, p.posts, p.seed
@@ -106,7 +110,7 @@ def run_verdict(p: VerdictParams, out="verdict", force: bool = False) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     atomic_to_parquet(data, out/"data.parquet")
     t0 = time.perf_counter()
-    train_verdicts(lm, verdict_examples(lm.tokenizer, data, ps, max_length), cfg, out, seed)
+    train_verdicts(lm, verdict_examples(lm.tokenizer, data, ps, max_length), cfg, out, seed, mix=bool(control))
     hist = pd.read_csv(out/"loss.csv")
     metrics = {"targets": {} if control else targets, "control": bool(control), "n_posts": len(data), "posts": list(data.post_id),
                "labels": {k: int(v) for k, v in data.label.value_counts().items()},

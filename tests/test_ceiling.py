@@ -53,3 +53,37 @@ def test_examples_are_the_scored_prompt_and_the_label(lm, train):
         prompt = encode(lm.tokenizer, aita_prompt(lm.tokenizer, p.full_text))
         assert e["input_ids"] == prompt + encode(lm.tokenizer, label)          # what continuation_logprobs scores
         assert e["labels"] == [-100] * len(prompt) + encode(lm.tokenizer, label)  # the loss on the label's tokens only
+
+
+@pytest.mark.model
+def test_the_trainer_learns_each_posts_label_at_its_first_token(train, tmp_path):
+    "The loss is at the label's first token (where NTA, YTA and Neutral differ), after exactly the prompt the AITA stage scores."
+    from s2b.ceiling import verdict_trainer
+    from s2b.models import load_model
+    from s2b.scoring import encode
+    from s2b.verdicts import aita_prompt, default_max_length
+    lm = load_model("embedded")                                       # its own: the trainer puts LoRA layers into the model
+    d = verdict_data(train[:3], {"Universalism_nature": 6})
+    tr = verdict_trainer(lm, verdict_examples(lm.tokenizer, d, train, default_max_length(lm)),
+                         {"lora": {"r": 4, "alpha": 8, "top_layers": 2}, "training": {"max_steps": 1}}, tmp_path)
+    first = [encode(lm.tokenizer, l)[0] for l in LABELS]
+    assert len(set(first)) == 3
+    for f, p, label in zip(tr.train_dataset, train, d.label):
+        assert f["input_ids"] == encode(lm.tokenizer, aita_prompt(lm.tokenizer, p.full_text))     # the prompt, the slot after it
+        assert f["labels"] == first[LABELS.index(label)] and f["cand"] == first
+        assert f["soft"] == [float(l == label) for l in LABELS]
+    assert tr.frozen is not None and tr.frozen.layer == lm.model.config.num_hidden_layers - 2   # the lower layers run once per post
+
+
+@pytest.mark.model
+def test_the_control_trains_every_post_toward_the_labels_mix(train, tmp_path):
+    "mix=True (the control): each post's target is the shares of the labels, so nothing ties a post to its own label."
+    from s2b.ceiling import verdict_trainer
+    from s2b.models import load_model
+    from s2b.verdicts import default_max_length
+    lm = load_model("embedded")
+    d = verdict_data(train[:4], {"Universalism_nature": 6}, shuffle=0)
+    tr = verdict_trainer(lm, verdict_examples(lm.tokenizer, d, train, default_max_length(lm)),
+                         {"lora": {"r": 4, "alpha": 8, "top_layers": 2}, "training": {"max_steps": 1}}, tmp_path, mix=True)
+    share = [float((d.label == l).mean()) for l in LABELS]
+    assert sorted(set(d.label)) == ["NTA", "YTA"] and all(f["soft"] == pytest.approx(share) for f in tr.train_dataset)
