@@ -8,16 +8,19 @@ import json
 from pathlib import Path
 import numpy as np, pandas as pd
 from .values import VALUES, value_color, short_name, target_ratings
-from .models import load_model, model_slug
-from .steering import read_steering, steer
+from .models import model_slug
+from .steering import steer
 from .stats import bootstrap_ci
 from .profile import rate, item_scores, prepare_survey
 from .survey import parse_ids
-from .runs import save_figure, atomic_to_parquet, read_parquet_verified, start_run, atomic_write_json, run_record, is_done, read_json, fingerprint
+from dataclasses import dataclass, field
+from .evaluation import EvalParams, run_evaluation
+from .runs import save_figure, atomic_to_parquet, read_parquet_verified, start_run, read_json, fingerprint
 
 # %% auto #0
 __all__ = ['NEGLIGIBLE', 'item_deltas', 'indomain_metrics', 'selectivity', 'selectivity_word', 'selectivity_verdict',
-           'plot_deltas', 'shared_ratings_path', 'run_indomain']
+           'plot_deltas', 'shared_ratings_path', 'IndomainParams', 'measure_indomain', 'indomain_results',
+           'run_indomain']
 
 # %% ../nbs/04_indomain.ipynb #c3478e32
 def item_deltas(cond: pd.DataFrame, ctrl: pd.DataFrame, templates=None) -> pd.DataFrame:
@@ -113,6 +116,7 @@ def _train_templates(adapter):
             return parse_ids(t)
     return None
 
+# %% ../nbs/04_indomain.ipynb #e147c55f
 def shared_ratings_path(steering_run, model, s) -> Path:
     """Where the ratings under the steering run `steering_run` on the prepared survey `s` are cached beside it, so that
     every in-domain run with the same control (20 values × directions in a grid) rates it once. The key holds the model,
@@ -129,41 +133,66 @@ def shared_ratings_path(steering_run, model, s) -> Path:
                              f"{steering_run}; s2b writes the shared ratings only inside it (remove the link)")
     return path
 
-def run_indomain(model="embedded", survey="bundled", adapter=None, control=None, target=None, direction="down", split="test",
-                 limit=None, templates=None, batch_size=None, seed=0, backend="hf", out="indomain", force=False, instructions=None) -> dict:
-    "Rate the test split under the steering and the control adapter, and write target drop, drift and Δ to `out`."
-    out = Path(out)
-    params = dict(model=model, survey=str(survey), adapter=str(adapter), control=str(control), target=target, direction=direction,
-                  split=split, limit=limit, templates=templates, instructions=instructions, batch_size=batch_size, seed=seed, backend=backend)
-    if not force and is_done(out, params): 
-        print(f"s2b: {out} is finished with these parameters; reusing it"); return read_json(out/"metrics.json")
-    if not adapter or not control: raise ValueError("indomain needs both --adapter and --control")
-    steering = {"control": read_steering(control), "conditioned": read_steering(adapter)}
-    targets = target_ratings(target, direction) if target else steering["conditioned"].targets
-    if not targets: raise ValueError(f"no target given and none recorded in the steering run {adapter}")
-    s = prepare_survey(survey, split, limit, templates, instructions=instructions)
-    start_run(out, "indomain", params, ["ratings_*.parquet"])     # resume only ratings made by the same adapters and survey
-    ratings, records, lm = {}, {}, None
-    for role, ad in (("control", control), ("conditioned", adapter)):
+@dataclass
+class IndomainParams(EvalParams):
+    "The parameters of an in-domain run: the steering run and its control, the survey's held-out items, how to rate them."
+    ROLES = {"control": "control", "conditioned": "adapter"}
+    model: str = field(default="embedded", metadata={"path": True})
+    survey: str = field(default="bundled", metadata={"path": True, "help": "'bundled', a path (KVS json, s2b json, CSV) or an http(s) URL"})
+    adapter: str | None = field(default=None, metadata={"path": True, "required": True, "help": "the steering run (any method) or a LoRA adapter folder"})
+    control: str | None = field(default=None, metadata={"path": True, "required": True, "help": "its control run"})
+    target: str | None = field(default=None, metadata={"help": "the steered value (default: read from the adapter's run)"})
+    direction: str = field(default="down", metadata={"choices": ("down", "up")})
+    split: str = "test"
+    limit: int | None = field(default=None, metadata={"type": "positive int"})
+    templates: str | None = None
+    instructions: str | None = None
+    batch_size: int | None = field(default=None, metadata={"type": "positive int"})
+    seed: int = 0
+    backend: str = "hf"
+
+    def check(self) -> None:
+        "Both steering runs given; the survey, its split, templates and instructions; the target."
+        if not self.adapter or not self.control: raise ValueError("indomain needs both --adapter and --control")
+        prepare_survey(self.survey, self.split, self.limit, self.templates, None, self.instructions)
+        if self.target: target_ratings(self.target, self.direction)
+
+# %% ../nbs/04_indomain.ipynb #906a77ae
+def measure_indomain(p: IndomainParams, out: Path, steering: dict, model) -> tuple[dict, dict]:
+    "Rate the test split under the control and the conditioned steering: target drop, drift, selectivity and Δ per value."
+    if not p.adapter or not p.control: raise ValueError("indomain needs both --adapter and --control")
+    targets = target_ratings(p.target, p.direction) if p.target else steering["conditioned"].targets
+    if not targets: raise ValueError(f"no target given and none recorded in the steering run {p.adapter}")
+    s = prepare_survey(p.survey, p.split, p.limit, p.templates, instructions=p.instructions)
+    start_run(out, "indomain", p.params(), ["ratings_*.parquet"])     # resume only ratings made by the same adapters and survey
+    ratings, records = {}, {}
+    for role in ("control", "conditioned"):
         # the control is shared by many runs: its ratings are cached beside it and copied here
-        cache = shared_ratings_path(ad, model, s) if role == "control" else out/f"ratings_{role}.parquet"
+        cache = shared_ratings_path(p.control, p.model, s) if role == "control" else out/f"ratings_{role}.parquet"
         done = read_parquet_verified(cache) if role == "control" else None
         if done is not None and len(done) == len(s) * s.n_variants:          # complete: no need to load the model
             print(f"s2b: control ratings reused from {cache}")
             ratings[role] = done
         else:
-            lm = lm or load_model(model, backend=backend)
+            lm = model()
             cache.parent.mkdir(parents=True, exist_ok=True)
             with steer(lm, steering[role], role):
                 records[role] = lm.record()
-                ratings[role], _ = rate(lm, s, "logits", cache=cache, batch_size=batch_size, seed=seed, desc=role)
+                ratings[role], _ = rate(lm, s, "logits", cache=cache, batch_size=p.batch_size, seed=p.seed, desc=role)
         if role == "control": atomic_to_parquet(ratings[role], out/"ratings_control.parquet")
+    metrics = indomain_results(ratings, targets, s, p, out)
+    return metrics, dict(model={"name": p.model, "adapter": str(p.adapter), "control": str(p.control), "roles": records,
+                                "chat": records["conditioned"]["chat"]}, data={"survey": s.source})
+
+# %% ../nbs/04_indomain.ipynb #1001ef0f
+def indomain_results(ratings: dict, targets: dict, s, p: IndomainParams, out: Path) -> dict:
+    "The metrics of the two roles' `ratings`, overall and on the templates the adapter was trained on and not; the table and figure in `out`."
     d = item_deltas(ratings["conditioned"], ratings["control"])
-    metrics = {"targets": targets, **indomain_metrics(d, targets, seed=seed), **selectivity(d, targets, seed=seed),
+    metrics = {"targets": targets, **indomain_metrics(d, targets, seed=p.seed), **selectivity(d, targets, seed=p.seed),
                "n_items": len(s), "n_variants": s.n_variants}
     label = ", ".join(f"{v}→{r}" for v, r in targets.items())
     metrics["verdict"] = selectivity_verdict(metrics, label)
-    seen = _train_templates(adapter)
+    seen = _train_templates(p.adapter)
     if seen is not None:
         held = [t for t in s.template_ids() if t not in seen]
         metrics["train_templates"] = seen
@@ -171,19 +200,19 @@ def run_indomain(model="embedded", survey="bundled", adapter=None, control=None,
         for name, ts in (("seen", [t for t in s.template_ids() if t in seen]), ("held_out", held)):
             if not ts: continue
             dt = item_deltas(ratings["conditioned"], ratings["control"], ts)
-            part = {k: v for k, v in indomain_metrics(dt, targets, seed=seed).items() if k in ("target_drop", "target_drop_ci", "drift", "drift_ci")}
-            part.update(selectivity(dt, targets, seed=seed)); part["templates"] = ts
+            part = {k: v for k, v in indomain_metrics(dt, targets, seed=p.seed).items() if k in ("target_drop", "target_drop_ci", "drift", "drift_ci")}
+            part.update(selectivity(dt, targets, seed=p.seed)); part["templates"] = ts
             part["verdict"] = selectivity_verdict(part, f"{label}, {name.replace('_', '-')} templates {ts}")
             metrics["by_templates"][name] = part
     d.to_csv(out/"item_deltas.csv", index=False)
-    ax = plot_deltas(metrics, targets, title=f"{model_slug(model)}: {label} — {'selective' if metrics['selective'] else 'NOT selective'} "
+    ax = plot_deltas(metrics, targets, title=f"{model_slug(p.model)}: {label} — {'selective' if metrics['selective'] else 'NOT selective'} "
                                                f"(selectivity {metrics['selectivity']:+.2f} [{metrics['selectivity_ci'][0]:+.2f}, "
                                                f"{metrics['selectivity_ci'][1]:+.2f}], drift {metrics['drift']:.2f})")
     save_figure(ax.figure, out/"deltas.png", dpi=120, close=False)
-    atomic_write_json(out/"metrics.json", metrics)
-    for line in [metrics["verdict"]] + [p["verdict"] for p in metrics.get("by_templates", {}).values()]: print("s2b:", line)
-    atomic_write_json(out/"run.json", run_record("indomain", params, model={"name": model, "adapter": str(adapter), "control": str(control), "roles": records,
-                                                                        "chat": records["conditioned"]["chat"]},
-                                                 data={"survey": s.source}, seed=seed,
-                                                 steering=steering["conditioned"].record(), control=steering["control"].record()))
+    for line in [metrics["verdict"]] + [x["verdict"] for x in metrics.get("by_templates", {}).values()]: print("s2b:", line)
     return metrics
+
+# %% ../nbs/04_indomain.ipynb #51ce1321
+def run_indomain(p: IndomainParams, out="indomain", force: bool = False) -> dict:
+    "Rate the test split under the steering and the control run, and write target drop, drift and Δ to `out`."
+    return run_evaluation("indomain", p, out, force, measure_indomain)

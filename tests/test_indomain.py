@@ -70,14 +70,14 @@ def test_selectivity_resamples_target_and_other_items_independently():
 
 @pytest.mark.model
 def test_runs_with_one_control_rate_it_once(tmp_path, capsys, random_adapters):
-    from s2b.indomain import run_indomain, shared_ratings_path
+    from s2b.indomain import IndomainParams, run_indomain, shared_ratings_path
     from s2b.profile import prepare_survey
     random_adapters(tmp_path/"ctrl", tmp_path/"cond")
     kw = dict(adapter=str(tmp_path/"cond"), control=str(tmp_path/"ctrl"), limit=3, templates="0", instructions="0")
-    a = run_indomain("embedded", "bundled", target="Hedonism", out=tmp_path/"a", **kw)
+    a = run_indomain(IndomainParams(target="Hedonism", **kw), tmp_path/"a")
     shared = shared_ratings_path(tmp_path/"ctrl", "embedded", prepare_survey("bundled", "test", 3, "0", instructions="0"))
     assert shared.exists() and "reused" not in capsys.readouterr().out
-    b = run_indomain("embedded", "bundled", target="Tradition", out=tmp_path/"b", **kw)      # a second target, same control
+    b = run_indomain(IndomainParams(target="Tradition", **kw), tmp_path/"b")      # a second target, same control
     assert "control ratings reused" in capsys.readouterr().out
     ca, cb = (pd.read_parquet(tmp_path/r/"ratings_control.parquet") for r in "ab")
     pd.testing.assert_frame_equal(ca, cb)
