@@ -4,15 +4,17 @@
 
 # %% ../nbs/05c_aita.ipynb #7a3b24bc
 from __future__ import annotations
-import hashlib, json, warnings
+import functools, hashlib, json, warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 import numpy as np
 import pandas as pd
-from .models import load_model, model_slug
+from .models import model_slug
 from .posts import LABELS, Post, load_posts, normalize_stance
-from .runs import atomic_to_parquet, atomic_write_json, read_parquet_verified, fingerprint, is_done, read_json, repo_root, run_record, save_figure
-from .steering import read_steering, steer
+from .runs import atomic_to_parquet, read_parquet_verified, fingerprint, read_json, repo_root, save_figure
+from .steering import steer
+from .evaluation import EvalParams, run_evaluation
 from .stats import mde, mean_se, percentile_ci, resample_means
 from .values import VALUES, short_name, value_color, value_index
 from .verdicts import INSTRUCTION, default_max_length, score_post
@@ -20,7 +22,7 @@ from .verdicts import INSTRUCTION, default_max_length, score_post
 # %% auto #0
 __all__ = ['ROLES', 'POST_COLUMNS', 'scoring_config', 'score_posts', 'unused_label', 'post_gains', 'summarize_gains',
            'judgment_profile', 'aita_metrics', 'metrics_table', 'gain_verdict', 'plot_gain', 'plot_label_distributions',
-           'plot_profile', 'default_out', 'run_aita']
+           'plot_profile', 'default_out', 'AitaParams', 'measure_aita', 'run_aita']
 
 # %% ../nbs/05c_aita.ipynb #40e0431c
 ROLES: tuple[str, ...] = ("base", "conditioned", "control", "placebo")
@@ -283,44 +285,57 @@ def default_out(model: str = "embedded", name: str = "aita-default") -> Path:
     return repo_root()/"papermill_runs"/model_slug(model)/name
 
 # %% ../nbs/05c_aita.ipynb #06b5ef21
-def run_aita(model: str = "embedded", adapter=None, control=None, placebo=None, posts="bundled", values=None,
-             limit: int | None = None, seed: int = 0, backend: str = "hf", out=None, *, split: str | None = None, system: str | None = None,
-             max_length: int | None = None, base: bool | None = None, n_boot: int = 1000, every: int = 10,
-             device: str | None = None, force: bool = False, progress: bool = True) -> dict:
-    "The AITA stage: score the posts under each given role, write the run directory `out`, return the metrics."
-    out = Path(out) if out else default_out(model)
-    params = {"model": model, "adapter": adapter, "control": control, "placebo": placebo, "posts": posts,
-              "values": values, "limit": limit, "seed": seed, "backend": backend, "system": system,
-              "max_length": max_length, "base": base, "n_boot": n_boot, **({"split": split} if split else {})}
-    if not force and is_done(out, params):
-        print(f"aita: {out} is done with these parameters (force=True redoes it)")
-        return read_json(out/"metrics.json")
-    ps = load_posts(posts, values=values, limit=limit, split=split)
-    if not ps: raise ValueError(f"no posts to score in {posts!r}")
-    adapters = {r: a for r, a in (("conditioned", adapter), ("control", control), ("placebo", placebo)) if a}
-    steering = {r: read_steering(a) for r, a in adapters.items()}     # a wrong path fails before the model loads
-    if adapter and not control: warnings.warn("no control adapter: the gain needs one (conditioned − control)")
-    lm = load_model(model, backend=backend, device=device)
-    max_length = max_length or default_max_length(lm)
+@dataclass
+class AitaParams(EvalParams):
+    "The parameters of an AITA run: the steering runs of its roles, the posts, how to score them."
+    ROLES = {"base": None, "conditioned": "adapter", "control": "control", "placebo": "placebo"}
+    model: str = field(default="embedded", metadata={"path": True})
+    adapter: str | None = field(default=None, metadata={"path": True, "help": "the steering run (any method) or a LoRA adapter folder"})
+    control: str | None = field(default=None, metadata={"path": True, "help": "its control run"})
+    placebo: str | None = field(default=None, metadata={"path": True, "help": "another value's steering run of the same method"})
+    posts: str = field(default="bundled", metadata={"path": True, "help": "'bundled', the paper's AITA json, a Reddit CSV or Scruples JSONL"})
+    values: str | None = field(default=None, metadata={"help": "comma-separated values"})
+    limit: int | None = field(default=None, metadata={"type": "positive int"})
+    split: str | None = field(default=None, metadata={"choices": ("train", "test"), "help": "score only the train or test posts (default: all)"})
+    seed: int = 0
+    backend: str = "hf"
+    system: str | None = field(default=None, metadata={"cli": False})
+    max_length: int | None = field(default=None, metadata={"cli": False})
+    n_boot: int = field(default=1000, metadata={"cli": False})
+    base: bool | None = field(default=None, metadata={"cli": False})
+
+    def check(self) -> None:
+        "The posts file, its values, limit and split."
+        load_posts(self.posts, self.values, self.limit, split=self.split)
+
+# %% ../nbs/05c_aita.ipynb #76743892
+def measure_aita(p: AitaParams, out: Path, steering: dict, model, every: int = 10, progress: bool = True) -> tuple[dict, dict]:
+    "Score the posts under the base model (without steering runs, or with `base`) and each given role: verdict probabilities and gains."
+    ps = load_posts(p.posts, values=p.values, limit=p.limit, split=p.split)
+    if not ps: raise ValueError(f"no posts to score in {p.posts!r}")
+    roles = [r for r in ("conditioned", "control", "placebo") if getattr(p, p.ROLES[r])]
+    if p.adapter and not p.control: warnings.warn("no control adapter: the gain needs one (conditioned − control)")
+    lm = model()
+    max_length = p.max_length or default_max_length(lm)
     cache = out/"posts.parquet"
     from s2b.runs import start_run                       # posts' scores resumed only from the same posts file, adapters and settings
-    start_run(out, "aita", params, ["posts.parquet"])
+    start_run(out, "aita", p.params(), ["posts.parquet"])
     tables = []
-    if base or not adapters:
-        tables.append(score_posts(lm, ps, "base", system=system, max_length=max_length, cache=cache, every=every,
-                                  config=scoring_config(lm, None, system, max_length), progress=progress))
-    for role, a in adapters.items():
-        cfg = scoring_config(lm, a, system, max_length)
+    if p.base or not roles:
+        tables.append(score_posts(lm, ps, "base", system=p.system, max_length=max_length, cache=cache, every=every,
+                                  config=scoring_config(lm, None, p.system, max_length), progress=progress))
+    for role in roles:
+        cfg = scoring_config(lm, getattr(p, p.ROLES[role]), p.system, max_length)
         old = _read_cache(cache)
-        if set(old[(old.role == role) & (old.config == cfg)].post_id) >= {p.id for p in ps}:
+        if set(old[(old.role == role) & (old.config == cfg)].post_id) >= {x.id for x in ps}:
             tables.append(score_posts(lm, ps, role, cache=cache, config=cfg)); continue   # all cached: no model work
         with steer(lm, steering[role], role):
-            tables.append(score_posts(lm, ps, role, system=system, max_length=max_length, cache=cache, every=every,
+            tables.append(score_posts(lm, ps, role, system=p.system, max_length=max_length, cache=cache, every=every,
                                       config=cfg, progress=progress))
     df = pd.concat(tables, ignore_index=True)
     atomic_to_parquet(df, cache)                         # only this run's rows
-    metrics = aita_metrics(df, n_boot=n_boot, seed=seed)
-    metrics.update({"skipped": ps.skipped, "posts_file": str(ps.path), "split": split})
+    metrics = aita_metrics(df, n_boot=p.n_boot, seed=p.seed)
+    metrics.update({"skipped": ps.skipped, "posts_file": str(ps.path), "split": p.split})
     if metrics.get("n_truncated"):                       # said here, so the console and the rendered report show it
         print(f"aita: {metrics['n_truncated']} of {metrics.get('n_posts', len(ps))} posts were cut to fit {max_length} tokens "
               "(the middle of each left out); n_truncated in metrics.json")
@@ -329,11 +344,10 @@ def run_aita(model: str = "embedded", adapter=None, control=None, placebo=None, 
     figs["p_labels"] = plot_label_distributions(df)
     figs["profile"] = plot_profile(metrics)
     metrics["figures"] = [Path(save_figure(f, out/f"{k}.png", dpi=120)[0]).name for k, f in figs.items()]
-    atomic_write_json(out/"metrics.json", metrics)
-    rec = run_record("aita", params, model=lm.record() | {"adapter": None}, data={"posts": ps.path}, seed=seed,
-                     adapters={r: str(st.path) for r, st in steering.items()}, max_length=max_length,
-                     steering=steering["conditioned"].record() if "conditioned" in steering else None,
-                     control=steering["control"].record() if "control" in steering else None,
-                     placebo=steering["placebo"].record() if "placebo" in steering else None)
-    atomic_write_json(out/"run.json", rec)                # last: it marks the run as done
-    return metrics
+    return metrics, dict(model=lm.record() | {"adapter": None}, data={"posts": ps.path},
+                         adapters={r: str(steering[r].path) for r in roles}, max_length=max_length)
+
+# %% ../nbs/05c_aita.ipynb #b667478c
+def run_aita(p: AitaParams, out=None, force: bool = False, *, every: int = 10, device: str | None = None, progress: bool = True) -> dict:
+    "The AITA stage: score the posts under each given role, write the run directory `out` (default: `default_out`), return the metrics."
+    return run_evaluation("aita", p, out or default_out(p.model), force, functools.partial(measure_aita, every=every, progress=progress), device=device)

@@ -112,9 +112,8 @@ def lm():
 def test_end_to_end_with_random_adapters(lm, tmp_path, monkeypatch, random_adapters):
     random_adapters(tmp_path/"cond", tmp_path/"ctrl")
     out = tmp_path/"run"
-    m = aita.run_aita("embedded", adapter=str(tmp_path/"cond"), control=str(tmp_path/"ctrl"),
-                      placebo=str(tmp_path/"cond"), posts="bundled", limit=2, out=out, n_boot=200,
-                      progress=False)
+    p = aita.AitaParams(adapter=str(tmp_path/"cond"), control=str(tmp_path/"ctrl"), placebo=str(tmp_path/"cond"), limit=2, n_boot=200)
+    m = aita.run_aita(p, out, progress=False)
     for f in ("metrics.json", "posts.parquet", "run.json", "gain.png", "p_labels.png", "profile.png"):
         assert (out/f).exists(), f
     disk = json.loads((out/"metrics.json").read_text())
@@ -139,9 +138,9 @@ def test_end_to_end_with_random_adapters(lm, tmp_path, monkeypatch, random_adapt
     assert run["data"]["posts"]["path"].endswith("scenarios.json") and len(run["data"]["posts"]["sha256"]) == 64
     assert run["model"]["name"] == "embedded" and set(run["adapters"]) == {"conditioned", "control", "placebo"}
     # done: a second call returns the metrics without loading a model
-    monkeypatch.setattr(aita, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("reloaded")))
-    again = aita.run_aita("embedded", adapter=str(tmp_path/"cond"), control=str(tmp_path/"ctrl"),
-                          placebo=str(tmp_path/"cond"), posts="bundled", limit=2, out=out, n_boot=200)
+    import s2b.evaluation
+    monkeypatch.setattr(s2b.evaluation, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("reloaded")))
+    again = aita.run_aita(p, out)
     assert again == disk
 
 
@@ -168,8 +167,8 @@ def test_profile_without_values_and_figures(tmp_path):
 
 @pytest.mark.model
 def test_truncated_posts_are_said_on_the_console(tmp_path, capsys):
-    from s2b.aita import run_aita
-    m = run_aita("embedded", posts="bundled", limit=1, max_length=200, out=tmp_path, n_boot=10, progress=False)
+    from s2b.aita import AitaParams, run_aita
+    m = run_aita(AitaParams(limit=1, max_length=200, n_boot=10), tmp_path, progress=False)
     assert m["n_truncated"] == 1
     assert "1 of 1 posts were cut to fit 200 tokens" in capsys.readouterr().out
 

@@ -120,9 +120,10 @@ def test_aita_resume_rescoring_an_edited_post(tmp_path, monkeypatch):
         return {**{f"p_{l}": x for l, x in zip(LABELS, p)}, **{f"logp_{l}": -1.0 for l in LABELS},
                 "coverage": 0.5, "truncated": False, "n_tokens": 10, "seconds": 0.1}
     monkeypatch.setattr(aita, "score_post", fake)
-    monkeypatch.setattr(aita, "load_model", lambda *a, **k: SimpleNamespace(name="fake", source="fake", adapter=None, record=lambda: {"name": "fake"}))
+    import s2b.evaluation
+    monkeypatch.setattr(s2b.evaluation, "load_model", lambda *a, **k: SimpleNamespace(name="fake", source="fake", adapter=None, record=lambda: {"name": "fake"}))
     posts = tmp_path/"posts.json"; shutil.copy(FIX/"aita"/"paper_ok.json", posts)
-    kw = dict(posts=str(posts), out=tmp_path/"run", max_length=64, n_boot=10, progress=False)
+    kw = dict(p=aita.AitaParams(posts=str(posts), max_length=64, n_boot=10), out=tmp_path/"run", progress=False)
     aita.run_aita(**kw)
     first = pd.read_parquet(tmp_path/"run"/"posts.parquet").set_index("post_id").p_NTA
     (tmp_path/"run"/"metrics.json").unlink()                                   # as if killed before the end
