@@ -4,19 +4,22 @@
 
 # %% ../nbs/06g_capability.ipynb #0e46d535
 from __future__ import annotations
-import hashlib, json, time, warnings, zlib
+import functools, hashlib, json, time, warnings, zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
 from .lmeval import BUNDLED_TASK, METRICS, SAMPLE_COLUMNS, bundled_data_files, bundled_tasks, evaluate_role, hflm
-from .lmeval import lm_eval_version, load_tasks, parse_tasks, task_manager, task_record
-from .models import load_model, model_slug, use_adapter
-from .steering import ADAPTER_METHODS, read_steering, steer
-from .runs import save_figure, atomic_to_parquet, read_parquet_verified, atomic_write_json, fingerprint, is_done, read_json, repo_root, run_record
+from .lmeval import check_tasks, lm_eval_version, load_tasks, parse_tasks, task_manager, task_record
+from .models import model_slug
+from .steering import steer
+from .evaluation import EvalParams, run_evaluation
+from .runs import save_figure, atomic_to_parquet, read_parquet_verified, fingerprint, repo_root
 from .stats import percentile_ci, resample_means
 
 # %% auto #0
-__all__ = ['ROLES', 'paired_delta', 'capability_metrics', 'metrics_table', 'plot_deltas', 'default_out', 'run_capability']
+__all__ = ['ROLES', 'paired_delta', 'capability_metrics', 'metrics_table', 'plot_deltas', 'default_out', 'CapabilityParams',
+           'measure_capability', 'run_capability']
 
 # %% ../nbs/06g_capability.ipynb #3926847b
 ROLES = ("base", "conditioned", "control")
@@ -107,49 +110,58 @@ def _config(model, adapter, names, limit, num_fewshot, apply_chat_template, syst
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 # %% ../nbs/06g_capability.ipynb #8e1e5540
-def run_capability(model: str = "embedded", adapter=None, control=None, tasks=BUNDLED_TASK, limit: int | float | None = None,
-                   num_fewshot: int | None = None, seed: int = 0, backend: str = "hf", out=None, *, base: bool | None = None,
-                   batch_size: int | None = None, apply_chat_template: bool = False, system: str | None = None,
-                   n_boot: int = 1000, device: str | None = None, force: bool = False) -> dict:
-    "The capability stage: lm-eval under each role on one loaded model; write the run directory `out`; return the metrics."
-    out = Path(out) if out else default_out(model)
-    names = parse_tasks(tasks)
-    params = {"model": model, "adapter": adapter, "control": control, "tasks": names, "limit": limit, "num_fewshot": num_fewshot,
-              "seed": seed, "backend": backend, "base": base, "batch_size": batch_size,
-              "apply_chat_template": apply_chat_template, "system": system, "n_boot": n_boot}
-    if not force and is_done(out, params):
-        print(f"capability: {out} is done with these parameters (force=True redoes it)")
-        return read_json(out/"metrics.json")
-    adapters = {r: a for r, a in (("conditioned", adapter), ("control", control)) if a}
-    steering = {"base": read_steering(None), **{r: read_steering(a) for r, a in adapters.items()}}   # a wrong path fails now
-    if adapter and not control: warnings.warn("no control adapter: Δ needs one (conditioned − control)")
+@dataclass
+class CapabilityParams(EvalParams):
+    "The parameters of a capability run: the steering run and its control, the lm-eval tasks and how to run them."
+    ROLES = {"base": None, "conditioned": "adapter", "control": "control"}
+    model: str = field(default="embedded", metadata={"path": True})
+    adapter: str | None = field(default=None, metadata={"path": True, "required": True, "help": "the steering run (any method)"})
+    control: str | None = field(default=None, metadata={"path": True, "required": True, "help": "its control run"})
+    tasks: str = field(default="default", metadata={"type": "tasks", "help": "comma-separated lm-eval tasks, groups or task YAML paths; "
+                       "'default': mmlu,arc_easy,hellaswag (from the Hugging Face hub); 'bundled': s2b_general (offline, 120 questions)"})
+    limit: int | float | None = field(default=None, metadata={"type": "count or fraction", "help": "the first N items of each task "
+                                                              "(a fraction when < 1; default: all)"})
+    num_fewshot: int | None = field(default=None, metadata={"type": "int >= 0"})
+    seed: int = 0
+    backend: str = "hf"
+    batch_size: int | None = field(default=None, metadata={"type": "positive int"})
+    base: bool | None = field(default=None, metadata={"flag": True, "help": "score the model without adapter too"})
+    apply_chat_template: bool = field(default=False, metadata={"cli": False})
+    system: str | None = field(default=None, metadata={"cli": False})
+    n_boot: int = field(default=1000, metadata={"cli": False})
+
+    def check(self) -> None:
+        "Task names lm-eval or s2b knows (no data is loaded), and no task file that runs code unless allowed."
+        check_tasks(self.tasks)
+
+# %% ../nbs/06g_capability.ipynb #3f786e0a
+def measure_capability(p: CapabilityParams, out: Path, steering: dict, model, force: bool = False) -> tuple[dict, dict]:
+    "lm-eval under each role, one role at a time on the one model, steered by `s2b.steering.steer`; the metrics and the figure."
+    names = parse_tasks(p.tasks)
+    adapters = {r: getattr(p, p.ROLES[r]) for r in ("conditioned", "control") if getattr(p, p.ROLES[r])}
+    if p.adapter and not p.control: warnings.warn("no control adapter: Δ needs one (conditioned − control)")
     tm = task_manager(names)
     loaded = load_tasks(names, tm)                                  # a bad task fails before the model loads
-    roles = (["base"] if base or not adapters else []) + list(adapters)
+    roles = (["base"] if p.base or not adapters else []) + list(adapters)
     cache = out/"samples.parquet"
-    out.mkdir(parents=True, exist_ok=True)
     old = None if force else read_parquet_verified(cache)
     if old is None: old = pd.DataFrame(columns=[*SAMPLE_COLUMNS, "seconds", "cpu_seconds", "config"])
     lm = h = None
     frames, results = [], {}
     for role in roles:
-        cfg = _config(model, adapters.get(role), names, limit, num_fewshot, apply_chat_template, system, seed)
+        cfg = _config(p.model, adapters.get(role), names, p.limit, p.num_fewshot, p.apply_chat_template, p.system, p.seed)
         done = old[(old.role == role) & (old.config == cfg)]       # a role's rows are written once it has finished
         if len(done):
             print(f"capability {role}: reusing its {len(done)} items scored earlier"); frames.append(done); continue
-        if lm is None:
-            lm = load_model(model, backend=backend, device=device)
-            for r, st in steering.items():                          # every adapter on the model before lm-eval wraps it
-                if st.method in ADAPTER_METHODS: use_adapter(lm, st.path, r)
-            use_adapter(lm, None)
-            h = hflm(lm, batch_size)
-        print(f"capability {role}: {', '.join(names)}" + (f", limit {limit}" if limit is not None else ""), flush=True)
+        lm = model()
+        print(f"capability {role}: {', '.join(names)}" + (f", limit {p.limit}" if p.limit is not None else ""), flush=True)
         t0, c0 = time.perf_counter(), time.process_time()
-        with steer(lm, steering[role], role):              # lm-eval builds its own chats: a persona goes in as its system text
-            persona = steering[role].settings.get("persona") if steering[role].method == "prompt" else None
-            df, results[role] = evaluate_role(h, loaded, role, tm=tm, limit=limit, num_fewshot=num_fewshot, seed=seed,
-                                              apply_chat_template=apply_chat_template or bool(persona),
-                                              system="\n\n".join(x for x in (persona, system) if x) or None)
+        with steer(lm, steering[role], role):
+            h = hflm(lm, p.batch_size)                              # lm-eval wraps the model as it is steered now
+            persona = steering[role].system()                       # lm-eval builds its own chats: a persona goes in as system text
+            df, results[role] = evaluate_role(h, loaded, role, tm=tm, limit=p.limit, num_fewshot=p.num_fewshot, seed=p.seed,
+                                              apply_chat_template=p.apply_chat_template or bool(persona),
+                                              system="\n\n".join(x for x in (persona, p.system) if x) or None)
         df["seconds"] = (time.perf_counter() - t0) / max(len(df), 1)          # wall time per item
         df["cpu_seconds"] = (time.process_time() - c0) / max(len(df), 1)      # CPU time of this process per item
         df["config"] = cfg
@@ -158,29 +170,28 @@ def run_capability(model: str = "embedded", adapter=None, control=None, tasks=BU
         atomic_to_parquet(old, cache)
     samples = pd.concat(frames, ignore_index=True)
     atomic_to_parquet(samples, cache)                                # only this run's rows
-    groups = {n: list(ts) for n, ts in loaded.items()}
-    metrics = capability_metrics(samples, groups, n_boot=n_boot, seed=seed)
+    metrics = capability_metrics(samples, {n: list(ts) for n, ts in loaded.items()}, n_boot=p.n_boot, seed=p.seed)
     first = next(iter(results.values()), {})
     task_rec = task_record(loaded)
     secs = samples.groupby("role").seconds.sum() if "seconds" in samples else pd.Series(dtype=float)
     metrics.update({"seconds": {r: float(secs.get(r, np.nan)) for r in roles},
                     "seconds_per_item": {r: float(samples[samples.role == r].seconds.mean()) for r in roles},
                     "cpu_seconds_per_item": {r: float(samples[samples.role == r].cpu_seconds.mean()) for r in roles},
-                    "limit": limit, "num_fewshot": num_fewshot, "lm_eval_version": lm_eval_version(),
+                    "limit": p.limit, "num_fewshot": p.num_fewshot, "lm_eval_version": lm_eval_version(),
                     "task_versions": {t: e["version"] for t, e in task_rec.items()}})
     figs = []
     if "conditioned" in roles and "control" in roles:
         save_figure(plot_deltas(metrics), out/"delta.png", dpi=120); figs.append("delta.png")
     metrics["figures"] = figs
-    atomic_write_json(out/"metrics.json", metrics)
-    mrec = lm.record() if lm is not None else {"name": model}
-    data = {n: bundled_data_files(n)[0] for n in names if n in bundled_tasks()}
-    rec = run_record("capability", params, model={**mrec, "adapter": None}, data=data, seed=seed,
-                     adapters={r: str(st.path) for r, st in steering.items() if st.path},
-                     steering=steering.get("conditioned", steering["base"]).record(),
-                     control=steering.get("control", steering["base"]).record(),
-                     lm_eval={"version": lm_eval_version(), "tasks": task_rec, "batch_size": getattr(h, "batch_size", batch_size),
-                              "config": {k: first.get("config", {}).get(k) for k in ("limit", "bootstrap_iters",
-                                         "random_seed", "numpy_seed", "torch_seed", "fewshot_seed")}})
-    atomic_write_json(out/"run.json", rec)                           # last: it marks the run as done
-    return metrics
+    mrec = lm.record() if lm is not None else {"name": p.model}
+    return metrics, dict(model={**mrec, "adapter": None}, data={n: bundled_data_files(n)[0] for n in names if n in bundled_tasks()},
+                         adapters={r: str(st.path) for r, st in steering.items() if st.path},
+                         lm_eval={"version": lm_eval_version(), "tasks": task_rec, "batch_size": getattr(h, "batch_size", p.batch_size),
+                                  "config": {k: first.get("config", {}).get(k) for k in ("limit", "bootstrap_iters",
+                                             "random_seed", "numpy_seed", "torch_seed", "fewshot_seed")}})
+
+# %% ../nbs/06g_capability.ipynb #0e72c039
+def run_capability(p: CapabilityParams, out=None, force: bool = False, *, device: str | None = None) -> dict:
+    "The capability stage: lm-eval under each role on one loaded model; write the run directory `out` (default: `default_out`); return the metrics."
+    return run_evaluation("capability", p, Path(out) if out else default_out(p.model), force,
+                          functools.partial(measure_capability, force=force), device=device)

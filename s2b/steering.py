@@ -51,6 +51,10 @@ class Steering:
         "The artefact's own settings (`steering.json`): the persona, the multiplier, the layers."
         return read_json(self.path/"steering.json", {}) if self.path else {}
 
+    def system(self) -> str | None:
+        "The text this steering puts before every chat's system text (the `prompt` method's persona; None for the others), for code that builds its own chats (lm-eval)."
+        return self.settings.get("persona") if self.method == "prompt" else None
+
 # %% ../nbs/02a_steering.ipynb #1cc7cb03
 def _run_record(p: Path) -> dict:
     "The run folder's `run.json` as a dict ({} when there is none); a corrupt or non-object file is named."

@@ -145,7 +145,7 @@ def _zero(adapter_dir):
 def test_zeroed_adapter_gives_zero_delta_exactly(lm, random_adapters, tmp_path):
     cond, ctrl = random_adapters(tmp_path/"zero_a", tmp_path/"zero_b")
     _zero(cond); _zero(ctrl)
-    m = C.run_capability("embedded", cond, ctrl, "s2b_general", limit=12, out=tmp_path/"run", base=True, n_boot=200)
+    m = C.run_capability(C.CapabilityParams(adapter=cond, control=ctrl, tasks="s2b_general", limit=12, base=True, n_boot=200), tmp_path/"run")
     e = m["tasks"]["s2b_general"]
     for k in m["metrics"]:
         assert e[k]["delta"] == 0.0 and e[k]["delta_ci"] == [0.0, 0.0] and not e[k]["drop"]
