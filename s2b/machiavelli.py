@@ -4,16 +4,17 @@
 
 # %% ../nbs/06e_machiavelli.ipynb #ea36b17b
 from __future__ import annotations
-import contextlib, hashlib, json, math, re, time
+import contextlib, functools, hashlib, json, math, re, time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .runs import atomic_write_json, atomic_write_text, inputs_fingerprint, is_done, read_json, run_record
+from .runs import atomic_write_json, atomic_write_text, inputs_fingerprint, read_json
 from .runs import cache_dir, save_figure
-from .models import load_model
-from .steering import read_steering, steer
+from .steering import steer
+from .evaluation import EvalParams, run_evaluation
 from .games import GameSource, resolve_games
 from .game_metrics import CONFIDENCE_THRESHOLD, DOLLARS_THRESHOLD, HEADLINE, METRICS, SCORING_DEFAULTS, WATTS_THRESHOLD
 from .game_metrics import check_scoring, episode_scores, mean_counts, normalised_scores, score_difference
@@ -21,7 +22,8 @@ from .agents import SCRIPTED, LMAgent, RandomAgent, ScriptedAgent, derive_seed, 
 
 # %% auto #0
 __all__ = ['BASELINE_VERSION', 'STAGE', 'ROLE_ORDER', 'baseline_path', 'random_baseline', 'comparison_role', 'compute_metrics',
-           'plot_machiavelli', 'metrics_table', 'role_comparison', 'run_machiavelli']
+           'plot_machiavelli', 'metrics_table', 'role_comparison', 'MachiavelliParams', 'measure_machiavelli',
+           'run_machiavelli']
 
 # %% ../nbs/06e_machiavelli.ipynb #b605cdbf
 BASELINE_VERSION = 2          # 2: power.utility of self or others, utility.Σ, upstream counts
@@ -208,30 +210,51 @@ def role_comparison(a: dict, c: dict, keys=("power", "disutility", "violations")
     return "; ".join(parts) or "no metric with both roles"
 
 # %% ../nbs/06e_machiavelli.ipynb #7abf6448
-def run_machiavelli(model: str = "embedded", adapter: str | None = None, control: str | None = None, games="bundled",
-                    upstream_data: str | None = None, agent: str = "lm", choose: str = "logprob", temperature: float = 1.0,
-                    base: bool = True, scripted: bool = False, episodes: int = 20,
-                    random_episodes: int | None = None, max_steps: int | None = None, seed: int = 0, backend: str = "hf",
-                    out="../papermill_runs/embedded/machiavelli-default", force: bool = False, scoring: str = "s2b", *,
-                    env_factory: Callable | None = None, n_boot: int = 1000, progress: bool = True) -> dict:
-    """Play the games with each role and write trajectories.jsonl, metrics.json, the figure and run.json into `out`.
-    `random_episodes` and `max_steps` default to the scoring's (`SCORING_DEFAULTS`: 50 and 200 for s2b, 1,000 and 1,000 upstream).
-    `temperature` > 0 samples the LM agent's action from its choice probabilities (so that episodes differ and carry a CI);
-    `base=False` leaves out the un-adapted model when an adapter and its control are given (or when `scripted` plays alone);
-    `scripted` adds the scripted agents (`s2b.agents.SCRIPTED`) as roles, the positive controls of the instrument."""
-    params = dict(model=model, adapter=adapter, control=control, games=games, upstream_data=upstream_data, agent=agent,
-                  choose=choose, temperature=temperature, base=base, scripted=scripted, episodes=episodes, random_episodes=random_episodes,
-                  max_steps=max_steps, seed=seed, backend=backend, scoring=scoring)
-    out = Path(out)
-    if not force and is_done(out, params): return read_json(out/"metrics.json")
-    if agent not in ("lm", "random"): raise ValueError(f"agent must be 'lm' or 'random', not {agent!r}")
-    random_episodes = random_episodes or SCORING_DEFAULTS[check_scoring(scoring)]["random_episodes"]
-    max_steps = max_steps or SCORING_DEFAULTS[scoring]["max_steps"]
-    out.mkdir(parents=True, exist_ok=True)
-    sources = resolve_games(games, upstream_data, env_factory)
-    steered = bool(adapter or control)
-    roles = (["base"] if base or (steered and not (adapter and control)) or not (steered or scripted) else []) + \
-            (["adapter"] if adapter else []) + (["control"] if control else []) + (list(SCRIPTED) if scripted else [])
+@dataclass
+class MachiavelliParams(EvalParams):
+    "The parameters of a MACHIAVELLI run: the steering run and its control, the games, the agent, the episodes, the scoring."
+    ROLES = {"base": None, "adapter": "adapter", "control": "control"}
+    model: str = field(default="embedded", metadata={"path": True})
+    adapter: str | None = field(default=None, metadata={"path": True, "help": "the steering run (any method)"})
+    control: str | None = field(default=None, metadata={"path": True, "help": "its control run"})
+    games: str = field(default="bundled", metadata={"path": True})
+    upstream_data: str | None = field(default=None, metadata={"path": True, "help": "MACHIAVELLI game_data dir (needs the machiavelli package)"})
+    agent: str = field(default="lm", metadata={"choices": ("lm", "random")})
+    choose: str = field(default="logprob", metadata={"choices": ("logprob", "sample")})
+    temperature: float = field(default=1.0, metadata={"type": "number >= 0", "help": "> 0: sample each action from the choice "
+                                                      "probabilities (0: the top choice, no CI)"})
+    base: bool = field(default=True, metadata={"help": "with --adapter and --control, do not also play the un-adapted model"})
+    scripted: bool = field(default=False, metadata={"help": "also play the scripted power-seeker and harm-avoider (positive controls)"})
+    episodes: int = field(default=20, metadata={"type": "positive int", "help": "episodes per role and game (20 whole bundled games: power MDE < 25)"})
+    random_episodes: int | None = field(default=None, metadata={"type": "positive int", "help": "random-baseline episodes (default: 50 for s2b, 1000 for upstream)"})
+    max_steps: int | None = field(default=None, metadata={"type": "positive int", "help": "decisions per episode at most (default: 200 for s2b, 1000 for upstream)"})
+    seed: int = 0
+    backend: str = "hf"
+    scoring: str = field(default="s2b", metadata={"choices": ("s2b", "upstream"), "help": "s2b's counting rules, or MACHIAVELLI's own"})
+
+    def check(self) -> None:
+        "The agent, the scoring and, with upstream data, the games."
+        if self.agent not in ("lm", "random"): raise ValueError(f"agent must be 'lm' or 'random', not {self.agent!r}")
+        check_scoring(self.scoring)
+        if self.upstream_data: resolve_games(self.games)
+
+# %% ../nbs/06e_machiavelli.ipynb #fd5a991e
+def _roles(p: MachiavelliParams) -> list[str]:
+    "The roles played: the base model (unless `base=False` with both steering runs), the steering runs, the scripted agents."
+    steered = bool(p.adapter or p.control)
+    return ((["base"] if p.base or (steered and not (p.adapter and p.control)) or not (steered or p.scripted) else []) +
+            (["adapter"] if p.adapter else []) + (["control"] if p.control else []) + (list(SCRIPTED) if p.scripted else []))
+
+# %% ../nbs/06e_machiavelli.ipynb #fc31d001
+def measure_machiavelli(p: MachiavelliParams, out: Path, steering: dict, model, force: bool = False, env_factory: Callable | None = None,
+                        n_boot: int = 1000, progress: bool = True) -> tuple[dict, dict]:
+    "Play every role on every game against the random baseline; the trajectories, the metrics and the figure in `out`."
+    if p.agent not in ("lm", "random"): raise ValueError(f"agent must be 'lm' or 'random', not {p.agent!r}")
+    random_episodes = p.random_episodes or SCORING_DEFAULTS[check_scoring(p.scoring)]["random_episodes"]
+    max_steps = p.max_steps or SCORING_DEFAULTS[p.scoring]["max_steps"]
+    params = p.params()
+    sources = resolve_games(p.games, p.upstream_data, env_factory)
+    roles = _roles(p)
     say = print if progress else (lambda *a, **k: None)
     baselines = {}
     for g in sources:
@@ -241,49 +264,55 @@ def run_machiavelli(model: str = "embedded", adapter: str | None = None, control
     arts = {k: v for k, v in inputs_fingerprint(params).items() if k in ("model", "adapter", "control")}
     key = {**{k: params[k] for k in _RESUME_KEYS}, "max_steps": max_steps, "counts_version": _COUNTS_VERSION, "content": arts}
     run_key = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
-    wanted = {(g.id, g.sha256, r, e) for g in sources for r in roles for e in range(episodes)}
+    wanted = {(g.id, g.sha256, r, e) for g in sources for r in roles for e in range(p.episodes)}
     traj = out/"trajectories.jsonl"
     lines = [] if force else [l for l in _read_jsonl(traj) if l.get("run_key") == run_key and _episode_key(l) in wanted]
     lines = list({_episode_key(l): l for l in lines}.values())
     done_keys = {_episode_key(l) for l in lines}
     if lines: say(f"resuming: {len(lines)} of {len(wanted)} episodes already in {traj}")
-    steering = {"base": read_steering(None), "adapter": read_steering(adapter), "control": read_steering(control), **dict.fromkeys(SCRIPTED, read_steering(None))}
     models, lm = {}, None
     for role in roles:
-        todo = [(g, e) for g in sources for e in range(episodes) if (g.id, g.sha256, role, e) not in done_keys]
-        art = str(steering[role].path) if steering[role].path else None
-        is_lm = agent == "lm" and role not in SCRIPTED
+        todo = [(g, e) for g in sources for e in range(p.episodes) if (g.id, g.sha256, role, e) not in done_keys]
+        art = str(steering.get(role, steering["base"]).path) if steering.get(role, steering["base"]).path else None
+        is_lm = p.agent == "lm" and role not in SCRIPTED
         if is_lm and not todo:                                      # every episode resumed: keep the earlier record
-            models[role] = ((read_json(out/"run.json") or {}).get("model") or {}).get(role) or {"name": model, "adapter": art, "resumed": True}
+            models[role] = ((read_json(out/"run.json") or {}).get("model") or {}).get(role) or {"name": p.model, "adapter": art, "resumed": True}
             continue
-        if is_lm and lm is None: lm = load_model(model, backend=backend)
-        with (steer(lm, steering[role], role) if is_lm else contextlib.nullcontext()):
+        if is_lm: lm = model()
+        with (steer(lm, steering.get(role, steering["base"]), role) if is_lm else contextlib.nullcontext()):
             if is_lm: models[role] = lm.record()
             for g, e in todo:
-                a_seed = derive_seed(seed, role, g.id, e)
+                a_seed = derive_seed(p.seed, role, g.id, e)
                 ag = (ScriptedAgent(role, g.env(), a_seed) if role in SCRIPTED else
-                      LMAgent(lm, choose=choose, temperature=temperature, seed=a_seed) if is_lm else RandomAgent(a_seed))
-                ep = play_episode(g.env(), ag, seed=seed + e, agent_seed=a_seed, max_steps=max_steps)
+                      LMAgent(lm, choose=p.choose, temperature=p.temperature, seed=a_seed) if is_lm else RandomAgent(a_seed))
+                ep = play_episode(g.env(), ag, seed=p.seed + e, agent_seed=a_seed, max_steps=max_steps)
                 lines.append({"game": g.id, "game_sha256": g.sha256, "source": g.source, "role": role, "agent": ag.name,
-                              "model": model if is_lm else None, "adapter": art,
-                              "episode": e, "seed": seed + e, "agent_seed": a_seed, "run_key": run_key, **ep})
+                              "model": p.model if is_lm else None, "adapter": art,
+                              "episode": e, "seed": p.seed + e, "agent_seed": a_seed, "run_key": run_key, **ep})
                 atomic_write_text(traj, "".join(json.dumps(l, default=str) + "\n" for l in lines))
                 extra = (" (truncated)" if ep["truncated"] else "") + (f", {ep['fallbacks']} fallbacks" if ep["fallbacks"] else "") + \
                         (f", {ep['loop_overrides']} loop overrides" if ep["loop_overrides"] else "")
                 say(f"{role} {g.id} episode {e}: {ep['n_steps']} steps in {ep['wall_s']:.1f}s{extra}")
         for g in sources: g.release()                              # one env per game and role, reset between episodes
     if not traj.exists(): atomic_write_text(traj, "")
-    metrics = compute_metrics(lines, baselines, sources, roles, n_boot=n_boot, seed=seed, scoring=scoring)
+    metrics = compute_metrics(lines, baselines, sources, roles, n_boot=n_boot, seed=p.seed, scoring=p.scoring)
     metrics["params"] = params
-    if agent == "lm" and choose == "logprob" and not temperature:
+    if p.agent == "lm" and p.choose == "logprob" and not p.temperature:
         metrics["notes"].append("temperature 0: the LM agent always takes its top choice, so its episodes are alike and its CIs "
                                 "have no spread; a difference between two such roles cannot be claimed (sample with temperature > 0)")
-    atomic_write_json(out/"metrics.json", metrics)
     import matplotlib.pyplot as plt
     plt.close(plot_machiavelli(metrics, out/"machiavelli.png"))
     data = {g.id: {"path": g.path, "sha256": g.sha256, "source": g.source} for g in sources}
-    atomic_write_json(out/"run.json", run_record(STAGE, params, model=models or None, data=data, seed=seed,
-                                                 games=[g.record() for g in sources], agent=agent, roles=roles, scoring=scoring,
-                                                 random_episodes=random_episodes, max_steps=max_steps,
-                                                 steering=steering["adapter"].record(), control=steering["control"].record()))
-    return metrics
+    return metrics, dict(model=models or None, data=data, games=[g.record() for g in sources], agent=p.agent, roles=roles,
+                         scoring=p.scoring, random_episodes=random_episodes, max_steps=max_steps)
+
+# %% ../nbs/06e_machiavelli.ipynb #b24f787f
+def run_machiavelli(p: MachiavelliParams, out="../papermill_runs/embedded/machiavelli-default", force: bool = False, *,
+                    env_factory: Callable | None = None, n_boot: int = 1000, progress: bool = True) -> dict:
+    """Play the games with each role and write trajectories.jsonl, metrics.json, the figure and run.json into `out`.
+    `random_episodes` and `max_steps` default to the scoring's (`SCORING_DEFAULTS`: 50 and 200 for s2b, 1,000 and 1,000 upstream).
+    `temperature` > 0 samples the LM agent's action from its choice probabilities (so that episodes differ and carry a CI);
+    `base=False` leaves out the un-adapted model when an adapter and its control are given (or when `scripted` plays alone);
+    `scripted` adds the scripted agents (`s2b.agents.SCRIPTED`) as roles, the positive controls of the instrument."""
+    return run_evaluation(STAGE, p, out, force, functools.partial(measure_machiavelli, force=force, env_factory=env_factory,
+                                                                  n_boot=n_boot, progress=progress))

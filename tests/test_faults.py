@@ -13,6 +13,15 @@ FIX = Path(__file__).resolve().parent/"fixtures"
 
 # ---------------------------------------------------------------- checkpoints
 
+
+def _mach(**kw):
+    "`run_machiavelli` with its parameters as keywords: the fields of `MachiavelliParams`, the rest (out, progress...) to the run."
+    from dataclasses import fields
+    from s2b import machiavelli
+    names = {f.name for f in fields(machiavelli.MachiavelliParams)}
+    return machiavelli.run_machiavelli(machiavelli.MachiavelliParams(**{k: v for k, v in kw.items() if k in names}),
+                                       **{k: v for k, v in kw.items() if k not in names})
+
 def _checkpoint(d: Path, step: int):
     "A small checkpoint as the Trainer writes it: trainer state, adapter weights, optimizer state (a torch zip)."
     import torch
@@ -58,7 +67,7 @@ def test_random_baseline_nan_round_trips(tmp_path, monkeypatch):
     monkeypatch.setenv("S2B_CACHE", str(tmp_path/"cache"))
     kw = dict(agent="random", games="fake_game", upstream_data=str(root), episodes=2, random_episodes=5,
               env_factory=FakeMachiavelliEnv, progress=False, scoring="upstream", n_boot=20)
-    m1 = M.run_machiavelli(out=tmp_path/"a", **kw)
+    m1 = _mach(out=tmp_path/"a", **kw)
     mean = m1["per_game"]["fake_game"]["random_baseline"]["mean"]
     nan = [k for k, v in mean.items() if v is None or (isinstance(v, float) and math.isnan(v))]
     assert nan, "the fake game must have a metric the random agent never scores"
@@ -67,7 +76,7 @@ def test_random_baseline_nan_round_trips(tmp_path, monkeypatch):
     g = M.resolve_games("fake_game", upstream_data=str(root), env_factory=FakeMachiavelliEnv)[0]
     back = M.random_baseline(g, 5, kw.get("max_steps") or 1000)
     assert back["cache"] and math.isnan(back["upstream_mean"][nan[0]])        # read back as NaN
-    m2 = M.run_machiavelli(out=tmp_path/"b", **kw)                            # the stage again, on the cached baseline
+    m2 = _mach(out=tmp_path/"b", **kw)                            # the stage again, on the cached baseline
     assert m2["summary"] == m1["summary"]
 
 def _artefact(d: Path, persona: str):
@@ -89,18 +98,18 @@ def test_machiavelli_replays_episodes_of_an_artefact_changed_in_place(tmp_path, 
     def fake_steer(lm, s, role=None):
         lm.steered = (role, json.loads((Path(s.path)/"steering.json").read_text())["persona"] if s.path else None)
         yield lm
-    monkeypatch.setattr(M, "load_model", lambda *a, **k: lm)
+    import s2b.evaluation; monkeypatch.setattr(s2b.evaluation, "load_model", lambda *a, **k: lm)
     monkeypatch.setattr(M, "steer", fake_steer)
     monkeypatch.setattr(M, "LMAgent", FakeLMAgent)
     ad, ct = _artefact(tmp_path/"adapter", "old"), _artefact(tmp_path/"control", "plain")
     kw = dict(adapter=ad, control=ct, games=str(FIX/"games"/"tiny.json"), episodes=2, random_episodes=5, base=False, progress=False,
               n_boot=20, out=tmp_path/"run")
-    M.run_machiavelli(**kw)
+    _mach(**kw)
     assert sorted(played) == [("adapter", "old")] * 2 + [("control", "plain")] * 2
     (tmp_path/"run"/"metrics.json").unlink()                                   # as if killed before the end
     _artefact(tmp_path/"adapter", "new")                                       # retrained in place
     played.clear()
-    M.run_machiavelli(**kw)
+    _mach(**kw)
     lines = [json.loads(l) for l in (tmp_path/"run"/"trajectories.jsonl").read_text().splitlines()]
     assert ("adapter", "new") in played and ("adapter", "old") not in played
     assert len(lines) == 4 and played.count(("adapter", "new")) == 2

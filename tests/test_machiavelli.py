@@ -12,6 +12,15 @@ from s2b.runs import read_json
 FIX = Path(__file__).parent/"fixtures"/"games"
 
 
+
+def _mach(**kw):
+    "`run_machiavelli` with its parameters as keywords: the fields of `MachiavelliParams`, the rest (out, progress...) to the run."
+    from dataclasses import fields
+    from s2b import machiavelli
+    names = {f.name for f in fields(machiavelli.MachiavelliParams)}
+    return machiavelli.run_machiavelli(machiavelli.MachiavelliParams(**{k: v for k, v in kw.items() if k in names}),
+                                       **{k: v for k, v in kw.items() if k not in names})
+
 @pytest.fixture(autouse=True)
 def _cache(tmp_path, monkeypatch):
     "Keep random baselines out of the user's cache."
@@ -174,8 +183,8 @@ def test_rule7_defaults_and_stage_scoring(tmp_path):
     assert GM.SCORING_DEFAULTS == {"s2b": {"random_episodes": 50, "max_steps": 200},
                                   "upstream": {"random_episodes": 1000, "max_steps": 1000}}
     kw = dict(agent="random", games=str(FIX/"tiny.json"), episodes=3, progress=False)
-    up = M.run_machiavelli(**kw, out=tmp_path/"up", scoring="upstream")
-    s2b = M.run_machiavelli(**kw, out=tmp_path/"s2b")
+    up = _mach(**kw, out=tmp_path/"up", scoring="upstream")
+    s2b = _mach(**kw, out=tmp_path/"s2b")
     assert up["scoring"] == "upstream" and s2b["scoring"] == "s2b"
     assert up["per_game"]["tiny"]["random_baseline"]["episodes"] == 1000 and up["per_game"]["tiny"]["random_baseline"]["max_steps"] == 1000
     assert s2b["per_game"]["tiny"]["random_baseline"]["episodes"] == 50 and s2b["per_game"]["tiny"]["random_baseline"]["max_steps"] == 200
@@ -191,7 +200,7 @@ def test_rule7_defaults_and_stage_scoring(tmp_path):
     # the random role against itself is 100 in both (upstream: the mean of per-episode ratios, 100 only on average)
     assert s2b["overall"]["random"]["normalised"]["violations.Σ"]["mean"] == pytest.approx(100)
     assert up["per_game"]["tiny"]["random_baseline"]["mean"]["game.score"] <= 100    # upstream's score is a % of the max
-    with pytest.raises(ValueError, match="scoring"): M.run_machiavelli(**kw, out=tmp_path/"x", scoring="paper")
+    with pytest.raises(ValueError, match="scoring"): _mach(**kw, out=tmp_path/"x", scoring="paper")
 
 
 class _Scripted:
@@ -413,7 +422,7 @@ def test_upstream_adapter_fake_env(game_data, tmp_path):
     # the whole stage, random agent, on the fake upstream game, under both scorings; one env per game and phase
     for scoring in GM.SCORINGS:
         out, n0 = tmp_path/f"run-{scoring}", len(FakeMachiavelliEnv.roots)
-        m = M.run_machiavelli(agent="random", games="fake_game", upstream_data=str(game_data), episodes=3, random_episodes=20,
+        m = _mach(agent="random", games="fake_game", upstream_data=str(game_data), episodes=3, random_episodes=20,
                               out=out, env_factory=FakeMachiavelliEnv, progress=False, scoring=scoring)
         assert len(FakeMachiavelliEnv.roots) - n0 == 2                    # the random baseline's env, then the base role's
         g = m["per_game"]["fake_game"]
@@ -535,7 +544,7 @@ def test_loop_detection_replaces_the_action():
 def test_run_stage_random_agent_writes_and_skips(tmp_path):
     out = tmp_path/"run"
     kw = dict(agent="random", games=str(FIX/"tiny.json"), episodes=4, random_episodes=30, out=out, progress=False)
-    m = M.run_machiavelli(**kw)
+    m = _mach(**kw)
     assert m["roles"] == ["base", "random"] and m["games"] == ["tiny"]
     assert set(m["summary"]["base"]) == {"power", "disutility", "violations", "score"}
     lines = [json.loads(l) for l in (out/"trajectories.jsonl").read_text().splitlines()]
@@ -548,9 +557,9 @@ def test_run_stage_random_agent_writes_and_skips(tmp_path):
     assert run["params"]["episodes"] == 4 and run["data"]["tiny"]["sha256"] == G.load_game(FIX/"tiny.json").sha256
     assert (out/"machiavelli.png").stat().st_size > 0
     mtime = (out/"metrics.json").stat().st_mtime_ns
-    assert M.run_machiavelli(**kw) == read_json(out/"metrics.json") and (out/"metrics.json").stat().st_mtime_ns == mtime
+    assert _mach(**kw) == read_json(out/"metrics.json") and (out/"metrics.json").stat().st_mtime_ns == mtime
     # more episodes: the first four are resumed, not replayed
-    m2 = M.run_machiavelli(**{**kw, "episodes": 6})
+    m2 = _mach(**{**kw, "episodes": 6})
     lines2 = [json.loads(l) for l in (out/"trajectories.jsonl").read_text().splitlines()]
     assert len(lines2) == 6 and lines2[:4] == lines and m2["overall"]["base"]["episodes"] == 6
 
@@ -626,7 +635,7 @@ def test_scripted_agents_choose_by_the_annotations():
 def test_scripted_roles_differ_from_random_with_an_mde(tmp_path):
     "The positive controls: on a bundled game the power-seeker scores above the random agent's 100, the harm-avoider below it."
     game = sorted(G.bundled_games_dir().glob("*.json"))[0]
-    m = M.run_machiavelli(agent="random", base=False, scripted=True, games=str(game), episodes=6, random_episodes=40,
+    m = _mach(agent="random", base=False, scripted=True, games=str(game), episodes=6, random_episodes=40,
                           out=tmp_path/"run", progress=False)
     assert m["roles"] == ["power-seeker", "harm-avoider", "random"]
     ps, ha = m["summary"]["power-seeker"], m["summary"]["harm-avoider"]
@@ -641,7 +650,7 @@ def test_scripted_roles_differ_from_random_with_an_mde(tmp_path):
 
 def test_no_difference_claimed_without_spread(tmp_path):
     "One episode per role (or a deterministic player against another) is a CI without spread: no MDE, no claim."
-    M.run_machiavelli(agent="random", games=str(FIX/"tiny.json"), episodes=1, random_episodes=20, out=tmp_path/"one", progress=False)
+    _mach(agent="random", games=str(FIX/"tiny.json"), episodes=1, random_episodes=20, out=tmp_path/"one", progress=False)
     one = read_json(tmp_path/"one"/"metrics.json")["summary"]["base"]["power"]
     assert one["spread"] is False and one["mde"] is None and one["differs"] is False      # as read back from metrics.json
     flat = {"mean": 53, "lo": 53, "hi": 53, "vs": "control", "diff": -14, "diff_lo": None, "diff_hi": None, "mde": None, "spread": False}
