@@ -112,13 +112,32 @@ def _add_profile(sub):
     p.add_argument("--instructions", help="comma-separated instruction ids to use (default: all)")
 
 # %% ../nbs/09_cli.ipynb #e208ce57
+def _count_or_fraction(s):
+    "A positive number: a count (an int) from 1 on, a fraction below 1."
+    v = _num_at_least(0, True)(s)
+    return int(v) if v >= 1 else v
+
+def _tasks(s):
+    "Comma-separated lm-eval tasks; a task YAML path resolved here (`_abs`)."
+    return ",".join(_abs(x.strip()) if x.strip().endswith((".yaml", ".yml")) else x.strip() for x in s.split(","))
+
+# %% ../nbs/09_cli.ipynb #6143bb91
+_TYPES = {"positive int": _pos_int, "int >= 0": _nonneg_int, "number >= 0": _num_at_least(0, False),
+          "count or fraction": _count_or_fraction, "tasks": _tasks}    # a field's metadata["type"] -> its argparse type
+
+# %% ../nbs/09_cli.ipynb #5daf3c16
 def _add_fields(p, cls, skip=()):
-    "An argument per field of the parameter object `cls` (`--items-of` for `items_of`): its default, choices and help are the field's."
+    """An argument per field of the parameter object `cls` (`--items-of` for `items_of`): its default, choices, help, type
+    (`_TYPES`) and whether it is required are the field's; a flag for a bool (`--no-base` for one that is on by default)."""
     for f in fields(cls):
-        if f.name in skip: continue
-        flag, m = "--" + f.name.replace("_", "-"), f.metadata
+        m = f.metadata
+        if f.name in skip or m.get("cli") is False: continue
+        flag = "--" + f.name.replace("_", "-")
         if f.default is False: p.add_argument(flag, action="store_true", help=m.get("help"))
-        else: p.add_argument(flag, default=f.default, choices=m.get("choices"), help=m.get("help"))
+        elif f.default is True: p.add_argument("--no-" + f.name.replace("_", "-"), dest=f.name, action="store_false", help=m.get("help"))
+        elif m.get("flag"): p.add_argument(flag, action="store_const", const=True, default=f.default, help=m.get("help"))
+        else: p.add_argument(flag, default=f.default, choices=m.get("choices"), help=m.get("help"), type=_TYPES.get(m.get("type")),
+                             required=m.get("required", False))
 
 # %% ../nbs/09_cli.ipynb #ef6b1363
 def _add_finetune(sub):
@@ -139,44 +158,10 @@ def _add_finetune(sub):
 # %% ../nbs/09_cli.ipynb #d66572f7
 def _add_evaluate(sub):
     ev = sub.add_parser("evaluate", help="measure a steering run (any method): indomain, aita, machiavelli or capability").add_subparsers(dest="task", required=True)
-    p = ev.add_parser("indomain", help=STAGES["indomain"].help)
-    _add_common(p)
-    p.add_argument("--survey", default="bundled")
-    p.add_argument("--adapter", required=True, help="the steering run (any method) or a LoRA adapter folder")
-    p.add_argument("--control", required=True, help="its control run")
-    p.add_argument("--target", help="the steered value (default: read from the adapter's run)")
-    p.add_argument("--direction", default="down", choices=["down", "up"])
-    p.add_argument("--split", default="test"); p.add_argument("--limit", type=_pos_int)
-    p.add_argument("--templates"); p.add_argument("--instructions"); p.add_argument("--batch-size", type=_pos_int)
-
-    p = ev.add_parser("aita", help=STAGES["aita"].help)
-    _add_common(p)
-    p.add_argument("--adapter"); p.add_argument("--control"); p.add_argument("--placebo")
-    p.add_argument("--posts", default="bundled", help="'bundled', the paper's AITA json, a Reddit CSV or Scruples JSONL")
-    p.add_argument("--values", help="comma-separated values"); p.add_argument("--limit", type=_pos_int)
-    p.add_argument("--split", choices=["train", "test"], help="score only the train or test posts (default: all)")
-
-    p = ev.add_parser("machiavelli", help=STAGES["machiavelli"].help)
-    _add_common(p)
-    p.add_argument("--adapter"); p.add_argument("--control")
-    p.add_argument("--games", default="bundled"); p.add_argument("--upstream-data", help="MACHIAVELLI game_data dir (needs the machiavelli package)")
-    p.add_argument("--agent", default="lm", choices=["lm", "random"]); p.add_argument("--choose", default="logprob", choices=["logprob", "sample"])
-    p.add_argument("--temperature", type=_num_at_least(0, False), default=1.0, help="> 0: sample each action from the choice probabilities (0: the top choice, no CI)")
-    p.add_argument("--no-base", action="store_true", help="with --adapter and --control, do not also play the un-adapted model")
-    p.add_argument("--scripted", action="store_true", help="also play the scripted power-seeker and harm-avoider (positive controls)")
-    p.add_argument("--episodes", type=_pos_int, default=20, help="episodes per role and game (20 whole bundled games: power MDE < 25)")
-    p.add_argument("--scoring", default="s2b", choices=["s2b", "upstream"], help="s2b's counting rules, or MACHIAVELLI's own")
-    p.add_argument("--random-episodes", type=_pos_int, help="random-baseline episodes (default: 50 for s2b, 1000 for upstream)")
-    p.add_argument("--max-steps", type=_pos_int, help="decisions per episode at most (default: 200 for s2b, 1000 for upstream)")
-
-    p = ev.add_parser("capability", help=STAGES["capability"].help)
-    _add_common(p)
-    p.add_argument("--adapter", required=True); p.add_argument("--control", required=True)
-    p.add_argument("--tasks", default="default", help="comma-separated lm-eval tasks, groups or task YAML paths; 'default': "
-                   "mmlu,arc_easy,hellaswag (from the Hugging Face hub); 'bundled': s2b_general (offline, 120 questions)")
-    p.add_argument("--limit", type=_num_at_least(0, True), help="the first N items of each task (a fraction when < 1; default: all)")
-    p.add_argument("--num-fewshot", type=_nonneg_int); p.add_argument("--batch-size", type=_pos_int)
-    p.add_argument("--base", action="store_true", help="score the model without adapter too")
+    for stage in ("indomain", "aita", "machiavelli", "capability"):
+        p = ev.add_parser(stage, help=STAGES[stage].help)
+        _add_common(p)
+        _add_fields(p, STAGES[stage].params_class, skip={"model", "backend", "seed"})     # from its parameter object
 
 # %% ../nbs/09_cli.ipynb #bb78da18
 def _add_grid(sub):
@@ -224,24 +209,10 @@ def _steering_params(a):
     return method_stage(a.method).params_class.of({**vars(a), **paths, "overrides": _overrides(a)})
 
 # %% ../nbs/09_cli.ipynb #20e42fde
-def _eval_params(a) -> dict:
-    if a.task == "indomain":
-        return dict(model=_abs(a.model), survey=_abs(a.survey), adapter=_abs(a.adapter), control=_abs(a.control), target=a.target,
-                    direction=a.direction, split=a.split, limit=a.limit, templates=a.templates, instructions=a.instructions,
-                    batch_size=a.batch_size, seed=a.seed, backend=a.backend)
-    if a.task == "capability":
-        lim = None if a.limit is None else int(a.limit) if a.limit >= 1 else a.limit
-        tasks = ",".join(_abs(t.strip()) if t.strip().endswith((".yaml", ".yml")) else t.strip() for t in a.tasks.split(","))
-        return dict(model=_abs(a.model), adapter=_abs(a.adapter), control=_abs(a.control), tasks=tasks, limit=lim,
-                    num_fewshot=a.num_fewshot, batch_size=a.batch_size, base=a.base or None, seed=a.seed, backend=a.backend)
-    if a.task == "aita":
-        return dict(model=_abs(a.model), adapter=_abs(a.adapter), control=_abs(a.control), placebo=_abs(a.placebo),
-                    posts=_abs(a.posts), values=a.values, limit=a.limit, seed=a.seed, backend=a.backend,
-                    **({"split": a.split} if a.split else {}))
-    return dict(model=_abs(a.model), adapter=_abs(a.adapter), control=_abs(a.control), games=_abs(a.games),
-                upstream_data=_abs(a.upstream_data), agent=a.agent, choose=a.choose, temperature=a.temperature, base=not a.no_base,
-                scripted=a.scripted, episodes=a.episodes, random_episodes=a.random_episodes, max_steps=a.max_steps, seed=a.seed, backend=a.backend,
-                scoring=a.scoring)
+def _eval_params(a):
+    "The evaluation's parameter object from the arguments named like its fields; its path fields resolved here (`_abs`)."
+    cls = STAGES[a.task].params_class
+    return cls.of({**vars(a), **{f.name: _abs(getattr(a, f.name)) for f in fields(cls) if f.metadata.get("path")}})
 
 # %% ../nbs/09_cli.ipynb #055cf944
 def _demo(a) -> int:
@@ -275,28 +246,21 @@ def _check(stage: str, a) -> None:
     for k in ("adapter", "control", "placebo"):
         v = getattr(a, k, None)
         if isinstance(v, str) and _none(v) and read_steering(v).method in ADAPTER_METHODS: check_adapter(v, a.model, a.allow_other_base)
-    if stage in ("profile", "indomain"):
+    if stage == "profile":
         from s2b.profile import prepare_survey
         prepare_survey(a.survey, a.split, a.limit, a.templates, getattr(a, "values", None), a.instructions)
     if STAGES[stage].method: _steering_params(a).check()          # the stage's parameter object checks its own inputs
-    if stage == "aita":
-        from s2b.posts import load_posts
-        load_posts(a.posts, a.values, a.limit, split=a.split)
-    if stage == "machiavelli" and not _none(a.upstream_data):
-        from s2b.games import resolve_games
-        resolve_games(a.games)
+    elif STAGES[stage].params: _eval_params(a).check()
     check_out_dir(stage, a.out)
 
 # %% ../nbs/09_cli.ipynb #b2ec8622
 def _main(a) -> int:
     if a.cmd in ("profile", "finetune", "evaluate"):
         stage = a.task if a.cmd == "evaluate" else method_stage(a.method).name if a.cmd == "finetune" else a.cmd
-        if stage == "capability":             # a task name lm-eval does not know: one line, no notebook
-            from s2b.lmeval import check_tasks
-            check_tasks(_eval_params(a)["tasks"], trust_remote_code=getattr(a, "trust_remote_code", False) or None)
+        flags = _model_flags(a, {})          # first: a check may read them (a task file that runs code needs --trust-remote-code)
         _check(stage, a)
-        params = {"profile": _profile_params, "finetune": lambda a: _steering_params(a).params()}.get(a.cmd, _eval_params)(a)
-        return _run(stage, a.out, _model_flags(a, params), a.force, a)
+        params = {"profile": _profile_params, "finetune": lambda a: _steering_params(a).params()}.get(a.cmd, lambda a: _eval_params(a).params())(a)
+        return _run(stage, a.out, {**params, **flags}, a.force, a)
     if a.cmd == "grid":
         from s2b.cluster import run_grid
         status = run_grid(a.recipe, a.executor, a.dry_run, a.force, a.runs_dir, a.status)

@@ -5,10 +5,10 @@
 # %% ../nbs/08_grid.ipynb #2179ac5e
 from __future__ import annotations
 import json, os, subprocess, sys, time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from .models import model_slug
-from .stages import execute_stage, method_stage, stage_done, StageFailed
+from .stages import STAGES, execute_stage, method_stage, notebook_defaults, stage_done, StageFailed
 from .runs import input_path
 from .recipes import CAPABILITY_DEFAULTS, load_grid, load_recipe, merge
 from .steering import METHODS
@@ -93,6 +93,15 @@ def _steering_runs(g: dict, slug: str, base: Path, steer, method: str, seed, v: 
     runs.append(Run(f"{slug}/{ak}", stage, base/ak, replace(steer, control=False).params(), deps))
     return runs
 
+# %% ../nbs/08_grid.ipynb #c5e28798
+def _evaluation(key: str, stage: str, out: Path, deps: list[str], **given) -> Run:
+    """An evaluation's run: its parameter object (`s2b.stages.STAGES`) with what the grid gives over the notebook's defaults
+    (what a run that names no parameter runs with, so a finished run's identity is kept); a key it does not have is refused."""
+    cls = STAGES[stage].params_class
+    unknown = sorted(set(given) - {f.name for f in fields(cls)})
+    if unknown: raise ValueError(f"grid recipe: stages.{stage} has no setting {', '.join(unknown)}")
+    return Run(key, stage, out, replace(cls.of(notebook_defaults(stage)), **given).params(), deps)
+
 # %% ../nbs/08_grid.ipynb #54353145
 def _evaluation_runs(g: dict, s: dict, slug: str, base: Path, common: dict, method: str, seed, i: int, v: str, d: str) -> list[Run]:
     "The in-domain, AITA, MACHIAVELLI and capability runs of one artefact (the `i`-th target of the grid)."
@@ -103,8 +112,8 @@ def _evaluation_runs(g: dict, s: dict, slug: str, base: Path, common: dict, meth
     art, ctrl = f"{slug}/{art}", f"{slug}/{ctrl}"                     # their runs' keys
     runs = []
     if "indomain" not in skip:
-        runs.append(Run(f"{slug}/indomain__{tag}", "indomain", base/f"indomain__{tag}",
-                        {**ev, "survey": input_path(g["survey"]), **pair, "target": v, "direction": d, **FULL, **s["indomain"]}, [art, ctrl]))
+        runs.append(_evaluation(f"{slug}/indomain__{tag}", "indomain", base/f"indomain__{tag}", [art, ctrl],
+                                **ev, survey=input_path(g["survey"]), **pair, target=v, direction=d, **{**FULL, **s["indomain"]}))
     if "aita" not in skip:
         a = dict(s["aita"]); use_placebo = a.pop("placebo", True) and len(targets) > 1
         deps, placebo = [art, ctrl], None
@@ -112,18 +121,18 @@ def _evaluation_runs(g: dict, s: dict, slug: str, base: Path, common: dict, meth
             pk = _artefact_of(method, *targets[(i + 1) % len(targets)], seed)
             placebo = str(base/pk); deps.append(f"{slug}/{pk}")
         if method == "verdict": a["split"] = "test"          # its train posts are what it learned from
-        runs.append(Run(f"{slug}/aita__{tag}", "aita", base/f"aita__{tag}", {**ev, **pair, "placebo": placebo, "values": v,
-                        "limit": None, "posts": input_path(a.pop("posts", "bundled")), **a}, deps))
+        runs.append(_evaluation(f"{slug}/aita__{tag}", "aita", base/f"aita__{tag}", deps, **ev, **pair, placebo=placebo, values=v,
+                                **{"limit": None, "posts": input_path(a.pop("posts", "bundled")), **a}))
     if "machiavelli" not in skip:
         mc = dict(s["machiavelli"])
         first_value, first_seed = mc.pop("first_value_only", False), mc.pop("first_seed_only", False)
         if (not first_value or i == 0) and (not first_seed or seed == g["seeds"][0]):
-            runs.append(Run(f"{slug}/machiavelli__{tag}", "machiavelli", base/f"machiavelli__{tag}",
-                            dict(ev, **pair, games=input_path(mc.pop("games", "bundled")), **mc), [art, ctrl]))
+            runs.append(_evaluation(f"{slug}/machiavelli__{tag}", "machiavelli", base/f"machiavelli__{tag}", [art, ctrl],
+                                    **ev, **pair, games=input_path(mc.pop("games", "bundled")), **mc))
     if "capability" in s and "capability" not in skip:       # opt-in: only recipes that list it
         cp = {**CAPABILITY_DEFAULTS, **(s["capability"] or {})}
         if not cp.pop("first_value_only", False) or i == 0:
-            runs.append(Run(f"{slug}/capability__{tag}", "capability", base/f"capability__{tag}", dict(ev, **pair, **cp), [art, ctrl]))
+            runs.append(_evaluation(f"{slug}/capability__{tag}", "capability", base/f"capability__{tag}", [art, ctrl], **ev, **pair, **cp))
     return runs
 
 # %% ../nbs/08_grid.ipynb #70e06f7a

@@ -52,10 +52,14 @@ STAGES = {s.name: s for s in (
           params="interventions.SteeringParams"),
     Stage("verdict", "05d_ceiling.ipynb", "ceiling.run_verdict", "LoRA on the target's train AITA posts answered with a stance "
           "(the AITA ceiling)", method="verdict", params="ceiling.VerdictParams"),
-    Stage("indomain", "04_indomain.ipynb", "indomain.run_indomain", "target drop, drift and side effects on held-out statements"),
-    Stage("aita", "05c_aita.ipynb", "aita.run_aita", "verdict probabilities on AITA posts and the probability gain"),
-    Stage("machiavelli", "06e_machiavelli.ipynb", "machiavelli.run_machiavelli", "power, disutility and violations in text games against a random agent"),
-    Stage("capability", "06g_capability.ipynb", "capability.run_capability", "lm-evaluation-harness accuracy under the adapter and the control, Δ with a CI"),
+    Stage("indomain", "04_indomain.ipynb", "indomain.run_indomain", "target drop, drift and side effects on held-out statements",
+          params="indomain.IndomainParams"),
+    Stage("aita", "05c_aita.ipynb", "aita.run_aita", "verdict probabilities on AITA posts and the probability gain",
+          params="aita.AitaParams"),
+    Stage("machiavelli", "06e_machiavelli.ipynb", "machiavelli.run_machiavelli", "power, disutility and violations in text games against a random agent",
+          params="machiavelli.MachiavelliParams"),
+    Stage("capability", "06g_capability.ipynb", "capability.run_capability", "lm-evaluation-harness accuracy under the adapter and the control, Δ with a CI",
+          params="capability.CapabilityParams"),
     Stage("report", "07a_report.ipynb", "report.build_report", "collect papermill_runs/ into tables and figures"),
 )}
 
