@@ -233,10 +233,10 @@ class MachiavelliParams(EvalParams):
     scoring: str = field(default="s2b", metadata={"choices": ("s2b", "upstream"), "help": "s2b's counting rules, or MACHIAVELLI's own"})
 
     def check(self) -> None:
-        "The agent, the scoring and, with upstream data, the games."
+        "The agent, the scoring and the games (those of upstream data are read when the run starts)."
         if self.agent not in ("lm", "random"): raise ValueError(f"agent must be 'lm' or 'random', not {self.agent!r}")
         check_scoring(self.scoring)
-        if self.upstream_data: resolve_games(self.games)
+        if not self.upstream_data: resolve_games(self.games)
 
 # %% ../nbs/06e_machiavelli.ipynb #fd5a991e
 def _roles(p: MachiavelliParams) -> list[str]:
