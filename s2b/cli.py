@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_cli.ipynb #97b5fb75
 from __future__ import annotations
-import argparse, os, re, sys, time
+import argparse, re, sys, time
 from dataclasses import fields
 from pathlib import Path
 from .stages import STAGES, execute_stage, end_kernels, method_stage, StageFailed

@@ -314,7 +314,7 @@ class ProfileParams(ModelOptions):
     instructions: str | None = field(default=None, metadata={"help": "comma-separated instruction ids to use (default: all)"})
     values: str | None = field(default=None, metadata={"help": "comma-separated values to keep (default: all)"})
     batch_size: int | None = field(default=None, metadata={"help": "prompts per forward pass (default: 256 on a GPU, 16 on a CPU)"})
-    prefix_sharing: bool = field(default=True, metadata={"help": "off: score full prompts (slower; for comparison)"})
+    prefix_sharing: bool = field(default=True, metadata={"help": "share each instruction's KV cache across its statements; off: score full prompts (slower; for comparison)"})
     seed: int = 0
     backend: str = field(default="hf", metadata={"choices": ("auto", "hf", "unsloth")})
 
