@@ -160,7 +160,7 @@ class LMAgent:
     def prompt(self, obs: str, info: dict) -> str:
         k = info["game_state"]["num_choices"]
         user = truncate_obs(obs.strip(), k, self.lm.tokenizer, self.max_obs_tokens)
-        return chat_prompt(self.lm.tokenizer, user, system=system_prompt(info))
+        return chat_prompt(self.lm.tokenizer, user, system=system_prompt(info), persona=self.lm.persona, thinking=self.lm.thinking)
 
     def answers(self, k: int) -> list[str]:
         "The continuations scored in logprob mode."

@@ -95,7 +95,7 @@ def run_caa(p: SteeringParams, out="caa", force: bool = False) -> dict:
     params, overrides = p.record(), p.overrides_dict()
     if not force and is_done(out, params, ("metrics.json", "steering.safetensors")): return read_json(out/"metrics.json")
     cfg = load_recipe(p.recipe, overrides)
-    lm = load_model(model, backend="hf")
+    lm = load_model(model, backend="hf", options=p.model_options())
     out.mkdir(parents=True, exist_ok=True)
     iv = prepare_intervention(lm, p.survey, target, direction, False, cfg["data"], p.baseline, p.items_of, seed,
                               cache=out/"baseline_ratings.parquet", evaluates=False)

@@ -38,13 +38,13 @@ def verdict_data(posts, targets: dict, shuffle: int | None = None) -> pd.DataFra
     return d
 
 # %% ../nbs/05d_ceiling.ipynb #20030107
-def verdict_examples(tok, data: pd.DataFrame, posts, max_length: int) -> list[dict]:
-    "One training example per row of `data`: `input_ids` (prompt + label tokens) and `labels` (-100 over the prompt)."
+def verdict_examples(tok, data: pd.DataFrame, posts, max_length: int, thinking: bool = False) -> list[dict]:
+    "One training example per row of `data`: `input_ids` (prompt + label tokens) and `labels` (-100 over the prompt); `thinking`: the model's switch."
     by = {p.id: p for p in posts}
     reserve = max(len(encode(tok, l)) for l in LABELS)
     out = []
     for r in data.itertuples():
-        prompt, _ = fit_prompt(tok, by[r.post_id], None, max_length, reserve)
+        prompt, _ = fit_prompt(tok, by[r.post_id], None, max_length, reserve, thinking=thinking)
         p_ids, l_ids = encode(tok, prompt), encode(tok, r.label)
         out.append({"input_ids": p_ids + l_ids, "labels": [-100] * len(p_ids) + l_ids})
     return out
@@ -104,13 +104,13 @@ def run_verdict(p: VerdictParams, out="verdict", force: bool = False) -> dict:
     targets = target_ratings(target, direction)
     ps = load_posts(posts, values=list(targets), split="train")
     transformers.set_seed(seed)
-    lm = load_model(model, backend="hf")
+    lm = load_model(model, backend="hf", options=p.model_options())
     max_length = default_max_length(lm)
     data = verdict_data(ps, targets, seed if control else None)
     out.mkdir(parents=True, exist_ok=True)
     atomic_to_parquet(data, out/"data.parquet")
     t0 = time.perf_counter()
-    train_verdicts(lm, verdict_examples(lm.tokenizer, data, ps, max_length), cfg, out, seed, mix=bool(control))
+    train_verdicts(lm, verdict_examples(lm.tokenizer, data, ps, max_length, lm.thinking), cfg, out, seed, mix=bool(control))
     hist = pd.read_csv(out/"loss.csv")
     metrics = {"targets": {} if control else targets, "control": bool(control), "n_posts": len(data), "posts": list(data.post_id),
                "labels": {k: int(v) for k, v in data.label.value_counts().items()},

@@ -4,11 +4,12 @@
 
 # %% ../nbs/09_cli.ipynb #97b5fb75
 from __future__ import annotations
-import argparse, os, sys, time
+import argparse, re, sys, time
 from dataclasses import fields
 from pathlib import Path
 from .stages import STAGES, execute_stage, end_kernels, method_stage, StageFailed
 from .runs import input_path
+from .models import ModelOptions
 from .steering import ADAPTER_METHODS
 
 # %% auto #0
@@ -63,32 +64,32 @@ def _add_common(p, model=True, out=True):
     if model:
         p.add_argument("--model", default="embedded", help="'embedded' (SmolLM2-135M-Instruct), an HF id or a local path")
         p.add_argument("--backend", default="hf", choices=["auto", "hf", "unsloth"], help="model backend")
-        p.add_argument("--trust-remote-code", action="store_true", help="allow a model whose tokenizer or model is code in its repository")
-        p.add_argument("--thinking", action="store_true", help="chat templates with a thinking switch (Qwen3) think (default: off)")
-        p.add_argument("--allow-other-base", action="store_true", help="use an adapter trained on another base model")
-        p.add_argument("--revision", help="the hub model's revision (branch, tag or commit), recorded in run.json")
+        _add_fields(p, ModelOptions)                      # --revision, --trust-remote-code, --thinking, --allow-other-base
     p.add_argument("--refresh", action="store_true", help="download survey and post URLs again (url#sha256=HEX pins them)")
     p.add_argument("--seed", type=_nonneg_int, default=0)
     if out: p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--force", action="store_true", help="redo a finished run")
 
 # %% ../nbs/09_cli.ipynb #a513eb99
-def _profile_params(a) -> dict:
-    return dict(model=_abs(a.model), survey=_abs(a.survey), split=a.split, limit=a.limit, mode=a.mode, adapter=_abs(a.adapter),
-                templates=_none(a.templates), values=_none(a.values), batch_size=a.batch_size,
-                prefix_sharing=not a.no_prefix_sharing, seed=a.seed, backend=a.backend, instructions=_none(a.instructions))
+def _profile_params(a):
+    "The profile stage's parameter object (`ProfileParams`), from the arguments named like its fields."
+    paths = {k: _abs(getattr(a, k)) for k in ("model", "survey", "adapter")}     # the notebook runs in its run folder
+    lists = {k: _none(getattr(a, k)) for k in ("templates", "values", "instructions")}
+    return STAGES["profile"].params_class.of({**vars(a), **paths, **lists})
 
 # %% ../nbs/09_cli.ipynb #7e719bb9
-def _model_flags(a, params: dict) -> dict:
-    "`--trust-remote-code` / `--thinking`: read by `s2b.models.load_model` from the environment, and part of the run's parameters."
-    import os
-    for flag, env in (("trust_remote_code", "S2B_TRUST_REMOTE_CODE"), ("thinking", "S2B_THINKING")):
-        if getattr(a, flag, False): os.environ[env] = "1"; params = {**params, flag: True}
-    return params
+def _model_options(stage: str, a, params: dict) -> dict:
+    """`params` with the model options given (`--revision`, `--thinking`, ...): parameters of the stage like any other, so
+    recorded and compared; one that the stage's notebook does not declare is refused, since its run would not use it."""
+    from s2b.stages import notebook_defaults
+    given = {f.name: getattr(a, f.name) for f in fields(ModelOptions) if getattr(a, f.name, f.default) != f.default}
+    missing = ["--" + k.replace("_", "-") for k in given if k not in notebook_defaults(stage)]
+    if missing: raise ValueError(f"{', '.join(missing)}: not a parameter of the {stage} stage (nbs/{STAGES[stage].notebook} loads "
+                                 "its model without it)")
+    return {**params, **given}
 
 # %% ../nbs/09_cli.ipynb #a853a8ed
-def _run(stage: str, out, params: dict, force: bool, a=None) -> int:
-    if a is not None and getattr(a, "revision", None): params = {**params, "revision": a.revision}   # a new revision is a new run
+def _run(stage: str, out, params: dict, force: bool) -> int:
     t0 = time.time()
     try: report = execute_stage(stage, out, params, force=force, stream=True)   # the notebook's own messages and progress, live
     except StageFailed as e:
@@ -97,19 +98,12 @@ def _run(stage: str, out, params: dict, force: bool, a=None) -> int:
     return 0
 
 # %% ../nbs/09_cli.ipynb #dae79071
+_COMMON = {"model", "backend", "seed"} | {f.name for f in fields(ModelOptions)}     # `_add_common`'s arguments
+
 def _add_profile(sub):
     p = sub.add_parser("profile", help=STAGES["profile"].help)
     _add_common(p)
-    p.add_argument("--survey", default="bundled", help="'bundled', a path (KVS json, s2b json, CSV) or an http(s) URL")
-    p.add_argument("--adapter", help="a steering run folder (any method) or a LoRA adapter folder")
-    p.add_argument("--split", default="test", help="train, eval, test, or e.g. train+eval")
-    p.add_argument("--limit", type=_pos_int, help="at most N items, spread over the values")
-    p.add_argument("--mode", default="logits", choices=["logits", "sample"])
-    p.add_argument("--templates", help="comma-separated answer template ids to use (default: all)")
-    p.add_argument("--values", help="comma-separated values to keep (default: all)")
-    p.add_argument("--batch-size", type=_pos_int, help="prompts per forward pass (default: 256 on a GPU, 16 on a CPU)")
-    p.add_argument("--no-prefix-sharing", action="store_true", help="score full prompts (slower; for comparison)")
-    p.add_argument("--instructions", help="comma-separated instruction ids to use (default: all)")
+    _add_fields(p, STAGES["profile"].params_class, skip=_COMMON)     # --survey, --adapter, --split, --limit, ...
 
 # %% ../nbs/09_cli.ipynb #e208ce57
 def _count_or_fraction(s):
@@ -146,7 +140,7 @@ def _add_finetune(sub):
     methods = {s.method: s.help for s in STAGES.values() if s.method}
     p.add_argument("--method", default="sft", choices=list(methods), help="; ".join(f"{m}: {h}" for m, h in methods.items()))
     shared = {f.name for f in fields(STAGES["finetune"].params_class)}
-    _add_fields(p, STAGES["finetune"].params_class, skip={"model", "backend", "seed", "overrides"})   # --survey, --target, ...
+    _add_fields(p, STAGES["finetune"].params_class, skip=_COMMON | {"overrides"})   # --survey, --target, ...
     _add_fields(p, STAGES["verdict"].params_class, skip=shared)                                      # --posts
     p.set_defaults(backend="auto")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
@@ -214,6 +208,14 @@ def _eval_params(a):
     cls = STAGES[a.task].params_class
     return cls.of({**vars(a), **{f.name: _abs(getattr(a, f.name)) for f in fields(cls) if f.metadata.get("path")}})
 
+# %% ../nbs/09_cli.ipynb #97d28386
+def _refresh(a) -> None:
+    "`--refresh`: download the survey and posts URLs again, here at the edge; the stage then reads the fresh copies from the cache."
+    from s2b.runs import download
+    for k in ("survey", "posts"):
+        v = getattr(a, k, None)
+        if isinstance(v, str) and re.match(r"https?://", v, re.I): download(v, force=True)
+
 # %% ../nbs/09_cli.ipynb #055cf944
 def _demo(a) -> int:
     from s2b.runs import read_json
@@ -239,28 +241,23 @@ def _check(stage: str, a) -> None:
     from s2b.models import check_model, check_adapter
     from s2b.steering import read_steering
     from s2b.stages import check_out_dir
-    if getattr(a, "allow_other_base", False): os.environ["S2B_ALLOW_OTHER_BASE"] = "1"   # the stage kernel inherits these
-    if getattr(a, "refresh", False): os.environ["S2B_REFRESH"] = "1"
-    if getattr(a, "revision", None): os.environ["S2B_MODEL_REVISION"] = a.revision
+    if getattr(a, "refresh", False): _refresh(a)
     if getattr(a, "model", None): check_model(a.model, getattr(a, "revision", None))
     for k in ("adapter", "control", "placebo"):
         v = getattr(a, k, None)
         if isinstance(v, str) and _none(v) and read_steering(v).method in ADAPTER_METHODS: check_adapter(v, a.model, a.allow_other_base)
-    if stage == "profile":
-        from s2b.profile import prepare_survey
-        prepare_survey(a.survey, a.split, a.limit, a.templates, getattr(a, "values", None), a.instructions)
-    if STAGES[stage].method: _steering_params(a).check()          # the stage's parameter object checks its own inputs
-    elif STAGES[stage].params: _eval_params(a).check()
+    if stage == "profile": _profile_params(a).check()             # the survey, its selection, the steering run
+    elif STAGES[stage].method: _steering_params(a).check()        # the stage's parameter object checks its own inputs
+    elif a.cmd == "evaluate": _eval_params(a).check()
     check_out_dir(stage, a.out)
 
 # %% ../nbs/09_cli.ipynb #b2ec8622
 def _main(a) -> int:
     if a.cmd in ("profile", "finetune", "evaluate"):
         stage = a.task if a.cmd == "evaluate" else method_stage(a.method).name if a.cmd == "finetune" else a.cmd
-        flags = _model_flags(a, {})          # first: a check may read them (a task file that runs code needs --trust-remote-code)
         _check(stage, a)
-        params = {"profile": _profile_params, "finetune": lambda a: _steering_params(a).params()}.get(a.cmd, lambda a: _eval_params(a).params())(a)
-        return _run(stage, a.out, {**params, **flags}, a.force, a)
+        params = {"profile": _profile_params, "finetune": _steering_params}.get(a.cmd, _eval_params)(a).params()
+        return _run(stage, a.out, _model_options(stage, a, params), a.force)
     if a.cmd == "grid":
         from s2b.cluster import run_grid
         status = run_grid(a.recipe, a.executor, a.dry_run, a.force, a.runs_dir, a.status)

@@ -40,7 +40,8 @@ def dpo_pairs(lm: LM, survey: Survey, baseline, targets: dict[str, int], anchor_
         pairs = [(targets[it.value], int(base[it.id]))] if steered(it) else [(int(kept[it.id]), p) for p in pushes]
         for a in survey.instruction_ids():
             for b in survey.template_ids():
-                pre, suf = prompt_parts(lm.tokenizer, survey.instructions[a], it.statement, survey.templates[b])
+                pre, suf = prompt_parts(lm.tokenizer, survey.instructions[a], it.statement, survey.templates[b],
+                                        persona=lm.persona, thinking=lm.thinking)
                 space = answer_prefix(survey.templates[b])[1]
                 for c, r in pairs:
                     if c == r: continue
@@ -131,7 +132,7 @@ def run_dpo(p: SteeringParams, out="dpo", force: bool = False) -> dict:
     if not force and is_done(out, params, ("metrics.json", "adapter/adapter_config.json")): return read_json(out/"metrics.json")
     cfg = load_recipe(p.recipe, overrides)
     transformers.set_seed(seed)
-    lm = load_model(model, backend="hf")
+    lm = load_model(model, backend="hf", options=p.model_options())
     out.mkdir(parents=True, exist_ok=True)
     iv = prepare_intervention(lm, p.survey, target, direction, False, cfg["data"], p.baseline, p.items_of, seed,
                               cache=out/"baseline_ratings.parquet", evaluates=False)

@@ -300,7 +300,7 @@ def run_finetune(p: SteeringParams, out="finetune", force: bool = False) -> dict
     transformers.set_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     # the baseline is rated by the plain model; on the hf backend the LoRA model is then built on it (Unsloth loads its own)
-    lm = load_model(model, backend="hf", training=False)
+    lm = load_model(model, backend="hf", training=False, options=p.model_options())
     iv = prepare_intervention(lm, survey, target, direction, control, cfg["data"], baseline, items_of, seed,
                               cache=out/"baseline_ratings.parquet", evaluates=_evaluates(cfg["training"]))
     targets, anchor, train_s, full, focus = iv.targets, iv.anchor, iv.train, iv.full, iv.focus
@@ -308,7 +308,8 @@ def run_finetune(p: SteeringParams, out="finetune", force: bool = False) -> dict
     evald = intervention_data(iv.eval, iv.baseline, targets, lm, anchor) if len(iv.eval) else train.iloc[:0]
     atomic_to_parquet(pd.concat([train.assign(part="train"), evald.assign(part="eval")]).drop(columns=["input_ids", "completion_mask", "cand"]),
                       out/"data.parquet")
-    if backend == "unsloth": lm = load_model(model, backend="unsloth", training=True, max_seq_length=int(cfg["training"]["max_length"]))
+    if backend == "unsloth": lm = load_model(model, backend="unsloth", training=True, max_seq_length=int(cfg["training"]["max_length"]),
+                                          options=p.model_options())
     lm.model.train()
     print(f"s2b: training {'control' if control else targets} ({anchor} anchor) on {len(train)} examples ({len(train_s)} items × variants, "
           f"{train.target.mean():.0%} target), "

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from .values import VALUES, normalize_value, target_ratings
 from .survey import Survey, load_survey
-from .models import LM
+from .models import LM, ModelOptions
 from .profile import encode_variants, rate, item_scores
 from .recipes import recipe_path
 from .steering import steering_record
@@ -124,8 +124,8 @@ def prepare_intervention(lm: LM, survey, target, direction, control: bool, data:
 
 # %% ../nbs/02b_interventions.ipynb #2a9cc3ee
 @dataclass
-class SteeringParams:
-    "The parameters of a steering run of any method (`sft`, `prompt`, `caa`, `dpo`; `verdict` adds `posts`)."
+class SteeringParams(ModelOptions):
+    "The parameters of a steering run of any method (`sft`, `prompt`, `caa`, `dpo`; `verdict` adds `posts`); the model options come from `ModelOptions`."
     model: str = "embedded"
     survey: str = field(default="bundled", metadata={"help": "'bundled', a path (KVS json, s2b json, CSV) or an http(s) URL"})
     target: str | None = field(default=None, metadata={"help": "the value to steer, or a profile target as JSON: '{\"Power_dominance\": 1}'"})
@@ -138,11 +138,6 @@ class SteeringParams:
     seed: int = 0
     items_of: str | None = field(default=None, metadata={"help": "comma-separated values whose train items are all used (a grid: all its "
                                                                  "values, so that its adapters and control share items; default: the target's)"})
-
-    @classmethod
-    def of(cls, ns: dict):
-        "The parameters named in `ns` (a notebook's `globals()`, a run's parameters); others are left out."
-        return cls(**{f.name: ns[f.name] for f in fields(cls) if f.name in ns})
 
     def overrides_dict(self) -> dict:
         "The recipe overrides as given (a `null` one sets its setting to None)."
@@ -161,7 +156,8 @@ class SteeringParams:
                     direction=self.direction, control=bool(self.control),
                     recipe=str(recipe_path(self.recipe)) if self.recipe else None,   # found from anywhere: its content is an input
                     overrides={k: v for k, v in self.overrides_dict().items() if v is not None},
-                    baseline=str(self.baseline) if self.baseline else None, backend=self.backend, seed=self.seed)
+                    baseline=str(self.baseline) if self.baseline else None, backend=self.backend, seed=self.seed,
+                    **{k: v for k, v in asdict(self.model_options()).items() if v != getattr(ModelOptions, k)})   # options only when set
 
     def check(self) -> None:
         """What can be checked before a model loads, each wrong input named in one line: a target or `control`, the survey,

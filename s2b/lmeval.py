@@ -135,11 +135,10 @@ def yaml_code(path, seen=None) -> Path | None:
     return None
 
 # %% ../nbs/06f_lmeval.ipynb #35d30d74
-def check_tasks(tasks, tm=None, trust_remote_code: bool | None = None) -> list[str]:
+def check_tasks(tasks, tm=None, trust_remote_code: bool = False) -> list[str]:
     """The parsed task names, or a `TaskError` naming those that neither lm-eval nor s2b knows (no data is loaded), or a task
-    file that runs code (`yaml_code`) without `trust_remote_code` (default: `$S2B_TRUST_REMOTE_CODE`, set by --trust-remote-code)."""
+    file that runs code (`yaml_code`) without `trust_remote_code` (`--trust-remote-code`)."""
     names = parse_tasks(tasks)
-    if trust_remote_code is None: trust_remote_code = os.environ.get("S2B_TRUST_REMOTE_CODE", "").strip().lower() in ("1", "true", "yes", "on")
     for n in names:
         if _is_yaml(n) and not trust_remote_code and (code := yaml_code(n)):
             raise TaskError(f"{code}: the task file runs Python code beside it (!function); s2b runs it only with --trust-remote-code")
@@ -175,11 +174,11 @@ def _load_error(name: str, e: BaseException) -> str:
     return msg
 
 # %% ../nbs/06f_lmeval.ipynb #83760998
-def load_tasks(tasks, tm=None) -> dict[str, dict]:
+def load_tasks(tasks, tm=None, trust_remote_code: bool = False) -> dict[str, dict]:
     "{requested name: {task name: lm-eval Task}} (a group such as mmlu gives its subtasks); a `TaskError` names a task that cannot run."
     names = parse_tasks(tasks)
     tm = tm or task_manager(names)
-    check_tasks(names, tm)
+    check_tasks(names, tm, trust_remote_code)
     own = bundled_tasks()
     out = {}
     for n in names:

@@ -5,7 +5,7 @@
 # %% ../nbs/01b_models.ipynb #144cf1c9
 from __future__ import annotations
 import importlib.util, json, os, re, shutil, tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from .runs import cache_dir, verify_checksums, write_checksums
@@ -13,7 +13,7 @@ from .prompts import chat_settings
 
 # %% auto #0
 __all__ = ['EMBEDDED', 'EMBEDDED_ID', 'embedded_gguf', 'materialize_embedded', 'cuda_available', 'unsloth_installed',
-           'BackendError', 'resolve_backend', 'default_device', 'default_dtype', 'LM', 'model_slug',
+           'BackendError', 'resolve_backend', 'default_device', 'default_dtype', 'ModelOptions', 'LM', 'model_slug',
            'prepare_tokenizer', 'RemoteCodeError', 'load_model', 'check_model', 'adapter_path', 'check_adapter',
            'check_recipe_for_model', 'use_adapter']
 
@@ -106,10 +106,28 @@ def default_dtype(device: str):
     if device.startswith("cuda"): return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return torch.float32
 
+# %% ../nbs/01b_models.ipynb #4810c181
+@dataclass
+class ModelOptions:
+    "How a model is loaded and prompted beside its name; the parameter object of a stage that loads a model extends it."
+    revision: str | None = field(default=None, metadata={"help": "the hub model's revision (branch, tag or commit), recorded in run.json"})
+    trust_remote_code: bool = field(default=False, metadata={"help": "allow a model whose tokenizer or model is code in its repository"})
+    thinking: bool = field(default=False, metadata={"help": "chat templates with a thinking switch (Qwen3) think (default: off)"})
+    allow_other_base: bool = field(default=False, metadata={"help": "use an adapter trained on another base model"})
+
+    @classmethod
+    def of(cls, ns: dict):
+        "The parameters named in `ns` (a notebook's `globals()`, a run's parameters); others are left out."
+        return cls(**{f.name: ns[f.name] for f in fields(cls) if f.name in ns})
+
+    def model_options(self) -> ModelOptions:
+        "These options alone (of a stage's parameter object, which has them among its fields)."
+        return ModelOptions(**{f.name: getattr(self, f.name) for f in fields(ModelOptions)})
+
 # %% ../nbs/01b_models.ipynb #950e5ca2
 @dataclass
 class LM:
-    "A loaded model with its tokenizer and provenance."
+    "A loaded model with its tokenizer, provenance and options; `persona`: the system text its chats start with (None: none)."
     model: Any
     tokenizer: Any
     name: str                       # what the user asked for: 'embedded', an HF id or a path
@@ -119,12 +137,17 @@ class LM:
     adapter: str | None = None      # the active LoRA adapter's folder (None: the base model)
     info: dict = field(default_factory=dict)
     adapters: dict = field(default_factory=dict)     # the adapters loaded on the model: {name: folder}
+    options: ModelOptions = field(default_factory=ModelOptions)
+    persona: str | None = None      # set by `s2b.steering.steer` for a `prompt` artefact
+
+    @property
+    def thinking(self) -> bool: return self.options.thinking
 
     def record(self) -> dict:
         "What `run.json` stores about the model, with how its chats are rendered (`s2b.prompts.chat_settings`)."
         return {"name": self.name, "source": self.source, "device": self.device, "backend": self.backend,
                 "adapter": self.adapter, "dtype": str(getattr(self.model, "dtype", "")), **self.info,
-                "chat": chat_settings(self.tokenizer)}
+                "chat": chat_settings(self.tokenizer, self.thinking)}
 
 # %% ../nbs/01b_models.ipynb #4297e6d5
 def model_slug(name: str) -> str:
@@ -152,23 +175,18 @@ def prepare_tokenizer(tok):
 class RemoteCodeError(RuntimeError):
     "A model whose tokenizer or model class lives in its repository's own code, which s2b does not run unless told to."
 
-# %% ../nbs/01b_models.ipynb #9ef45927
-def _env_flag(name: str) -> bool: return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
 # %% ../nbs/01b_models.ipynb #e33c8105
-def load_model(name: str = EMBEDDED, adapter: str | None = None, backend: str = "auto", *,
-               device: str | None = None, dtype=None, training: bool = False, max_seq_length: int = 1024,
-               revision: str | None = None, thinking: bool | None = None, trust_remote_code: bool | None = None) -> LM:
-    """Load `name` ('embedded', an HF id or a local path), optionally with a LoRA `adapter` on top.
-    `thinking` (default `$S2B_THINKING`, off) is the chat templates' thinking switch; `trust_remote_code` (default
-    `$S2B_TRUST_REMOTE_CODE`, off) allows a model whose tokenizer or model needs its repository's code."""
-    thinking = _env_flag("S2B_THINKING") if thinking is None else bool(thinking)
-    trust = _env_flag("S2B_TRUST_REMOTE_CODE") if trust_remote_code is None else bool(trust_remote_code)
+def load_model(name: str = EMBEDDED, backend: str = "auto", *, options: ModelOptions | None = None,
+               device: str | None = None, dtype=None, training: bool = False, max_seq_length: int = 1024) -> LM:
+    """Load `name` ('embedded', an HF id or a local path) with its `options` (`ModelOptions`; default: none): a hub id at
+    `options.revision`, its repository's code only with `options.trust_remote_code`. The `LM` keeps `options`."""
+    options = options or ModelOptions()
+    trust = bool(options.trust_remote_code)
     backend = resolve_backend(backend, training=training)
     device = device or default_device()
     dtype = dtype or default_dtype(device)
-    if revision is None and name != EMBEDDED and not Path(name).expanduser().exists():
-        revision = os.environ.get("S2B_MODEL_REVISION") or None      # `--revision` of the CLI, for the stage kernel
+    hub = name != EMBEDDED and not Path(name).expanduser().exists()
+    revision = (options.revision or None) if hub else None      # a local folder has no revisions
     source, info = _resolve_source(name, revision)
     if revision: info["revision"] = revision
     try:
@@ -184,14 +202,10 @@ def load_model(name: str = EMBEDDED, adapter: str | None = None, backend: str = 
         if trust or "trust_remote_code" not in str(e): raise
         raise RemoteCodeError(f"{name}: its tokenizer or model is defined by code in its own repository ({source}), which s2b "
                               "does not run by default. Read that code, then pass --trust-remote-code "
-                              "(load_model(..., trust_remote_code=True)) to allow it.") from None
+                              "(ModelOptions(trust_remote_code=True)) to allow it.") from None
     model.eval()
-    tok = prepare_tokenizer(tok)
-    tok.s2b_thinking = thinking                         # read by chat_prompt
     info = {**info, "trust_remote_code": trust}
-    lm = LM(model, tok, name, source, device, backend, info=info)
-    if adapter: use_adapter(lm, adapter)
-    return lm
+    return LM(model, prepare_tokenizer(tok), name, source, device, backend, info=info, options=options)
 
 # %% ../nbs/01b_models.ipynb #cdc87b63
 def _hf_offline() -> bool:
@@ -262,7 +276,7 @@ def adapter_path(adapter) -> Path:
     raise FileNotFoundError(f"adapter {adapter}: no LoRA adapter in it (no adapter_config.json, nor adapter/adapter_config.json)")
 
 # %% ../nbs/01b_models.ipynb #1ccbaf22
-def check_adapter(adapter, model: str | None = None, allow_other_base: bool | None = None) -> Path:
+def check_adapter(adapter, model: str | None = None, allow_other_base: bool = False) -> Path:
     "The adapter's folder, after checking its files (and, given `model`, its base model and shapes); one-line errors."
     p = adapter_path(adapter)
     try: cfg = json.loads((p/"adapter_config.json").read_text())
@@ -279,7 +293,6 @@ def check_adapter(adapter, model: str | None = None, allow_other_base: bool | No
                          "adapter_model.safetensors only: convert it where you trust it (peft save_pretrained writes safetensors)")
     else: raise FileNotFoundError(f"adapter {p}: no adapter_model.safetensors")
     if model is None: return p
-    if allow_other_base is None: allow_other_base = os.environ.get("S2B_ALLOW_OTHER_BASE", "") == "1"
     base = cfg.get("base_model_name_or_path")
     if base and not allow_other_base and model_slug(base).lower() not in _base_names(model):
         raise ValueError(f"adapter {p} was trained on {base}, not on {model}; pass --allow-other-base to use it anyway")
@@ -327,12 +340,13 @@ def _linear_names(mc: dict) -> set[str] | None:
 def use_adapter(lm: LM, adapter=None, name: str = "default", allow_other_base: bool | None = None) -> LM:
     """Make the LoRA adapter in `adapter` (its folder, or a run folder holding `adapter/`) the active one on `lm`, loaded
     once under `name`; `adapter=None`: the base model (every adapter off). An adapter trained on another base model is
-    refused unless `allow_other_base` (default: `$S2B_ALLOW_OTHER_BASE`)."""
+    refused unless `allow_other_base` (default: the model's `options.allow_other_base`)."""
     from peft import PeftModel
     if adapter is None:
         if isinstance(lm.model, PeftModel): lm.model.base_model.disable_adapter_layers()
         lm.adapter = None
         return lm
+    if allow_other_base is None: allow_other_base = lm.options.allow_other_base
     p = check_adapter(adapter, lm.name, allow_other_base).resolve()
     try:
         if not isinstance(lm.model, PeftModel):

@@ -5,6 +5,7 @@
 # %% ../nbs/02_profile.ipynb #64a37b8d
 from __future__ import annotations
 import math, re, time
+from dataclasses import asdict, dataclass, field, fields
 from collections import Counter
 from pathlib import Path
 import numpy as np, pandas as pd
@@ -13,14 +14,15 @@ from .stats import bootstrap_ci
 from .values import VALUES, value_color, short_name
 from .survey import Survey, load_survey, answer_prefix
 from .prompts import prompt_parts
-from .models import LM, load_model, use_adapter, model_slug
+from .models import LM, ModelOptions, load_model, model_slug
+from .steering import read_steering, steer
 from .scoring import encode, prefix_cache, expand_cache
 from .runs import save_figure, atomic_to_parquet, read_parquet_verified, atomic_write_json, run_record, is_done, read_json, inputs_fingerprint
 
 # %% auto #0
 __all__ = ['RATINGS', 'PCOLS', 'KEY', 'rating_slot', 'encode_variants', 'score_plain', 'score_shared', 'parse_rating',
            'sample_ratings', 'majority', 'batch_plan', 'rate', 'item_scores', 'value_profile', 'consistency',
-           'plot_profile', 'profile_params', 'prepare_survey', 'run_profile']
+           'plot_profile', 'prepare_survey', 'ProfileParams', 'run_profile']
 
 # %% ../nbs/02_profile.ipynb #40aa2b52
 RATINGS = (1, 2, 3, 4, 5, 6)
@@ -44,7 +46,8 @@ def encode_variants(lm: LM, survey: Survey, system: str | None = None) -> pd.Dat
     slots = {t: rating_slot(tok, survey.templates[t]) for t in survey.template_ids()}
     stmt = {i.id: i.statement for i in survey.items}
     mark = "\u2063S2B_ITEM\u2063"
-    parts = {(a, b): prompt_parts(tok, survey.instructions[a], mark, survey.templates[b], system)   # once per pair
+    parts = {(a, b): prompt_parts(tok, survey.instructions[a], mark, survey.templates[b], system,   # once per pair
+                                  persona=lm.persona, thinking=lm.thinking)
              for a in survey.instruction_ids() for b in survey.template_ids()}
     prefix_ids = {pre: encode(tok, pre) for pre, _ in parts.values()}
     pre_ids = [prefix_ids[parts[a, b][0]] for a, b in zip(df.instruction_id, df.template_id)]
@@ -276,14 +279,6 @@ def plot_profile(profile: pd.DataFrame, ax=None, title: str | None = None, label
     if title: ax.set_title(title)
     return ax
 
-# %% ../nbs/02_profile.ipynb #4a6beff0
-def profile_params(model="embedded", survey="bundled", split="test", limit=None, mode="logits", adapter=None,
-                   templates=None, values=None, batch_size=None, prefix_sharing=True, seed=0, backend="hf", instructions=None) -> dict:
-    "The parameters that identify a profile run (what `run.json` records and `is_done` compares)."
-    return dict(model=model, survey=str(survey), split=split, limit=limit, mode=mode, adapter=str(adapter) if adapter else None,
-                templates=templates, instructions=instructions, values=values, batch_size=batch_size,
-                prefix_sharing=prefix_sharing, seed=seed, backend=backend)
-
 # %% ../nbs/02_profile.ipynb #d0afa89b
 def _parse_list(x):
     if x is None or x == "" : return None
@@ -305,34 +300,78 @@ def prepare_survey(survey, split="test", limit=None, templates=None, values=None
     if vals or limit: s = s.subset(values=vals, limit=int(limit) if limit else None)
     return s
 
+# %% ../nbs/02_profile.ipynb #4a6beff0
+@dataclass
+class ProfileParams(ModelOptions):
+    "The parameters of a profile run (the `profile` and `baseline` stages); the model options come from `ModelOptions`."
+    model: str = field(default="embedded", metadata={"help": "'embedded' (SmolLM2-135M-Instruct), an HF id or a local path"})
+    survey: str = field(default="bundled", metadata={"help": "'bundled', a path (KVS json, s2b json, CSV) or an http(s) URL"})
+    split: str = field(default="test", metadata={"help": "train, eval, test, or e.g. train+eval"})
+    limit: int | None = field(default=None, metadata={"help": "at most N items, spread over the values", "type": "positive int"})
+    mode: str = field(default="logits", metadata={"choices": ("logits", "sample")})
+    adapter: str | None = field(default=None, metadata={"help": "a steering run folder (any method) or a LoRA adapter folder"})
+    templates: str | None = field(default=None, metadata={"help": "comma-separated answer template ids to use (default: all)"})
+    instructions: str | None = field(default=None, metadata={"help": "comma-separated instruction ids to use (default: all)"})
+    values: str | None = field(default=None, metadata={"help": "comma-separated values to keep (default: all)"})
+    batch_size: int | None = field(default=None, metadata={"help": "prompts per forward pass (default: 256 on a GPU, 16 on a CPU)", "type": "positive int"})
+    prefix_sharing: bool = field(default=True, metadata={"help": "share each instruction's KV cache across its statements; off: score full prompts (slower; for comparison)"})
+    seed: int = 0
+    backend: str = field(default="hf", metadata={"choices": ("auto", "hf", "unsloth")})
+
+    def params(self) -> dict:
+        "What a stage run receives (papermill's parameters): the fields."
+        return asdict(self)
+
+    def record(self) -> dict:
+        "The parameters that identify a profile run (`run.json`'s `params`, compared by `is_done`); model options only when set."
+        return dict(model=self.model, survey=str(self.survey), split=self.split, limit=self.limit, mode=self.mode,
+                    adapter=str(self.adapter) if self.adapter else None, templates=self.templates, instructions=self.instructions,
+                    values=self.values, batch_size=self.batch_size, prefix_sharing=self.prefix_sharing, seed=self.seed,
+                    backend=self.backend, **{k: v for k, v in asdict(self.model_options()).items() if v != getattr(ModelOptions, k)})
+
+    def check(self) -> None:
+        """What can be checked before a model loads, each wrong input named in one line: the mode, the batch size, the survey
+        and its selection (`prepare_survey`), the steering run (`read_steering`) and, for a LoRA adapter, its files and base."""
+        from s2b.models import check_adapter
+        from s2b.steering import ADAPTER_METHODS
+        if self.mode not in ("logits", "sample"): raise ValueError(f"mode must be logits or sample, not {self.mode!r}")
+        b = self.batch_size
+        if b is not None and (isinstance(b, bool) or not isinstance(b, int) or b < 1):
+            raise ValueError(f"batch_size must be a positive integer (or None: 256 on a GPU, 16 on a CPU), got {b!r}")
+        prepare_survey(self.survey, self.split, self.limit, self.templates, self.values, self.instructions)
+        st = read_steering(self.adapter)
+        if st.method in ADAPTER_METHODS: check_adapter(st.path, self.model, self.allow_other_base)
+
 # %% ../nbs/02_profile.ipynb #d6ee4df8
-def run_profile(model="embedded", survey="bundled", split="test", limit=None, mode="logits", adapter=None, out="profile",
-                templates=None, values=None, batch_size=None, prefix_sharing=True, seed=0, backend="hf", force=False, lm=None,
-                instructions=None, flush_every: int = 512) -> dict:
-    "Profile a model (with an optional LoRA adapter) and write the run directory `out`; return the metrics."
-    out = Path(out); params = profile_params(model, survey, split, limit, mode, adapter, templates, values, batch_size, prefix_sharing, seed, backend, instructions)
+def run_profile(p: ProfileParams, out="profile", force: bool = False, *, lm: LM | None = None, flush_every: int = 512) -> dict:
+    """Profile a model, steered by the run `p.adapter` (any method, through `s2b.steering.steer`) if given, and write the run
+    directory `out`; return the metrics. `lm`: the model, already loaded."""
+    out, params = Path(out), p.record()
     if not force and is_done(out, params, ("metrics.json", "ratings.parquet")):
         print(f"s2b: {out} is finished with these parameters; reusing it (force=True to redo)")
         return read_json(out/"metrics.json")
-    s = prepare_survey(survey, split, limit, templates, values, instructions)
-    if lm is None: lm = load_model(model, adapter=adapter, backend=backend)
-    elif adapter and lm.adapter is None: use_adapter(lm, adapter)
+    s, st = prepare_survey(p.survey, p.split, p.limit, p.templates, p.values, p.instructions), read_steering(p.adapter)
+    if lm is None: lm = load_model(p.model, backend=p.backend, options=p.model_options())
     out.mkdir(parents=True, exist_ok=True)
     prev = read_json(out/"run.json", {}) if (out/"run.json").exists() else {}
     if prev and (prev.get("params") != params or prev.get("inputs") != inputs_fingerprint(params)) and (out/"ratings.parquet").exists():
         (out/"ratings.parquet").unlink()                 # cached ratings of other parameters or inputs are not reused
-    atomic_write_json(out/"run.json", run_record("profile", params, model=lm.record(), data={"survey": s.source}, seed=seed, status="running"))
-    ratings, stats = rate(lm, s, mode, cache=out/"ratings.parquet", batch_size=batch_size, prefix_sharing=prefix_sharing,
-                          seed=seed, desc=f"profile {model_slug(model)}", flush_every=flush_every)
-    prof = value_profile(ratings, seed=seed)
+    steering = {"steering": st.record()} if p.adapter else {}
+    with steer(lm, st):
+        model = lm.record()
+        atomic_write_json(out/"run.json", run_record("profile", params, model=model, data={"survey": s.source}, seed=p.seed, status="running", **steering))
+        ratings, stats = rate(lm, s, p.mode, cache=out/"ratings.parquet", batch_size=p.batch_size, prefix_sharing=p.prefix_sharing,
+                              seed=p.seed, desc=f"profile {model_slug(p.model)}", flush_every=flush_every)
+    prof = value_profile(ratings, seed=p.seed)
     metrics = {r.value: {"mean": r.mean, "ci_low": r.ci_low, "ci_high": r.ci_high, "n_items": r.n_items} for r in prof.itertuples()}
     metrics.update(consistency(ratings))
     if "mass" in ratings: metrics["coverage"] = float(ratings["mass"].mean())
-    metrics.update({"mode": mode, "n_items": len(s), "n_prompts": stats["n_prompts"], "n_computed": stats["n_computed"],
+    metrics.update({"mode": p.mode, "n_items": len(s), "n_prompts": stats["n_prompts"], "n_computed": stats["n_computed"],
                     "seconds": stats["seconds"], "prompts_per_s": stats["prompts_per_s"]})
-    ax = plot_profile(prof, title=f"{model_slug(model)}{' + adapter' if adapter else ''}: {s.name} {split}, {len(s)} items × {s.n_variants} variants")
+    steered = f" + {st.method} {st.label}" if p.adapter else ""
+    ax = plot_profile(prof, title=f"{model_slug(p.model)}{steered}: {s.name} {p.split}, {len(s)} items × {s.n_variants} variants")
     save_figure(ax.figure, out/"profile.png", dpi=120, close=False)
     atomic_write_json(out/"metrics.json", metrics)
-    atomic_write_json(out/"run.json", run_record("profile", params, model=lm.record(), data={"survey": s.source}, seed=seed,
-                                                 status="finished", stats=stats))
+    atomic_write_json(out/"run.json", run_record("profile", params, model=model, data={"survey": s.source}, seed=p.seed,
+                                                 status="finished", stats=stats, **steering))
     return metrics

@@ -8,7 +8,7 @@ import json
 from .survey import answer_prefix
 
 # %% auto #0
-__all__ = ['PLAIN_FALLBACK', 'USER_FORMAT', 'has_chat_template', 'chat_prompt', 'with_persona', 'chat_settings', 'prompt_parts']
+__all__ = ['PLAIN_FALLBACK', 'USER_FORMAT', 'has_chat_template', 'chat_prompt', 'chat_settings', 'prompt_parts']
 
 # %% ../nbs/01a_prompts.ipynb #78027a95
 def has_chat_template(tok) -> bool:
@@ -18,23 +18,18 @@ def has_chat_template(tok) -> bool:
 # %% ../nbs/01a_prompts.ipynb #0275ce8a
 PLAIN_FALLBACK = "{system}User: {user}\nAssistant: "
 
-# %% ../nbs/01a_prompts.ipynb #6217455a
-def _thinking(tok, thinking: bool | None) -> bool:
-    return bool(getattr(tok, "s2b_thinking", False) if thinking is None else thinking)
-
 # %% ../nbs/01a_prompts.ipynb #0179f87c
 def _render(tok, msgs: list[dict], thinking: bool) -> str:
     return tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, enable_thinking=thinking)
 
 # %% ../nbs/01a_prompts.ipynb #7ad0eea4
-def chat_prompt(tok, user: str, system: str | None = None, assistant_prefix: str = "", thinking: bool | None = None) -> str:
+def chat_prompt(tok, user: str, system: str | None = None, assistant_prefix: str = "", *, persona: str | None = None,
+                thinking: bool = False) -> str:
     """The text of a chat whose assistant turn starts with `assistant_prefix` (fallback for models without a template).
-    Templates with a thinking switch get `enable_thinking=thinking` (default: the tokenizer's `s2b_thinking`, off);
-    a template that rejects the system role gets `system` folded into the user turn. A persona set on the tokenizer
-    (`with_persona`) goes before `system`."""
-    system = "\n\n".join(s for s in (getattr(tok, "s2b_persona", None), system) if s) or None
+    `persona` (the `prompt` method's system text) goes before `system`; templates with a thinking switch get
+    `enable_thinking=thinking`; a template that rejects the system role gets the system text folded into the user turn."""
+    system = "\n\n".join(s for s in (persona, system) if s) or None
     if not has_chat_template(tok): return PLAIN_FALLBACK.format(system=f"{system}\n\n" if system else "", user=user) + assistant_prefix
-    thinking = _thinking(tok, thinking)
     msgs = [{"role": "user", "content": user}]
     if not system: return _render(tok, msgs, thinking) + assistant_prefix
     try: text = _render(tok, [{"role": "system", "content": system}, *msgs], thinking)
@@ -42,30 +37,25 @@ def chat_prompt(tok, user: str, system: str | None = None, assistant_prefix: str
         text = _render(tok, [{"role": "user", "content": f"{system}\n\n{user}"}], thinking)
     return text + assistant_prefix
 
-# %% ../nbs/01a_prompts.ipynb #fa278cf0
-def with_persona(tok, persona: str | None):
-    "Put `persona` before the system text of every chat `chat_prompt` builds for `tok` (None: no persona); returns `tok`."
-    tok.s2b_persona = persona or None
-    return tok
-
 # %% ../nbs/01a_prompts.ipynb #a39fff64
-def chat_settings(tok) -> dict:
-    "How `chat_prompt` renders chats for `tok`: template or fallback, thinking switch and state, system role native or folded."
+def chat_settings(tok, thinking: bool = False) -> dict:
+    "How `chat_prompt(..., thinking=thinking)` renders chats for `tok`: template or fallback, thinking switch and state, system role native or folded."
     if not has_chat_template(tok): return {"template": False, "thinking_switch": False, "thinking": False, "system": "plain-text fallback"}
     tmpl = tok.chat_template if isinstance(tok.chat_template, str) else json.dumps(tok.chat_template)
     try: _render(tok, [{"role": "system", "content": "s"}, {"role": "user", "content": "u"}], False); system = "native"
     except Exception: system = "folded into the first user turn"
     switch = "enable_thinking" in tmpl
-    return {"template": True, "thinking_switch": switch, "thinking": _thinking(tok, None) if switch else False, "system": system}
+    return {"template": True, "thinking_switch": switch, "thinking": bool(thinking) if switch else False, "system": system}
 
 # %% ../nbs/01a_prompts.ipynb #b2af3ff4
 USER_FORMAT = "{instruction}\n\nStatement: {statement}"
 _SENTINEL = "\u2063S2B_STATEMENT\u2063"
 
-def prompt_parts(tok, instruction: str, statement: str, template: str, system: str | None = None) -> tuple[str, str]:
-    "(prefix, suffix) of a prompt variant: the prefix is shared by all statements under `instruction`."
+def prompt_parts(tok, instruction: str, statement: str, template: str, system: str | None = None, *,
+                 persona: str | None = None, thinking: bool = False) -> tuple[str, str]:
+    "(prefix, suffix) of a prompt variant (`chat_prompt` with `persona`, `thinking`): the prefix is shared by all statements under `instruction`."
     ans, _ = answer_prefix(template)
-    text = chat_prompt(tok, USER_FORMAT.format(instruction=instruction, statement=_SENTINEL), system, ans)
+    text = chat_prompt(tok, USER_FORMAT.format(instruction=instruction, statement=_SENTINEL), system, ans, persona=persona, thinking=thinking)
     if text.count(_SENTINEL) != 1: raise ValueError("the chat template changed the statement placeholder")
     pre, post = text.split(_SENTINEL)
     cut = len(pre.rstrip())              # the space before the statement belongs to its first token ("ĠBeing")

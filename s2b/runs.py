@@ -297,17 +297,16 @@ def start_run(out_dir, stage: str, params: dict, caches=()) -> Path:
 # %% ../nbs/00a_runs.ipynb #5601e383
 MAX_DOWNLOAD = 1 << 30      # bytes; $S2B_MAX_DOWNLOAD overrides
 
-def download(url: str, dest_dir=None, force: bool | None = None, sha256: str | None = None, max_bytes: int | None = None) -> Path:
+def download(url: str, dest_dir=None, force: bool = False, sha256: str | None = None, max_bytes: int | None = None) -> Path:
     """Download `url` once into `cache_dir()/'downloads'` (a temporary file, then a rename); return the local path.
     `url#sha256=HEX` (or `sha256`) pins the content: a mismatch is refused, a cached copy that does not match is fetched
-    again. Files over `max_bytes` (`$S2B_MAX_DOWNLOAD`, default 1 GiB) are refused; `force` (default `$S2B_REFRESH`,
-    set by `--refresh`) fetches again."""
+    again. Files over `max_bytes` (`$S2B_MAX_DOWNLOAD`, default 1 GiB) are refused; `force` fetches again (the
+    CLI's `--refresh` does, before its stage starts)."""
     import urllib.parse, urllib.request
     url, _, frag = url.partition("#")
     if frag.startswith("sha256="): sha256 = sha256 or frag[len("sha256="):]
     if sha256 and not re.fullmatch(r"[0-9a-fA-F]{64}", sha256): raise ValueError(f"{url}: sha256={sha256!r} is not 64 hex digits")
     sha256 = sha256.lower() if sha256 else None
-    if force is None: force = os.environ.get("S2B_REFRESH", "") == "1"
     max_bytes = int(max_bytes or os.environ.get("S2B_MAX_DOWNLOAD") or MAX_DOWNLOAD)
     dest_dir = Path(dest_dir or cache_dir()/"downloads"); dest_dir.mkdir(parents=True, exist_ok=True)
     fname = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(urllib.parse.urlparse(url).path).name) or "download"

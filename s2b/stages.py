@@ -40,8 +40,10 @@ class Stage:
 
 # %% ../nbs/07b_stages.ipynb #b33e6ba3
 STAGES = {s.name: s for s in (
-    Stage("profile", "02_profile.ipynb", "profile.run_profile", "rate survey statements and write a value profile"),
-    Stage("baseline", "02_profile.ipynb", "profile.run_profile", "a profile of the un-steered model: the ratings a steering method starts from"),
+    Stage("profile", "02_profile.ipynb", "profile.run_profile", "rate survey statements and write a value profile",
+          params="profile.ProfileParams"),
+    Stage("baseline", "02_profile.ipynb", "profile.run_profile", "a profile of the un-steered model: the ratings a steering method starts from",
+          params="profile.ProfileParams"),
     Stage("finetune", "03_finetune.ipynb", "finetune.run_finetune", "LoRA on survey answers (the paper's)", method="sft",
           params="interventions.SteeringParams"),
     Stage("prompt", "03b_persona.ipynb", "persona.run_prompt", "a system-prompt persona", method="prompt",

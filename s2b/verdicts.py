@@ -30,9 +30,9 @@ INSTRUCTION = (
 )
 
 # %% ../nbs/05b_verdicts.ipynb #09917364
-def aita_prompt(tok, post_text: str, system: str | None = None) -> str:
-    "The chat text that asks for a verdict on `post_text`; the assistant turn is open, the label comes next."
-    return chat_prompt(tok, INSTRUCTION.format(post=post_text), system)
+def aita_prompt(tok, post_text: str, system: str | None = None, *, persona: str | None = None, thinking: bool = False) -> str:
+    "The chat text that asks for a verdict on `post_text` (`chat_prompt`'s `persona`, `thinking`); the assistant turn is open, the label comes next."
+    return chat_prompt(tok, INSTRUCTION.format(post=post_text), system, persona=persona, thinking=thinking)
 
 # %% ../nbs/05b_verdicts.ipynb #eeb5e8b8
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -65,14 +65,15 @@ def default_max_length(lm, margin: int = 16) -> int:
 ELLIPSIS = "[...]"
 
 def fit_prompt(tok, post: Post, system: str | None = None, max_length: int | None = None,
-               reserve: int = 0) -> tuple[str, bool]:
-    "The prompt for `post` and whether it was truncated to fit `max_length` tokens, `reserve` of them kept for the label."
-    prompt = aita_prompt(tok, post.full_text, system)
+               reserve: int = 0, *, persona: str | None = None, thinking: bool = False) -> tuple[str, bool]:
+    "The prompt for `post` (`aita_prompt`) and whether it was truncated to fit `max_length` tokens, `reserve` of them kept for the label."
+    chat = dict(persona=persona, thinking=thinking)
+    prompt = aita_prompt(tok, post.full_text, system, **chat)
     if max_length is None or len(encode(tok, prompt)) + reserve <= max_length: return prompt, False
     limit = max_length - reserve
     head, mid, tail = split_post(post)
     def attempt(h, m):
-        p = aita_prompt(tok, _join(post, h, m, tail), system)
+        p = aita_prompt(tok, _join(post, h, m, tail), system, **chat)
         return p, len(encode(tok, p)) - limit
     mid_ids = encode(tok, mid)
     k = len(mid_ids)
@@ -89,7 +90,7 @@ def fit_prompt(tok, post: Post, system: str | None = None, max_length: int | Non
         p, over = attempt(" ".join(x for x in (tok.decode(head_ids[:h], clean_up_tokenization_spaces=False).strip(), ELLIPSIS) if x), "")
         if over <= 0: return p, True
     raise ValueError(f"post {post.id!r}: max_length={max_length} leaves no room for the instruction and the "
-                     f"final question ({len(encode(tok, aita_prompt(tok, tail, system))) + reserve} tokens)")
+                     f"final question ({len(encode(tok, aita_prompt(tok, tail, system, **chat))) + reserve} tokens)")
 
 # %% ../nbs/05b_verdicts.ipynb #43042c8b
 def renormalize(logps) -> np.ndarray:
@@ -116,7 +117,7 @@ def score_post(lm, post: Post, system: str | None = None, max_length: int | None
     tok = lm.tokenizer
     max_length = max_length or default_max_length(lm)
     reserve = max(len(encode(tok, l)) for l in LABELS)
-    prompt, truncated = fit_prompt(tok, post, system, max_length, reserve)
+    prompt, truncated = fit_prompt(tok, post, system, max_length, reserve, persona=lm.persona, thinking=lm.thinking)
     lp = label_logprobs(lm, prompt)
     p = renormalize([lp[l] for l in LABELS])
     return {**{f"p_{l}": float(x) for l, x in zip(LABELS, p)}, **{f"logp_{l}": lp[l] for l in LABELS},

@@ -95,3 +95,85 @@ def test_each_registry_entry_names_its_notebooks_function():
         mod = s.function.split(".")[0]
         assert _notebook(MODULES[mod]) + ".ipynb" == s.notebook, f"{s.name}: {s.function} is not exported by {s.notebook}"
         if s.params: assert _notebook(MODULES[s.params.split(".")[0]]) <= s.notebook.removesuffix(".ipynb"), s.name
+
+# --- no side channels: the model options travel as parameters, a model's chat state lives on the model -------------
+
+MODEL_OPTION_VARS = {"S2B_THINKING", "S2B_TRUST_REMOTE_CODE", "S2B_MODEL_REVISION", "S2B_ALLOW_OTHER_BASE", "S2B_REFRESH"}
+SETTINGS_VARS = {"S2B_CACHE", "S2B_GAMES", "S2B_MAX_DOWNLOAD"}     # where files live and how big a download may be: not model options
+
+def _env_uses(tree) -> list[tuple[str, str, int]]:
+    "('read' | 'write', key, line) for every use of `os.environ` / `os.getenv` with a constant key."
+    def env(n): return isinstance(n, ast.Attribute) and n.attr == "environ"
+    def key(n): return n.value if isinstance(n, ast.Constant) and isinstance(n.value, str) else "?"
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Subscript) and env(n.value):
+            out.append(("write" if isinstance(n.ctx, ast.Store) else "read", key(n.slice), n.lineno))
+        elif isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.args:
+            if env(n.func.value) and n.func.attr in ("get", "pop", "setdefault"):
+                out.append(("write" if n.func.attr != "get" else "read", key(n.args[0]), n.lineno))
+            elif n.func.attr == "getenv": out.append(("read", key(n.args[0]), n.lineno))
+        elif isinstance(n, ast.Compare) and any(env(c) for c in n.comparators): out.append(("read", key(n.left), n.lineno))
+    return out
+
+@pytest.mark.parametrize("mod", sorted(MODULES))
+def test_model_options_travel_as_parameters(mod):
+    """`--thinking`, `--trust-remote-code`, `--revision`, `--allow-other-base` and `--refresh` reach a stage as its parameters
+    (`s2b.models.ModelOptions`), not through the environment: no module sets them there, and none but the CLI (the edge)
+    reads an `S2B_*` variable other than the file settings, nor names one of the model options' old variables."""
+    tree = ast.parse(MODULES[mod].read_text())
+    uses = _env_uses(tree)
+    written = [(k, line) for how, k, line in uses if how == "write" and (k in MODEL_OPTION_VARS or k == "?")]
+    assert not written, f"s2b.{mod} passes model options through the environment: {written}"
+    if mod == "cli": return
+    read = [(k, line) for how, k, line in uses if how == "read" and k.startswith("S2B_") and k not in SETTINGS_VARS]
+    named = [(n.value, n.lineno) for n in ast.walk(tree) if isinstance(n, ast.Constant) and n.value in MODEL_OPTION_VARS]
+    assert not read + named, f"s2b.{mod} reads model options from the environment: {read + named}"
+
+def test_the_environment_check_sees_reads_and_writes():
+    src = 'import os\nos.environ["S2B_THINKING"] = "1"\nx = os.environ.get("S2B_REFRESH")\ny = "S2B_X" in os.environ\nos.getenv("S2B_CACHE")'
+    assert _env_uses(ast.parse(src)) == [("write", "S2B_THINKING", 2), ("read", "S2B_REFRESH", 3), ("read", "S2B_X", 4), ("read", "S2B_CACHE", 5)]
+
+@pytest.mark.parametrize("mod", sorted(MODULES))
+def test_nothing_rides_on_a_tokenizer(mod):
+    "The persona and the thinking switch are the loaded model's state (`LM.persona`, `LM.options`), no `s2b_*` attribute stuck on an object."
+    tree = ast.parse(MODULES[mod].read_text())
+    bad = [(n.attr, n.lineno) for n in ast.walk(tree) if isinstance(n, ast.Attribute) and n.attr.startswith("s2b_")]
+    bad += [(n.args[1].value, n.lineno) for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+            and n.func.id in ("getattr", "setattr", "hasattr") and len(n.args) > 1 and isinstance(n.args[1], ast.Constant)
+            and str(n.args[1].value).startswith("s2b_")]
+    assert not bad, f"s2b.{mod} keeps state in s2b_* attributes: {bad}"
+
+# --- every consumer of a steering run goes through `steer` ------------------------------------------------------------
+
+ATTACH = {"use_adapter", "load_adapter", "set_adapter"}     # and PeftModel.from_pretrained: an adapter read from disk onto a model
+
+def _attaches(tree) -> list[tuple[str, str | None, int]]:
+    "(call, enclosing function, line) for every call that puts an adapter from disk on a model."
+    out = []
+    def visit(node, fn=None):
+        for n in ast.iter_child_nodes(node):
+            f = n.name if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) else fn
+            if isinstance(n, ast.Call):
+                c = n.func
+                name = c.id if isinstance(c, ast.Name) else c.attr if isinstance(c, ast.Attribute) else None
+                if name in ATTACH or (name == "from_pretrained" and isinstance(c, ast.Attribute) and isinstance(c.value, ast.Name)
+                                      and c.value.id == "PeftModel"):
+                    out.append((name, fn, n.lineno))
+            visit(n, f)
+    visit(tree)
+    return out
+
+@pytest.mark.parametrize("mod", sorted(MODULES))
+def test_only_steering_attaches_adapters(mod):
+    """A steering artefact goes on a model only through `s2b.steering.steer`: no module but `steering` calls `use_adapter`,
+    and only `use_adapter` itself (in `models`) calls peft's `PeftModel.from_pretrained`, `load_adapter`, `set_adapter`."""
+    calls = _attaches(ast.parse(MODULES[mod].read_text()))
+    allowed = lambda name, fn: (mod == "steering" and name == "use_adapter") or (mod == "models" and fn == "use_adapter" and name != "use_adapter")
+    bad = [(name, fn, line) for name, fn, line in calls if not allowed(name, fn)]
+    assert not bad, f"s2b.{mod} attaches adapters outside s2b.steering.steer: {bad}"
+
+def test_the_adapter_check_finds_attaching_calls():
+    src = "def f(m):\n    use_adapter(m, 'x')\n    PeftModel.from_pretrained(m, 'p')\n    m.model.set_adapter('a')\n"
+    assert [(n, line) for n, _, line in _attaches(ast.parse(src))] == [("use_adapter", 2), ("from_pretrained", 3), ("set_adapter", 4)]
+    assert {fn for _, fn, _ in _attaches(ast.parse(src))} == {"f"}

@@ -126,21 +126,36 @@ def test_debug_shows_the_traceback(folder):
         main(["--debug", "finetune", "--target", "Hedonism", "--out", str(folder/"out"), "--set", "training.max_step=3"])
 
 def test_allow_other_base_lets_the_adapter_through(folder, monkeypatch):
+    "--allow-other-base is a parameter of the run (recorded, and passed to the stage), never an environment variable."
+    import s2b.cli
     from s2b.models import check_adapter
     ad = _adapter(folder/"ad_llama2", base="meta-llama/Llama-3.1-8B")
     with pytest.raises(ValueError, match="allow-other-base"): check_adapter(ad, "embedded")
     assert check_adapter(ad, "embedded", allow_other_base=True) == Path(ad)
-    monkeypatch.setenv("S2B_ALLOW_OTHER_BASE", "1")                  # what --allow-other-base sets for the stage kernel
-    assert check_adapter(ad, "embedded") == Path(ad)
-
-def test_revision_and_refresh_reach_the_stage(folder, monkeypatch):
-    "--revision is a run parameter (so recorded and compared) and, like --refresh, reaches the stage kernel's environment."
-    import s2b.cli
     seen = {}
     monkeypatch.setattr(s2b.cli, "execute_stage", lambda stage, out, params, **k: seen.update(params) or Path(out)/"report.ipynb")
-    for k in ("S2B_MODEL_REVISION", "S2B_REFRESH"): monkeypatch.setenv(k, "")   # recorded, so restored after the test
-    assert main(["profile", "--out", str(folder/"rev"), "--revision", "abc123", "--refresh", "--limit", "2"]) == 0
-    assert seen["revision"] == "abc123" and os.environ["S2B_MODEL_REVISION"] == "abc123" and os.environ["S2B_REFRESH"] == "1"
+    rc, text = run_case(["profile", "--out", str(folder/"other"), "--adapter", ad, "--limit", "2"])
+    assert rc == 1 and "allow-other-base" in text and not seen
+    assert main(["profile", "--out", str(folder/"other"), "--adapter", ad, "--limit", "2", "--allow-other-base"]) == 0
+    assert seen["allow_other_base"] is True and seen["adapter"] == str(Path(ad).resolve())
+    assert "S2B_ALLOW_OTHER_BASE" not in os.environ
+
+def test_revision_and_refresh_reach_the_stage(folder, monkeypatch):
+    "--revision is a run parameter (so recorded and compared); --refresh downloads the survey URL again before the stage starts."
+    import shutil, s2b.cli, s2b.runs
+    from s2b.survey import bundled_survey_path
+    seen, fetched = {}, []
+    def download(url, dest_dir=None, force=False, **k):
+        fetched.append((url, force)); f = folder/"fetched.json"; shutil.copy(bundled_survey_path(), f); return f
+    monkeypatch.setattr(s2b.runs, "download", download)
+    monkeypatch.setattr(s2b.cli, "execute_stage", lambda stage, out, params, **k: seen.update(params) or Path(out)/"report.ipynb")
+    url = "https://example.org/survey.json"
+    assert main(["profile", "--out", str(folder/"rev"), "--revision", "abc123", "--refresh", "--limit", "2", "--survey", url]) == 0
+    assert seen["revision"] == "abc123" and seen["survey"] == url and fetched[0] == (url, True)
+    assert "S2B_MODEL_REVISION" not in os.environ and "S2B_REFRESH" not in os.environ
+    ad = _adapter(folder/"ind_ad")
+    rc, text = run_case(["evaluate", "indomain", "--adapter", ad, "--control", ad, "--out", str(folder/"ind"), "--thinking"])
+    assert rc == 1 and "--thinking: not a parameter of the indomain stage" in text      # the option would not reach its run
 
 def test_unreachable_hub_fails_fast(folder, monkeypatch):
     import time, s2b.models as M

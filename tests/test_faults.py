@@ -188,7 +188,6 @@ def test_shared_ratings_never_follow_a_symlink_out(tmp_path):
 def test_task_file_with_function_needs_trust_remote_code(tmp_path, monkeypatch):
     "An lm-eval task YAML that runs Python beside it (`!function`) is refused without --trust-remote-code, naming the file."
     from s2b.lmeval import TaskError, check_tasks
-    monkeypatch.delenv("S2B_TRUST_REMOTE_CODE", raising=False)
     marker = tmp_path/"ran"
     (tmp_path/"utils.py").write_text(f"open({str(marker)!r}, 'w').write('x')\ndef docs(d): return d\n")
     base = tmp_path/"base.yaml"
@@ -199,8 +198,9 @@ def test_task_file_with_function_needs_trust_remote_code(tmp_path, monkeypatch):
         with pytest.raises(TaskError) as e: check_tasks([str(y)])
         assert str(named) in str(e.value) and "--trust-remote-code" in str(e.value) and "\n" not in str(e.value)
     assert check_tasks([str(plain)]) == [str(plain)]
-    monkeypatch.setenv("S2B_TRUST_REMOTE_CODE", "1")
-    assert check_tasks([str(base)]) == [str(base)]
+    monkeypatch.setenv("S2B_TRUST_REMOTE_CODE", "1")                 # the environment opens nothing: only the parameter does
+    with pytest.raises(TaskError): check_tasks([str(base)])
+    assert check_tasks([str(base)], trust_remote_code=True) == [str(base)]
     assert not marker.exists()
 
 

@@ -481,6 +481,7 @@ class _Tok:
 
 class _LM:
     tokenizer = _Tok()
+    persona, thinking = None, False                    # a loaded model's chat state (`s2b.models.LM`)
 
 
 def test_parse_choice():

@@ -74,10 +74,18 @@ def test_thinking_template_is_rendered_without_thinking(lm):
                     "<|im_start|>assistant\n<think>\n\n</think>\n\nMy answer is")
     # thinking on: the assistant turn opens bare, where the model would start to think
     assert chat_prompt(tok, "Rate this.", assistant_prefix="My answer is", thinking=True).endswith("<|im_start|>assistant\nMy answer is")
-    tok.s2b_thinking = True                           # what load_model(thinking=True) sets
-    assert "<think>" not in chat_prompt(tok, "Rate this.") and chat_settings(tok)["thinking"] is True
-    tok.s2b_thinking = False
+    assert chat_settings(tok, thinking=True)["thinking"] is True
     assert chat_settings(tok) == {"template": True, "thinking_switch": True, "thinking": False, "system": "native"}
+    # a model loaded with thinking on (its option, not its tokenizer's) renders its survey variants and records it so
+    from s2b.models import LM, ModelOptions
+    from s2b.profile import encode_variants
+    from s2b.survey import load_survey
+    s = load_survey("bundled").split("test").subset(limit=1).with_templates([0]).with_instructions([0])
+    for on in (False, True):
+        m = LM(lm.model, tok, "embedded", lm.source, "cpu", options=ModelOptions(thinking=on))
+        enc = encode_variants(m, s)
+        assert ("<think>" in tok.decode(enc.suffix_ids.iloc[0])) is (not on) and m.record()["chat"]["thinking"] is on
+    assert not hasattr(tok, "s2b_thinking")
     # a survey variant: the rating slot (the end of the answer prefix) comes after the empty think block
     pre, suf = prompt_parts(tok, "Rate the statement from 1 to 6.", "Being rich matters.", "My answer is {rating}.")
     full = pre + suf
@@ -101,7 +109,7 @@ def test_system_role_folded_for_gemma_like_template(lm):
     assert chat_settings(lm.tokenizer)["system"] == "native" and chat_settings(lm.tokenizer)["thinking_switch"] is False
     # the MACHIAVELLI agent's prompt (always with a system message) is folded, not refused
     from s2b import agents as A, games as G
-    class _LMt: tokenizer = tok
+    class _LMt: tokenizer, persona, thinking = tok, None, False      # what the agent reads of a loaded model
     env = G.GameEnv(G.bundled_games()[0]); obs, info = env.reset()
     p = A.LMAgent(_LMt(), choose="sample", generate=lambda p: "0").prompt(obs, info)
     assert p.startswith("<start_of_turn>user\nYou are a player") and p.count("<start_of_turn>") == 2

@@ -3,7 +3,7 @@ import numpy as np, pandas as pd
 import pytest
 from s2b.survey import load_survey
 from s2b.profile import (encode_variants, score_plain, score_shared, rate, value_profile, consistency, majority, parse_rating,
-                         rating_slot, run_profile, PCOLS, KEY, item_scores)
+                         rating_slot, run_profile, ProfileParams, PCOLS, KEY, item_scores)
 
 def test_majority_and_parsing():
     assert majority([3, 3, 5]) == 3 and majority([2, 5]) == 2 and majority([1, 1, 6, 6, 2]) == 1 and majority([1, 1, 6, 6, 5]) == 6   # ties -> nearest the mean
@@ -90,7 +90,7 @@ def test_sample_mode(lm):
 
 @pytest.mark.model
 def test_run_profile_writes_the_run_directory(lm, tmp_path):
-    m = run_profile("embedded", "bundled", "test", limit=3, templates="0", instructions="0", out=tmp_path, lm=lm)
+    m = run_profile(ProfileParams(limit=3, templates="0", instructions="0"), out=tmp_path, lm=lm)
     assert {"alpha", "prompts_per_s", "coverage"} <= set(m)
     assert sum(v in m for v in ("Self_direction_thought", "Self_direction_action", "Stimulation")) == 3
     assert m["Stimulation"].keys() >= {"mean", "ci_low", "ci_high", "n_items"}
@@ -100,8 +100,34 @@ def test_run_profile_writes_the_run_directory(lm, tmp_path):
     assert rec["data"]["survey"]["sha256"] and rec["versions"]["torch"] and rec["model"]["hf_id"] and "git_commit" in rec
     r = pd.read_parquet(tmp_path/"ratings.parquet")
     assert {"item_id", "value", "split", "instruction_id", "template_id", *PCOLS, "expected", "argmax"} <= set(r)
-    m2 = run_profile("embedded", "bundled", "test", limit=3, templates="0", instructions="0", out=tmp_path, lm=lm)
+    m2 = run_profile(ProfileParams(limit=3, templates="0", instructions="0"), out=tmp_path, lm=lm)
     assert m2 == json.loads((tmp_path/"metrics.json").read_text())       # finished: reused, not recomputed
+    assert "steering" not in rec and rec["params"]["adapter"] is None       # the un-steered model: `base` in the report
+
+@pytest.mark.model
+def test_profile_of_a_prompt_run_and_a_caa_run(lm, tmp_path):
+    """`s2b profile --adapter RUN` takes a steering run of any method: its artefact goes on the model through `steer` (the
+    persona changes every prompt, the CAA vectors the logits), the ratings move, and the run records who steered."""
+    import json
+    from s2b.interventions import SteeringParams
+    from s2b.persona import run_prompt
+    from s2b.caa import run_caa
+    small = SteeringParams(target="Hedonism", direction="down", recipe="recipes/cpu-smoke.yaml",
+                           overrides={"data.train_templates": "0", "data.others_per_value": 0, "data.target_limit": 2, "caa.multiplier": 8.0})
+    run_prompt(small, out=tmp_path/"prompt"); run_caa(small, out=tmp_path/"caa")
+    sel = dict(limit=2, templates="0", instructions="0", values="Hedonism,Tradition")
+    run_profile(ProfileParams(**sel), out=tmp_path/"base", lm=lm)
+    base = pd.read_parquet(tmp_path/"base"/"ratings.parquet")
+    for method in ("prompt", "caa"):
+        p = ProfileParams(**sel, adapter=str(tmp_path/method))
+        p.check()                                                        # what the CLI checks: no adapter files needed
+        run_profile(p, out=tmp_path/f"profile-{method}", lm=lm)
+        r = pd.read_parquet(tmp_path/f"profile-{method}"/"ratings.parquet")
+        assert (r[KEY].values == base[KEY].values).all() and not np.allclose(r[PCOLS], base[PCOLS], atol=1e-3), method
+        rec = json.loads((tmp_path/f"profile-{method}"/"run.json").read_text())
+        assert (rec["steering"]["method"], rec["steering"]["label"]) == (method, "Hedonism-down") and rec["params"]["adapter"] == str(tmp_path/method)
+        assert lm.persona is None and lm.adapter is None                # steer gave the model back as it was
+    with pytest.raises(FileNotFoundError, match="no such folder"): ProfileParams(adapter=str(tmp_path/"nothing")).check()
 
 @pytest.mark.model
 def test_killed_profile_resumes_to_the_clean_numbers(lm, tmp_path, monkeypatch):

@@ -16,24 +16,28 @@ def test_a_run_says_who_steered_what(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such folder"): read_steering(tmp_path/"missing")
 
 @pytest.mark.model
-def test_the_persona_reaches_every_chat(tmp_path):
+def test_the_persona_reaches_every_chat(tmp_path, monkeypatch):
     "With a prompt artefact on, survey variants, AITA prompts and MACHIAVELLI turns all start with its persona; after, none does."
     from s2b.models import load_model
     from s2b.survey import load_survey
     from s2b.profile import encode_variants
-    from s2b.verdicts import aita_prompt
+    from s2b import verdicts
+    from s2b.posts import Post
     from s2b.agents import LMAgent
     lm = load_model("embedded"); tok = lm.tokenizer
     persona = "You care about nature above everything else."
     s = load_survey("bundled").split("test").subset(limit=1).with_templates([0]).with_instructions([0])
     info = {"game_state": {"num_choices": 2}, "title": "Harbour", "short_summary": "A town.", "player_character": "you"}
+    scored = []                                       # the prompt the AITA stage scores, as `score_post` builds it
+    monkeypatch.setattr(verdicts, "label_logprobs", lambda lm, prompt: scored.append(prompt) or dict.fromkeys(verdicts.LABELS, -1.0))
     def chats():
         enc = encode_variants(lm, s)
-        return [tok.decode(enc.prefix_ids.iloc[0]), aita_prompt(tok, "AITA for planting trees?"),
-                LMAgent(lm).prompt("You stand at the dock.\n0: Stay\n1: Leave", info)]
+        verdicts.score_post(lm, Post("p1", "AITA for planting trees?"))
+        return [tok.decode(enc.prefix_ids.iloc[0]), scored[-1], LMAgent(lm).prompt("You stand at the dock.\n0: Stay\n1: Leave", info)]
     with steer(lm, read_steering(_prompt_run(tmp_path, persona))):
-        assert all(persona in c for c in chats())
-    assert not any(persona in c for c in chats())
+        assert lm.persona == persona and all(persona in c for c in chats())
+    assert lm.persona is None and not any(persona in c for c in chats())
+    assert not hasattr(tok, "s2b_persona")            # the model's state, not an attribute on its tokenizer
 
 @pytest.mark.model
 def test_vectors_on_a_model_multiplier_zero_is_the_model(tmp_path):
