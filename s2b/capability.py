@@ -132,7 +132,7 @@ class CapabilityParams(EvalParams):
 
     def check(self) -> None:
         "Task names lm-eval or s2b knows (no data is loaded), and no task file that runs code unless allowed."
-        check_tasks(self.tasks)
+        check_tasks(self.tasks, trust_remote_code=self.trust_remote_code)
 
 # %% ../nbs/06g_capability.ipynb #3f786e0a
 def measure_capability(p: CapabilityParams, out: Path, steering: dict, model, force: bool = False) -> tuple[dict, dict]:
@@ -141,7 +141,7 @@ def measure_capability(p: CapabilityParams, out: Path, steering: dict, model, fo
     adapters = {r: getattr(p, p.ROLES[r]) for r in ("conditioned", "control") if getattr(p, p.ROLES[r])}
     if p.adapter and not p.control: warnings.warn("no control adapter: Δ needs one (conditioned − control)")
     tm = task_manager(names)
-    loaded = load_tasks(names, tm)                                  # a bad task fails before the model loads
+    loaded = load_tasks(names, tm, trust_remote_code=p.trust_remote_code)                                  # a bad task fails before the model loads
     roles = (["base"] if p.base or not adapters else []) + list(adapters)
     cache = out/"samples.parquet"
     old = None if force else read_parquet_verified(cache)

@@ -155,7 +155,7 @@ def _add_evaluate(sub):
     for stage in ("indomain", "aita", "machiavelli", "capability"):
         p = ev.add_parser(stage, help=STAGES[stage].help)
         _add_common(p)
-        _add_fields(p, STAGES[stage].params_class, skip={"model", "backend", "seed"})     # from its parameter object
+        _add_fields(p, STAGES[stage].params_class, skip=_COMMON)     # from its parameter object
 
 # %% ../nbs/09_cli.ipynb #bb78da18
 def _add_grid(sub):

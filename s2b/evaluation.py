@@ -8,7 +8,7 @@ import functools
 from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Callable, ClassVar
-from .models import load_model
+from .models import load_model, ModelOptions
 from .runs import atomic_write_json, is_done, read_json, run_record
 from .steering import Steering, read_steering
 
@@ -16,8 +16,8 @@ from .steering import Steering, read_steering
 __all__ = ['EvalParams', 'read_roles', 'steering_records', 'run_evaluation']
 
 # %% ../nbs/03e_evaluation.ipynb #1544ff7f
-class EvalParams:
-    "What the parameter object of every evaluation has beside its own fields (declared by the evaluation, a dataclass)."
+class EvalParams(ModelOptions):
+    "What the parameter object of every evaluation has beside its own fields (declared by the evaluation, a dataclass): the model options (`ModelOptions`) among them."
     ROLES: ClassVar[dict] = {}         # {role: the field naming its steering run, or None for the un-steered model}
 
     @classmethod
@@ -56,7 +56,7 @@ def run_evaluation(stage: str, p: EvalParams, out, force: bool, measure: Callabl
         return read_json(out/"metrics.json")
     steering = read_roles(p)                                       # a wrong folder fails before the model loads
     out.mkdir(parents=True, exist_ok=True)
-    model = functools.cache(lambda: load_model(p.model, backend=p.backend, **load))
+    model = functools.cache(lambda: load_model(p.model, backend=p.backend, options=p.model_options(), **load))
     metrics, record = measure(p, out, steering, model)
     atomic_write_json(out/"metrics.json", metrics)
     atomic_write_json(out/"run.json", run_record(stage, params, **{"seed": p.seed, **steering_records(p, steering), **record}))
