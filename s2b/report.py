@@ -36,8 +36,8 @@ def run_info(run: dict, folder) -> dict:
         return {"model": model, "stage": stage, "method": "base", "target": None, "direction": None, "seed": run.get("seed"),
                 "label": None, "targets": {}}
     targets, d = s.get("targets") or {}, s.get("direction")
-    label = s.get("label") or ("control" if not targets else f"{next(iter(targets))}-{d}" if len(targets) == 1 and d else "profile")
-    target = label if label in ("control", "profile") or not d else label.removesuffix(f"-{d}")
+    target = "control" if not targets else next(iter(targets)) if len(targets) == 1 and d else "profile"   # read, not cut from the label
+    label = s.get("label") or (f"{target}-{d}" if target not in ("control", "profile") else target)
     return {"model": model, "stage": stage, "method": s.get("method"), "target": target, "direction": d,
             "seed": s.get("seed", run.get("seed")), "label": label, "targets": targets}
 
