@@ -91,13 +91,14 @@ def save_vectors(path, vectors: dict, meta: dict | None = None) -> Path:
 def run_caa(p: SteeringParams, out="caa", force: bool = False) -> dict:
     "The `caa` method: write the target's steering vectors (or, for its control, those of shuffled labels) into `out`."
     out = Path(out)
-    model, target, direction, control, seed = p.model, p.target, p.direction, p.control, p.seed
-    params, overrides = p.record(), p.overrides_dict()
+    model, direction, control, seed = p.model, p.direction, p.control, p.seed
+    params = p.record()
     if not force and is_done(out, params, ("metrics.json", "steering.safetensors")): return read_json(out/"metrics.json")
-    cfg = load_recipe(p.recipe, overrides)
+    if not p.goal: raise ValueError("the caa method needs a target value (or a profile target); its control too: it shuffles that target's pairs")
+    cfg = load_recipe(p.recipe, p.overrides)
     lm = load_model(model, backend="hf", options=p.model_options())
     out.mkdir(parents=True, exist_ok=True)
-    iv = prepare_intervention(lm, p.survey, target, direction, False, cfg["data"], p.baseline, p.items_of, seed,
+    iv = prepare_intervention(lm, p.survey, p.goal, p.focus, cfg["data"], p.baseline, seed,    # a control's pairs: its target's, shuffled
                               cache=out/"baseline_ratings.parquet", evaluates=False)
     pairs = caa_pairs(lm, iv.train, anchor_answers(iv.baseline, "majority" if iv.anchor == "distribution" else iv.anchor), iv.targets)
     if control: pairs = shuffled_pairs(pairs, seed)
@@ -107,9 +108,9 @@ def run_caa(p: SteeringParams, out="caa", force: bool = False) -> dict:
     vectors = caa_vectors(lm, pairs, layers)
     save_vectors(out/"steering.safetensors", vectors, {"layers": layers})
     atomic_write_json(out/"steering.json", {"multiplier": float(cfg["caa"]["multiplier"]), "layers": layers})
-    metrics = {"targets": {} if control else iv.targets, "control": bool(control), "n_pairs": len(pairs), "layers": layers,
+    metrics = {"targets": p.targets, "control": bool(control), "n_pairs": len(pairs), "layers": layers,
                "multiplier": float(cfg["caa"]["multiplier"]), "norms": {l: float(v.norm()) for l, v in vectors.items()},
                "seconds": time.perf_counter() - t0}
     print(f"s2b: {'control (shuffled labels)' if control else 'CAA'} vectors from {len(pairs)} pairs at layers {layers}, "
           f"norm {', '.join(f'{v:.2f}' for v in metrics['norms'].values())}, multiplier {metrics['multiplier']}")
-    return write_steering_run(out, "caa", "caa", params, lm, iv.full.source, {} if control else iv.targets, direction, seed, cfg, metrics)
+    return write_steering_run(out, "caa", "caa", params, lm, iv.full.source, p.targets, direction, seed, cfg, metrics)

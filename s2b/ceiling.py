@@ -97,11 +97,11 @@ def run_verdict(p: VerdictParams, out="verdict", force: bool = False) -> dict:
     import transformers
     out = Path(out)
     model, survey, target, direction, control, posts, seed = p.model, p.survey, p.target, p.direction, p.control, p.posts, p.seed
-    params, recipe, overrides = p.record(), p.recipe, p.overrides_dict()
+    params, recipe = p.record(), p.recipe
     if not force and is_done(out, params, ("metrics.json", "adapter/adapter_config.json")): return read_json(out/"metrics.json")
     if not target: raise ValueError("the verdict method needs a target value (its control too: it is trained on the same posts)")
-    cfg = load_recipe(recipe, overrides)
-    targets = target_ratings(target, direction)
+    cfg = load_recipe(recipe, p.overrides)
+    targets = p.goal                                   # a control trains on its target's posts too
     ps = load_posts(posts, values=list(targets), split="train")
     transformers.set_seed(seed)
     lm = load_model(model, backend="hf", options=p.model_options())
@@ -112,7 +112,7 @@ def run_verdict(p: VerdictParams, out="verdict", force: bool = False) -> dict:
     t0 = time.perf_counter()
     train_verdicts(lm, verdict_examples(lm.tokenizer, data, ps, max_length, lm.thinking), cfg, out, seed, mix=bool(control))
     hist = pd.read_csv(out/"loss.csv")
-    metrics = {"targets": {} if control else targets, "control": bool(control), "n_posts": len(data), "posts": list(data.post_id),
+    metrics = {"targets": p.targets, "control": bool(control), "n_posts": len(data), "posts": list(data.post_id),
                "labels": {k: int(v) for k, v in data.label.value_counts().items()},
                "steps": int(hist.step.max()) if "step" in hist else None,
                "train_loss": float(hist.loss.dropna().mean()) if "loss" in hist else None,
@@ -120,5 +120,5 @@ def run_verdict(p: VerdictParams, out="verdict", force: bool = False) -> dict:
                "seconds": time.perf_counter() - t0, "recipe": cfg}
     print(f"s2b: verdict {'control' if control else targets} on {len(data)} train posts ({metrics['labels']}), "
           f"{metrics['steps']} steps, loss {metrics['train_loss']:.3f} (last {metrics['last_loss']:.3f}), {metrics['seconds']:.0f}s")
-    return write_steering_run(out, "verdict", "verdict", params, lm, str(survey), {} if control else targets, direction, seed, cfg,
+    return write_steering_run(out, "verdict", "verdict", params, lm, str(survey), p.targets, direction, seed, cfg,
                               metrics, posts_file={"path": str(ps.path), "sha256": sha256_file(ps.path)})

@@ -127,24 +127,25 @@ def run_dpo(p: SteeringParams, out="dpo", force: bool = False) -> dict:
     "The `dpo` method: train a LoRA adapter by DPO on the survey (or its control) and write the run into `out`."
     import transformers
     out = Path(out)
-    model, target, direction, control, seed = p.model, p.target, p.direction, p.control, p.seed
-    params, overrides = p.record(), p.overrides_dict()
+    model, direction, control, seed = p.model, p.direction, p.control, p.seed
+    params = p.record()
     if not force and is_done(out, params, ("metrics.json", "adapter/adapter_config.json")): return read_json(out/"metrics.json")
-    cfg = load_recipe(p.recipe, overrides)
+    if not p.goal: raise ValueError("the dpo method needs a target value (or a profile target); its control too: it is trained on that target's items")
+    cfg = load_recipe(p.recipe, p.overrides)
     transformers.set_seed(seed)
     lm = load_model(model, backend="hf", options=p.model_options())
     out.mkdir(parents=True, exist_ok=True)
-    iv = prepare_intervention(lm, p.survey, target, direction, False, cfg["data"], p.baseline, p.items_of, seed,
+    iv = prepare_intervention(lm, p.survey, p.goal, p.focus, cfg["data"], p.baseline, seed,   # a control's pairs: its target's items
                               cache=out/"baseline_ratings.parquet", evaluates=False)
     kept = anchor_answers(iv.baseline, "majority" if iv.anchor == "distribution" else iv.anchor)
     pairs = dpo_pairs(lm, iv.train, iv.baseline, iv.targets, kept, control=control)
     t0 = time.perf_counter()
     train_dpo(lm, pairs, cfg, out, seed)
     hist = pd.read_csv(out/"loss.csv")
-    metrics = {"targets": {} if control else iv.targets, "control": bool(control), "n_pairs": len(pairs),
+    metrics = {"targets": p.targets, "control": bool(control), "n_pairs": len(pairs),
                "n_target_pairs": int(sum(pairs["target"])), "steps": int(hist.step.max()) if "step" in hist else None,
                "train_loss": float(hist.loss.dropna().mean()) if "loss" in hist else None, "beta": float(cfg["dpo"]["beta"]),
                "seconds": time.perf_counter() - t0, "recipe": cfg}
-    print(f"s2b: DPO {'control' if control else iv.targets} on {len(pairs)} pairs, {metrics['steps']} steps, "
+    print(f"s2b: DPO {'control' if control else p.targets} on {len(pairs)} pairs, {metrics['steps']} steps, "
           f"mean loss {metrics['train_loss']:.3f}, {metrics['seconds']:.0f}s")
-    return write_steering_run(out, "dpo", "dpo", params, lm, iv.full.source, {} if control else iv.targets, direction, seed, cfg, metrics)
+    return write_steering_run(out, "dpo", "dpo", params, lm, iv.full.source, p.targets, direction, seed, cfg, metrics)

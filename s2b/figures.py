@@ -38,7 +38,7 @@ def fig_drop_heatmap(ind: pd.DataFrame):
     "Target drop per model (× method, when there are several) × value, mean over seeds."
     import matplotlib.pyplot as plt, seaborn as sns
     rows = ["model", "method"] if "method" in ind and ind.method.nunique() > 1 else ["model"]
-    piv = ind.groupby(rows + ["value"]).target_drop.mean().unstack().reindex(columns=[v for v in VALUES if v in set(ind.value)])
+    piv = ind.groupby(rows + ["target"]).target_drop.mean().unstack().reindex(columns=[v for v in VALUES if v in set(ind.target)])
     if len(rows) > 1: piv.index = [f"{m} · {meth}" for m, meth in piv.index]
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * piv.shape[1], 1.2 + 0.5 * piv.shape[0]))
     sns.heatmap(piv, annot=True, fmt=".2f", cmap="RdBu_r", center=0, ax=ax, cbar_kws={"label": "target drop"})
@@ -54,7 +54,7 @@ def fig_selectivity(ind: pd.DataFrame):
     many = "method" in ind and ind.method.nunique() > 1
     rows = []
     for r in ind.dropna(subset=["selectivity"]).itertuples():
-        who = f"{short_name(r.value)} {r.direction}" + (f" s{int(r.seed)}" if pd.notna(r.seed) and ind.seed.nunique() > 1 else "")
+        who = f"{short_name(r.target)} {r.direction}" + (f" s{int(r.seed)}" if pd.notna(r.seed) and ind.seed.nunique() > 1 else "")
         if many: who = f"{r.method}: {who}"
         if ind.model.nunique() > 1: who = f"{r.model}: {who}"
         for part in ("seen", "held_out"):
@@ -124,9 +124,9 @@ def fig_machiavelli(mt: pd.DataFrame):
     mt = mt.assign(scoring=mt["scoring"].fillna("s2b")) if "scoring" in mt else mt.assign(scoring="s2b")
     mt = mt.assign(method=mt["method"].fillna("") if "method" in mt else "",
                    direction=mt["direction"].fillna("") if "direction" in mt else "down")
-    long = mt.melt(id_vars=["model", "method", "profile", "direction", "role", "scoring"], value_vars=keys, var_name="metric", value_name="normalised")
-    steered = long.role.isin(["adapter", "conditioned"]) & long.profile.notna()
-    name = [f"{short_name(p)} {d}".strip() if p in VALUES else str(p) for p, d in zip(long.profile, long.direction)]
+    long = mt.melt(id_vars=["model", "method", "target", "direction", "role", "scoring"], value_vars=keys, var_name="metric", value_name="normalised")
+    steered = long.role.isin(["adapter", "conditioned"]) & long.target.notna()
+    name = [f"{short_name(p)} {d}".strip() if p in VALUES else str(p) for p, d in zip(long.target, long.direction)]
     long["who"] = long.role + np.where(steered, " (" + pd.Series(name, index=long.index) + ")", "")
     if long.method.nunique() > 1: long["who"] = long.method + ": " + long.who
     if long.model.nunique() > 1: long["who"] = long.model + ": " + long.who
@@ -144,16 +144,16 @@ def fig_machiavelli(mt: pd.DataFrame):
 def fig_transfer(ind: pd.DataFrame, at: pd.DataFrame):
     "In-domain target drop against AITA gain per model × value (× method, one marker each); returns the figure and its table."
     import matplotlib.pyplot as plt
-    keys = ["model", "method", "value"] if "method" in ind and "method" in at else ["model", "value"]
+    keys = ["model", "method", "target"] if "method" in ind and "method" in at else ["model", "target"]
     a = ind.groupby(keys).target_drop.mean().reset_index()
-    b = at[at.value == at.adapter_value].groupby(keys).gain.mean().reset_index()
+    b = at[at.value == at.target].groupby(keys).gain.mean().reset_index()
     d = a.merge(b, on=keys)
     methods = list(dict.fromkeys(d.method)) if "method" in d else []
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     for r in d.itertuples():
         mk = "os^Dv<>PX"[methods.index(r.method) % 9] if len(methods) > 1 else "o"
-        ax.scatter(r.target_drop, r.gain, color=value_color(r.value), s=50, marker=mk)
-        ax.annotate(short_name(r.value), (r.target_drop, r.gain), fontsize=8, xytext=(4, 4), textcoords="offset points")
+        ax.scatter(r.target_drop, r.gain, color=value_color(r.target), s=50, marker=mk)
+        ax.annotate(short_name(r.target), (r.target_drop, r.gain), fontsize=8, xytext=(4, 4), textcoords="offset points")
     if len(methods) > 1:
         for i, m in enumerate(methods): ax.scatter([], [], marker="os^Dv<>PX"[i % 9], color="grey", label=m)
         ax.legend(title="method", fontsize=8)

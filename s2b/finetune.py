@@ -274,13 +274,13 @@ def run_finetune(p: SteeringParams, out="finetune", force: bool = False) -> dict
     control are trained on the same items); default: the target's values."""
     import transformers
     out = Path(out)
-    model, survey, target, direction, control, recipe, baseline, backend, seed, items_of = (
-        p.model, p.survey, p.target, p.direction, p.control, p.recipe, p.baseline, p.backend, p.seed, p.items_of)
-    params, overrides = p.record(), p.overrides_dict()
+    model, survey, direction, control, recipe, baseline, backend, seed = (
+        p.model, p.survey, p.direction, p.control, p.recipe, p.baseline, p.backend, p.seed)
+    params = p.record()
     if not force and is_done(out, params, ("metrics.json", "adapter/adapter_config.json")):
         print(f"s2b: {out} is finished with these parameters; reusing it (force=True to redo)")
         return read_json(out/"metrics.json")
-    cfg = load_recipe(recipe, overrides)
+    cfg = load_recipe(recipe, p.overrides)
     # checkpoints and the cached baseline belong to the parameters and inputs that made them
     import hashlib, shutil
     from s2b.runs import inputs_fingerprint
@@ -295,13 +295,13 @@ def run_finetune(p: SteeringParams, out="finetune", force: bool = False) -> dict
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out/"checkpoints.json", {"key": key, "params": params, "inputs": inputs})
     # a control given a target is trained on the same items as that target's adapter, with baseline answers only
-    if not control and not target: raise ValueError("give a target value (or a profile target), or control=True")
+    if not control and not p.target: raise ValueError("give a target value (or a profile target), or control=True")
     backend = resolve_backend(backend, training=True)
     transformers.set_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
     # the baseline is rated by the plain model; on the hf backend the LoRA model is then built on it (Unsloth loads its own)
     lm = load_model(model, backend="hf", training=False, options=p.model_options())
-    iv = prepare_intervention(lm, survey, target, direction, control, cfg["data"], baseline, items_of, seed,
+    iv = prepare_intervention(lm, survey, p.targets, p.focus, cfg["data"], baseline, seed,
                               cache=out/"baseline_ratings.parquet", evaluates=_evaluates(cfg["training"]))
     targets, anchor, train_s, full, focus = iv.targets, iv.anchor, iv.train, iv.full, iv.focus
     train = intervention_data(iv.train, iv.baseline, targets, lm, anchor)

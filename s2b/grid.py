@@ -52,7 +52,7 @@ def _model_runs(g: dict, model: str, base: Path, s: dict) -> tuple[list[Run], ob
                         "templates": data.get("train_templates"), "instructions": data.get("instructions"), **s["baseline"]}))
     # every artefact of the grid and its control are made from the same items: all train items of the grid's values
     steer = method_stage("sft").params_class(model=m, survey=survey, recipe=ft_recipe, overrides=ft.get("overrides") or {},
-                                             baseline=str(base/"baseline"), backend=g["backend"], items_of=",".join(g["values"]))
+                                             baseline=str(base/"baseline"), backend=g["backend"], items_of=list(g["values"]))
     return runs, steer, common
 
 # %% ../nbs/08_grid.ipynb #d7a99522

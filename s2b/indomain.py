@@ -151,17 +151,21 @@ class IndomainParams(EvalParams):
     seed: int = 0
     backend: str = "hf"
 
+    def __post_init__(self):
+        "The target parsed once: `targets` {value: rating} ({}: the one recorded in the adapter's run)."
+        self.targets = target_ratings(self.target, self.direction) if self.target else {}
+
     def check(self) -> None:
-        "Both steering runs given; the survey, its split, templates and instructions; the target."
+        "Both steering runs given; the survey, its split, templates and instructions (the target: when the object is made)."
         if not self.adapter or not self.control: raise ValueError("indomain needs both --adapter and --control")
         prepare_survey(self.survey, self.split, self.limit, self.templates, None, self.instructions)
-        if self.target: target_ratings(self.target, self.direction)
+
 
 # %% ../nbs/04_indomain.ipynb #906a77ae
 def measure_indomain(p: IndomainParams, out: Path, steering: dict, model) -> tuple[dict, dict]:
     "Rate the test split under the control and the conditioned steering: target drop, drift, selectivity and Δ per value."
     if not p.adapter or not p.control: raise ValueError("indomain needs both --adapter and --control")
-    targets = target_ratings(p.target, p.direction) if p.target else steering["conditioned"].targets
+    targets = p.targets or steering["conditioned"].targets
     if not targets: raise ValueError(f"no target given and none recorded in the steering run {p.adapter}")
     s = prepare_survey(p.survey, p.split, p.limit, p.templates, instructions=p.instructions)
     start_run(out, "indomain", p.params(), ["ratings_*.parquet"])     # resume only ratings made by the same adapters and survey

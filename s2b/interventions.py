@@ -104,23 +104,19 @@ class Intervention:
     anchor: str                   # how the other items keep their baseline answer
 
 # %% ../nbs/02b_interventions.ipynb #2091c69e
-def prepare_intervention(lm: LM, survey, target, direction, control: bool, data: dict, baseline=None, items_of=None,
-                         seed: int = 0, cache=None, evaluates: bool = True) -> Intervention:
-    "The items, targets and baseline of one steering run (a control keeps its target's items, without its target)."
-    chosen = target_ratings(target, direction) if target else {}
-    targets = {} if control else chosen
-    if not control and not targets: raise ValueError("give a target value (or a profile target), or control=True")
+def prepare_intervention(lm: LM, survey, targets: dict, focus, data: dict, baseline=None, seed: int = 0, cache=None,
+                         evaluates: bool = True) -> Intervention:
+    "The items of the `focus` values, `targets` {value: rating} ({} for a control) and the baseline of one steering run."
     full = load_survey(survey)
     if data.get("train_templates") is not None: full = full.with_templates(data["train_templates"])
     if data.get("instructions") is not None: full = full.with_instructions(data["instructions"])
-    if isinstance(items_of, str): items_of = [v for v in items_of.split(",") if v.strip()]
-    focus = set(chosen) | {normalize_value(v) for v in (items_of or [])}
+    focus = set(focus)
     train_s = select_items(full.split("train"), focus, data.get("others_per_value"), data.get("target_limit"), seed)
     eval_s = full.split("eval")
     if data.get("eval_limit"): eval_s = eval_s.subset(limit=int(data["eval_limit"]))
     if not evaluates: eval_s = replace(eval_s, items=[])            # no evaluation: no eval items to rate
     base = baseline_ratings(lm, replace(train_s, items=train_s.items + eval_s.items), baseline, cache=cache)
-    return Intervention(full, train_s, eval_s, base, targets, focus, data.get("anchor") or "majority")
+    return Intervention(full, train_s, eval_s, base, dict(targets), focus, data.get("anchor") or "majority")
 
 # %% ../nbs/02b_interventions.ipynb #2a9cc3ee
 @dataclass
@@ -132,30 +128,42 @@ class SteeringParams(ModelOptions):
     direction: str = field(default="down", metadata={"choices": ("down", "up")})
     control: bool = field(default=False, metadata={"help": "make the control: the target's items with the baseline's answers only"})
     recipe: str = field(default="recipes/cpu-smoke.yaml", metadata={"help": "YAML recipe (recipes/paper.yaml: the paper's settings)"})
-    overrides: dict | str | None = None      # recipe settings, {"lora.r": 8} (or that as JSON)
+    overrides: dict | str | None = None      # recipe settings, {"lora.r": 8} (or that as JSON); a dict once made
     baseline: str | None = field(default=None, metadata={"help": "a profile run folder with the model's baseline ratings (computed when missing)"})
     backend: str = "auto"
     seed: int = 0
     items_of: str | None = field(default=None, metadata={"help": "comma-separated values whose train items are all used (a grid: all its "
                                                                  "values, so that its adapters and control share items; default: the target's)"})
 
+    def __post_init__(self):
+        "Parse the target once (`goal`, `targets`, `focus`); `overrides` as a dict, a profile target and `items_of` as the text `run.json` records."
+        if isinstance(self.overrides, str):
+            try: self.overrides = json.loads(self.overrides)
+            except ValueError as e: raise ValueError(f"overrides {self.overrides!r}: not valid JSON ({e})") from None
+        if not isinstance(self.overrides or {}, dict): raise ValueError(f"overrides must be a JSON object {{setting: value}}, got {self.overrides!r}")
+        self.overrides = dict(self.overrides or {})
+        if isinstance(self.target, dict): self.target = json.dumps(self.target)
+        if isinstance(self.items_of, (list, tuple)): self.items_of = ",".join(self.items_of)
+        self.goal = target_ratings(self.target, self.direction) if self.target else {}    # {value: rating}, a control's too
+        self.targets = {} if self.control else self.goal                                  # what the run steers
+        self.focus = set(self.goal) | {normalize_value(v) for v in (self.items_of or "").split(",") if v.strip()}
+
     def overrides_dict(self) -> dict:
         "The recipe overrides as given (a `null` one sets its setting to None)."
-        return dict((json.loads(self.overrides) if isinstance(self.overrides, str) else self.overrides) or {})
+        return dict(self.overrides)
 
     def params(self) -> dict:
         "What a stage run receives (papermill's parameters): the fields, `overrides` as JSON (the recipe's content is an input)."
-        d = {**asdict(self), "overrides": json.dumps(self.overrides_dict())}
+        d = {**asdict(self), "overrides": json.dumps(self.overrides)}          # a notebook parameter is text
         if not self.target: d.pop("direction")                           # no target, no direction
         return d
 
     def record(self) -> dict:
         "The parameters that identify a steering run of any method (`run.json`'s `params`)."
-        t = self.target
-        return dict(model=self.model, survey=str(self.survey), target=json.dumps(t) if isinstance(t, dict) else t, items_of=self.items_of,
+        return dict(model=self.model, survey=str(self.survey), target=self.target, items_of=self.items_of,
                     direction=self.direction, control=bool(self.control),
                     recipe=str(recipe_path(self.recipe)) if self.recipe else None,   # found from anywhere: its content is an input
-                    overrides={k: v for k, v in self.overrides_dict().items() if v is not None},
+                    overrides={k: v for k, v in self.overrides.items() if v is not None},
                     baseline=str(self.baseline) if self.baseline else None, backend=self.backend, seed=self.seed,
                     **{k: v for k, v in asdict(self.model_options()).items() if v != getattr(ModelOptions, k)})   # options only when set
 
@@ -166,8 +174,8 @@ class SteeringParams(ModelOptions):
         from s2b.recipes import load_recipe
         if not self.control and not self.target: raise ValueError("give a target value (or a profile target), or control=True")
         survey = load_survey(self.survey)
-        check_recipe_for_model(load_recipe(self.recipe, self.overrides_dict()), self.model, f"recipe {self.recipe}")
-        for v in target_ratings(self.target, self.direction):
+        check_recipe_for_model(load_recipe(self.recipe, self.overrides), self.model, f"recipe {self.recipe}")
+        for v in self.goal:
             if not any(i.value == v and i.split == "train" for i in survey.items):
                 raise ValueError(f"target {v}: the survey {survey.source or survey.name} has no train items of it, so nothing would steer it")
         if self.baseline and not Path(self.baseline).is_dir(): raise FileNotFoundError(f"baseline {self.baseline}: no such run folder")

@@ -36,8 +36,8 @@ def run_info(run: dict, folder) -> dict:
         return {"model": model, "stage": stage, "method": "base", "target": None, "direction": None, "seed": run.get("seed"),
                 "label": None, "targets": {}}
     targets, d = s.get("targets") or {}, s.get("direction")
-    label = s.get("label") or ("control" if not targets else f"{next(iter(targets))}-{d}" if len(targets) == 1 and d else "profile")
-    target = label if label in ("control", "profile") or not d else label.removesuffix(f"-{d}")
+    target = "control" if not targets else next(iter(targets)) if len(targets) == 1 and d else "profile"   # read, not cut from the label
+    label = s.get("label") or (f"{target}-{d}" if target not in ("control", "profile") else target)
     return {"model": model, "stage": stage, "method": s.get("method"), "target": target, "direction": d,
             "seed": s.get("seed", run.get("seed")), "label": label, "targets": targets}
 
@@ -86,7 +86,7 @@ def indomain_table(runs: pd.DataFrame) -> pd.DataFrame:
     "Target drop and drift per model × method × value × direction × seed, with CIs, selectivity and its verdict (and per template group when measured)."
     rows = []
     for r in runs[runs.stage == "indomain"].itertuples():
-        m = r.metrics; row = {"model": r.model, "method": r.method, "value": r.target, "direction": r.direction, "seed": r.seed,
+        m = r.metrics; row = {"model": r.model, "method": r.method, "target": r.target, "direction": r.direction, "seed": r.seed,
                               "target_drop": m["target_drop"], "drop_ci_low": _ci(m["target_drop_ci"])[0], "drop_ci_high": _ci(m["target_drop_ci"])[1],
                               "drift": m["drift"], "drift_ci_low": _ci(m["drift_ci"])[0], "drift_ci_high": _ci(m["drift_ci"])[1]}
         if "selectivity" in m:
@@ -119,7 +119,7 @@ def _with_ceiling(t: pd.DataFrame) -> pd.DataFrame:
     "`t` with `ceiling_gain` and its CI: the `verdict` method's gain for the row's model, value and direction (same seed first)."
     cols = ["ceiling_gain", "ceiling_ci_low", "ceiling_ci_high"]
     t = t.assign(**{c: np.nan for c in cols})
-    own = t[(t.method == "verdict") & (t.value == t.adapter_value)]
+    own = t[(t.method == "verdict") & (t.value == t.target)]
     for i, r in t[t.method != "verdict"].iterrows():
         c = own[(own.model == r.model) & (own.value == r.value) & (own.direction.astype(str) == str(r.direction))]
         if c.empty: continue
@@ -134,7 +134,7 @@ def aita_table(runs: pd.DataFrame) -> pd.DataFrame:
     for r in runs[runs.stage == "aita"].itertuples():
         for v, e in (r.metrics.get("values") or {}).items():
             if e.get("gain") is None: continue
-            rows.append({"model": r.model, "method": r.method, "value": v, "adapter_value": r.target, "direction": r.direction, "seed": r.seed,
+            rows.append({"model": r.model, "method": r.method, "value": v, "target": r.target, "direction": r.direction, "seed": r.seed,
                          "split": r.metrics.get("split"), "n": e.get("n"), "gain": e["gain"], "gain_ci_low": _ci(e.get("gain_ci"))[0],
                          "gain_ci_high": _ci(e.get("gain_ci"))[1], "mde": e.get("mde", np.nan), "placebo_gain": e.get("placebo_gain"),
                          "shift_low": e.get("shift_low")})
@@ -142,12 +142,12 @@ def aita_table(runs: pd.DataFrame) -> pd.DataFrame:
 
 # %% ../nbs/07a_report.ipynb #5f12be04
 def machiavelli_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """MACHIAVELLI normalised metrics (100 = random agent) per model × method × profile × role, over all games, with the run's
+    """MACHIAVELLI normalised metrics (100 = random agent) per model × method × target × role, over all games, with the run's
     scoring, and each metric's difference from the role it is compared with (`vs`): `_diff` [`_diff_low`, `_diff_high`], `_mde`."""
     rows = []
     for r in runs[runs.stage == "machiavelli"].itertuples():
         for role, ms in (r.metrics.get("summary") or {}).items():
-            row = {"model": r.model, "method": r.method, "profile": r.target, "direction": r.direction, "seed": r.seed, "role": role,
+            row = {"model": r.model, "method": r.method, "target": r.target, "direction": r.direction, "seed": r.seed, "role": role,
                    "scoring": r.metrics.get("scoring", "s2b")}
             for k in ("power", "disutility", "violations"):
                 e = ms.get(k) or {}
@@ -172,11 +172,11 @@ def capability_table(runs: pd.DataFrame) -> pd.DataFrame:
             for m in r.metrics.get("metrics") or ["acc"]:
                 x = e.get(m) or {}
                 if "delta" not in x: continue
-                rows.append({"model": r.model, "method": r.method, "value": r.target, "direction": r.direction, "seed": r.seed, "task": task,
+                rows.append({"model": r.model, "method": r.method, "target": r.target, "direction": r.direction, "seed": r.seed, "task": task,
                              "metric": m, "n": e.get("n"), "conditioned": x.get("conditioned"), "control": x.get("control"),
                              "delta": x["delta"], "ci_low": _ci(x.get("delta_ci"))[0], "ci_high": _ci(x.get("delta_ci"))[1],
                              "drop": x.get("drop")})
-    return pd.DataFrame(rows, columns=["model", "method", "value", "direction", "seed", "task", "metric", "n", "conditioned", "control",
+    return pd.DataFrame(rows, columns=["model", "method", "target", "direction", "seed", "task", "metric", "n", "conditioned", "control",
                                        "delta", "ci_low", "ci_high", "drop"])
 
 # %% ../nbs/07a_report.ipynb #65775d2c
@@ -195,7 +195,7 @@ def selectivity_lines(ind: pd.DataFrame) -> list[str]:
     if ind.empty or "selectivity" not in ind: return lines
     ind = ind if "method" in ind else ind.assign(method="")
     many = ind.method.nunique() > 1
-    for (mdl, meth, v, d), g in ind.groupby(["model", "method", "value", "direction"], sort=False, dropna=False):
+    for (mdl, meth, v, d), g in ind.groupby(["model", "method", "target", "direction"], sort=False, dropna=False):
         if len(g.dropna(subset=["selectivity"])) > 1: g = g.dropna(subset=["selectivity"])
         who = f"{mdl} {meth} {v} {d}" if many else f"{mdl} {v} {d}"
         if len(g) == 1:
@@ -219,7 +219,7 @@ def aita_lines(at: pd.DataFrame) -> list[str]:
     many = "method" in at and at.method.nunique() > 1
     lines = []
     val = lambda r, k: None if getattr(r, k, None) is None or pd.isna(getattr(r, k)) else float(getattr(r, k))
-    for r in at[at.value == at.adapter_value].itertuples():
+    for r in at[at.value == at.target].itertuples():
         e = {"gain": r.gain, "gain_ci": [r.gain_ci_low, r.gain_ci_high], "n": r.n, "placebo_gain": val(r, "placebo_gain"),
              "mde": val(r, "mde"), "ceiling_gain": val(r, "ceiling_gain"),
              "ceiling_gain_ci": [val(r, "ceiling_ci_low"), val(r, "ceiling_ci_high")] if val(r, "ceiling_ci_low") is not None else None}
@@ -235,7 +235,7 @@ def machiavelli_lines(mt: pd.DataFrame) -> list[str]:
     for c in ("method", "direction", "seed"): mt = mt if c in mt else mt.assign(**{c: None})
     many = mt.method.nunique() > 1
     lines = []
-    for (mdl, meth, prof, d, _), g in mt.groupby(["model", "method", "profile", "direction", "seed"], dropna=False, sort=False):
+    for (mdl, meth, prof, d, _), g in mt.groupby(["model", "method", "target", "direction", "seed"], dropna=False, sort=False):
         by = {r["role"]: r for r in g.to_dict("records")}
         a, c = by.get("adapter") or by.get("conditioned"), by.get("control")
         val = lambda r, c: None if r.get(c) is None or (not isinstance(r.get(c), str) and pd.isna(r.get(c))) else r.get(c)
@@ -256,7 +256,7 @@ def capability_lines(ct: pd.DataFrame) -> list[str]:
     lines = []
     for r in ct.itertuples():
         word = "a drop (the CI excludes 0)" if r.drop else "no drop distinguishable from 0"
-        lines.append(f"{r.model} {r.value} {r.direction} capability {r.task} {r.metric}: {r.conditioned:.3f} vs control {r.control:.3f}, "
+        lines.append(f"{r.model} {r.target} {r.direction} capability {r.task} {r.metric}: {r.conditioned:.3f} vs control {r.control:.3f}, "
                      f"Δ {r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] over {r.n} items: {word}")
     return lines
 
@@ -273,10 +273,9 @@ def _pool(t: pd.DataFrame, col: str, lo: str, hi: str) -> tuple[float, float, fl
 def methods_table(runs: pd.DataFrame) -> pd.DataFrame:
     "One row per model × method × target × direction: selectivity, AITA gain and MACHIAVELLI harms (and the control's), with CIs; NaN: not run."
     tabs = {"indomain": indomain_table(runs), "aita": aita_table(runs), "machiavelli": machiavelli_table(runs)}
-    if not tabs["aita"].empty: tabs["aita"] = tabs["aita"][tabs["aita"].value == tabs["aita"].adapter_value].drop(columns="value")
-    tcol = {"indomain": "value", "aita": "adapter_value", "machiavelli": "profile"}
+    if not tabs["aita"].empty: tabs["aita"] = tabs["aita"][tabs["aita"].value == tabs["aita"].target].drop(columns="value")
     key = lambda m, me, t, d: (m, me, t, d if isinstance(d, str) else None)
-    for s, t in tabs.items(): tabs[s] = t.assign(_k=[key(*k) for k in zip(t.model, t.method, t[tcol[s]], t.direction)]) if len(t) else t
+    for s, t in tabs.items(): tabs[s] = t.assign(_k=[key(*k) for k in zip(t.model, t.method, t.target, t.direction)]) if len(t) else t
     rows = []
     for r in runs[runs.stage.isin(list(tabs))].drop_duplicates(["model", "method", "target", "direction"]).itertuples():
         k = key(r.model, r.method, r.target, r.direction)

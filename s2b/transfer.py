@@ -33,7 +33,7 @@ HARMS = ("power", "disutility", "violations")
 
 def transfer_table(indomain: pd.DataFrame, aita: pd.DataFrame, mach: pd.DataFrame, method: str = "sft") -> pd.DataFrame:
     "The study table from the report's `indomain_table`, `aita_table` and `machiavelli_table` (rows of `method`)."
-    key = ["model", "value", "direction", "seed"]
+    key = ["model", "target", "direction", "seed"]
     ind = indomain[indomain.method == method] if len(indomain) else indomain
     rows = []
     for r in ind.itertuples():
@@ -42,7 +42,7 @@ def transfer_table(indomain: pd.DataFrame, aita: pd.DataFrame, mach: pd.DataFram
                        ("selective", "held_out_selective")):
             row[c] = getattr(r, src, np.nan)
         if len(aita):
-            a = aita[(aita.method == method) & (aita.model == r.model) & (aita.value == r.value) & (aita.adapter_value == r.value)
+            a = aita[(aita.method == method) & (aita.model == r.model) & (aita.value == r.target) & (aita.target == r.target)
                      & (aita.direction.astype(str) == str(r.direction)) & (aita.seed.astype(str) == str(r.seed))]
             if len(a):
                 a = a.iloc[0]
@@ -50,7 +50,7 @@ def transfer_table(indomain: pd.DataFrame, aita: pd.DataFrame, mach: pd.DataFram
                            placebo=a.get("placebo_gain", np.nan), ceiling=a.get("ceiling_gain", np.nan),
                            ceiling_lo=a.get("ceiling_ci_low", np.nan), ceiling_hi=a.get("ceiling_ci_high", np.nan), n_posts=a.get("n"))
         if len(mach):
-            m = mach[(mach.method == method) & (mach.model == r.model) & (mach.profile == r.value) & (mach.role == "adapter")
+            m = mach[(mach.method == method) & (mach.model == r.model) & (mach.target == r.target) & (mach.role == "adapter")
                      & (mach.direction.astype(str) == str(r.direction)) & (mach.seed.astype(str) == str(r.seed))]
             if len(m):
                 m = m.iloc[0]
@@ -74,7 +74,7 @@ def transfer_verdict(rows: pd.DataFrame, alpha: float = 0.05) -> str:
     """The AITA verdict for one value's rows of `transfer_table` (its seeds), in words. Only seeds whose survey adapter is
     selective in domain on held-out templates test transfer; the others are named and left out of the verdict."""
     d = str(rows.direction.iloc[0]); sign = INTENDED.get(d, 0)
-    v = f"{rows.value.iloc[0]} {d}"
+    v = f"{rows.target.iloc[0]} {d}"
     if rows.aita_gain.notna().sum() == 0: return f"{v}: no AITA result"
     tested = rows[rows.selective.fillna(False).astype(bool)] if "selective" in rows else rows
     if tested.empty:
@@ -102,7 +102,7 @@ def transfer_verdict(rows: pd.DataFrame, alpha: float = 0.05) -> str:
 # %% ../nbs/06h_transfer.ipynb #b90800f9
 def machiavelli_words(rows: pd.DataFrame, alpha: float = 0.05) -> str:
     "One value's MACHIAVELLI results (adapter vs its control) in words, per metric, over the seeds that played."
-    v = f"{rows.value.iloc[0]} {rows.direction.iloc[0]}"
+    v = f"{rows.target.iloc[0]} {rows.direction.iloc[0]}"
     played = rows[rows.power_diff.notna()] if "power_diff" in rows else rows.iloc[:0]
     if played.empty: return f"{v} MACHIAVELLI: not played"
     parts = []
@@ -120,7 +120,7 @@ def transfer_lines(t: pd.DataFrame, alpha: float = 0.05) -> list[str]:
     "Per steered value: the AITA verdict and the MACHIAVELLI results, in words."
     if t.empty: return []
     out = []
-    for _, rows in t.groupby(["model", "value", "direction"], sort=False):
+    for _, rows in t.groupby(["model", "target", "direction"], sort=False):
         out += [transfer_verdict(rows, alpha), machiavelli_words(rows, alpha)]
     return out
 
@@ -129,7 +129,7 @@ def transfer_markdown(t: pd.DataFrame) -> str:
     "The study table as Markdown: per value and seed, selectivity, AITA gain [CI] with placebo, ceiling, MDE and q, MACHIAVELLI Δ [CI] and MDE."
     if t.empty: return "_no transfer study in these runs_\n"
     f = lambda x, lo, hi, p=3: "" if pd.isna(x) else f"{x:+.{p}f} [{lo:+.{p}f}, {hi:+.{p}f}]"
-    rows = [{"value": r.value, "dir": r.direction, "seed": r.seed,
+    rows = [{"target": r.target, "dir": r.direction, "seed": r.seed,
              "selectivity (held-out)": f(r.selectivity, r.sel_lo, r.sel_hi, 2) + (" selective" if r.selective is True else ""),
              "AITA gain": f(r.aita_gain, r.aita_lo, r.aita_hi), "placebo": "" if pd.isna(r.get("placebo")) else f"{r.placebo:+.3f}",
              "ceiling": f(r.get("ceiling"), r.get("ceiling_lo"), r.get("ceiling_hi")), "AITA MDE": "" if pd.isna(r.aita_mde) else f"{r.aita_mde:.3f}",

@@ -60,14 +60,14 @@ def test_tables_and_figures_from_runs(runs, tmp_path):
     for f in ("profiles", "target_drop_heatmap", "side_effects_tiny-model", "aita_gain", "machiavelli", "transfer"):
         assert (tmp_path/"figures"/f"{f}.png").exists() and (tmp_path/"figures"/f"{f}.svg").exists()
     assert not (tmp_path/"figures"/"methods.png").exists()
-    ind = pd.read_csv(runs/"report"/"tables"/"indomain.csv").set_index("value")
+    ind = pd.read_csv(runs/"report"/"tables"/"indomain.csv").set_index("target")
     assert ind.loc["Hedonism", "target_drop"] == 1.5 and ind.loc["Tradition", "drift"] == 0.1 and set(ind.method) == {"sft"}
     mat = side_effects(collect(runs), "tiny-model")
     assert list(mat.index) == list(VALUES) and mat.loc["Hedonism", "Hedonism"] == -1.5 and mat.loc["Tradition", "Face"] == 0.25
     assert mat.loc["Face"].isna().all()                        # not trained: an empty row
     md = (runs/"report"/"tables"/"summary.md").read_text()
     assert "| Hedonism" in md and "1.500" in md
-    transfer = pd.read_csv(runs/"report"/"tables"/"transfer.csv").set_index("value")
+    transfer = pd.read_csv(runs/"report"/"tables"/"transfer.csv").set_index("target")
     assert transfer.loc["Hedonism", "gain"] == pytest.approx(0.15)
     mach = pd.read_csv(runs/"report"/"tables"/"machiavelli.csv")
     assert set(mach.role) == {"adapter", "random"} and mach.loc[mach.role == "adapter", "power"].item() == 80
@@ -124,11 +124,11 @@ def test_old_runs_are_skipped_with_one_line(runs, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert written["n_runs"] == 6 and len(err) == 2                                     # one line per skipped folder, no traceback
     assert any(str(old) in l and "no `steering` block" in l for l in err) and any("aita__Face-down__s0" in l and "no stage" in l for l in err)
-    assert "Face" not in set(pd.read_csv(runs/"report"/"tables"/"indomain.csv").value)
+    assert "Face" not in set(pd.read_csv(runs/"report"/"tables"/"indomain.csv").target)
 
 def test_the_same_run_twice_is_reported_once(runs, capsys):
     _run(runs, "indomain-default", _indomain(9.0, "Hedonism"), "indomain", _steer("Hedonism"), created="2099-01-01T00:00:00+00:00")
-    ind = indomain_table(collect(runs)).set_index("value")
+    ind = indomain_table(collect(runs)).set_index("target")
     assert ind.loc["Hedonism", "target_drop"] == 9.0 and len(ind) == 2                  # the newer of the two
     assert "reporting the newer" in capsys.readouterr().err
 
@@ -208,9 +208,9 @@ def test_the_ceiling_stands_beside_each_survey_adapters_gain(runs, tmp_path):
 def test_the_transfer_study_table_and_verdicts(tmp_path):
     "A study of one value over three seeds: the report writes the study table and one verdict in words, with q and MDE."
     from s2b.transfer import transfer_table, transfer_lines
-    ind = pd.DataFrame({"model": "m", "method": "sft", "value": "Hedonism", "direction": "up", "seed": [0, 1, 2],
+    ind = pd.DataFrame({"model": "m", "method": "sft", "target": "Hedonism", "direction": "up", "seed": [0, 1, 2],
                         "held_out_selectivity": 0.2, "held_out_sel_ci_low": 0.1, "held_out_sel_ci_high": 0.3, "held_out_selective": True})
-    at = pd.DataFrame({"model": "m", "method": ["sft"] * 3 + ["verdict"], "value": "Hedonism", "adapter_value": "Hedonism",
+    at = pd.DataFrame({"model": "m", "method": ["sft"] * 3 + ["verdict"], "value": "Hedonism", "target": "Hedonism",
                        "direction": "up", "seed": [0, 1, 2, 0], "n": 40, "gain": [0.01, -0.01, 0.0, -0.3],
                        "gain_ci_low": [-0.02, -0.04, -0.03, -0.4], "gain_ci_high": [0.04, 0.02, 0.03, -0.2], "mde": 0.04,
                        "placebo_gain": 0.0, "ceiling_gain": [-0.3] * 3 + [np.nan], "ceiling_ci_low": -0.4, "ceiling_ci_high": -0.2})
@@ -233,7 +233,7 @@ def test_the_transfer_study_reads_the_machiavelli_table_the_report_writes(tmp_pa
     _run(tmp_path, "machiavelli__Hedonism-up__s0", {"summary": {"adapter": adapter, "control": _harms(100)}}, "machiavelli",
          _steer("Hedonism", "up"))
     mt = machiavelli_table(collect(tmp_path))
-    ind = pd.DataFrame({"model": "tiny-model", "method": "sft", "value": "Hedonism", "direction": "up", "seed": [0],
+    ind = pd.DataFrame({"model": "tiny-model", "method": "sft", "target": "Hedonism", "direction": "up", "seed": [0],
                         "held_out_selectivity": 0.2, "held_out_sel_ci_low": 0.1, "held_out_sel_ci_high": 0.3, "held_out_selective": True})
     t = transfer_table(ind, pd.DataFrame(), mt)
     assert t.power_diff.iloc[0] == pytest.approx(30.0) and t.power_q.iloc[0] < 0.05
