@@ -232,6 +232,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                                    's2b.interventions.intervention_data': ('interventions.html#intervention_data', 's2b/interventions.py'),
                                    's2b.interventions.prepare_intervention': ( 'interventions.html#prepare_intervention',
                                                                                's2b/interventions.py'),
+                                   's2b.interventions.repeat_targets': ('interventions.html#repeat_targets', 's2b/interventions.py'),
                                    's2b.interventions.select_items': ('interventions.html#select_items', 's2b/interventions.py'),
                                    's2b.interventions.write_steering_run': ( 'interventions.html#write_steering_run',
                                                                              's2b/interventions.py')},
