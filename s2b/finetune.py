@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np, pandas as pd
 from .recipes import load_recipe
 from .models import LM, load_model, resolve_backend, model_slug
-from .interventions import intervention_data, prepare_intervention, SteeringParams, write_steering_run
+from .interventions import intervention_data, prepare_intervention, repeat_targets, SteeringParams, write_steering_run
 from .runs import save_figure, atomic_write_json, atomic_to_parquet, is_done, read_json, write_checksums, verify_checksums, CHECKSUMS
 from .trainstep import prompt_batch, answer_logits, slot_loss, frozen_states
 
@@ -304,7 +304,7 @@ def run_finetune(p: SteeringParams, out="finetune", force: bool = False) -> dict
     iv = prepare_intervention(lm, survey, p.targets, p.focus, cfg["data"], baseline, seed,
                               cache=out/"baseline_ratings.parquet", evaluates=_evaluates(cfg["training"]))
     targets, anchor, train_s, full, focus = iv.targets, iv.anchor, iv.train, iv.full, iv.focus
-    train = intervention_data(iv.train, iv.baseline, targets, lm, anchor)
+    train = repeat_targets(intervention_data(iv.train, iv.baseline, targets, lm, anchor), cfg["data"].get("target_repeat"))
     evald = intervention_data(iv.eval, iv.baseline, targets, lm, anchor) if len(iv.eval) else train.iloc[:0]
     atomic_to_parquet(pd.concat([train.assign(part="train"), evald.assign(part="eval")]).drop(columns=["input_ids", "completion_mask", "cand"]),
                       out/"data.parquet")

@@ -17,7 +17,7 @@ from .steering import steering_record
 from .runs import atomic_to_parquet, atomic_write_json, read_parquet_verified, run_record
 
 # %% auto #0
-__all__ = ['ANCHORS', 'select_items', 'anchor_answers', 'intervention_data', 'baseline_ratings', 'Intervention',
+__all__ = ['ANCHORS', 'select_items', 'anchor_answers', 'intervention_data', 'repeat_targets', 'baseline_ratings', 'Intervention',
            'prepare_intervention', 'SteeringParams', 'write_steering_run']
 
 # %% ../nbs/02b_interventions.ipynb #d2c3aedf
@@ -73,6 +73,14 @@ def intervention_data(survey: Survey, baseline, targets: dict[str, int], lm: LM,
                      "cand": list(r.cand_ids), "input_ids": prompt + [r.cand_ids[rating - 1]],
                      "completion_mask": [0]*len(prompt) + [1]})
     return pd.DataFrame(rows)
+
+# %% ../nbs/02b_interventions.ipynb #b6194e03
+def repeat_targets(examples: pd.DataFrame, times: int | None = 1) -> pd.DataFrame:
+    "The examples with each target example `times` times (`None` or 1: unchanged), in their original order."
+    times = int(times or 1)
+    if times < 1: raise ValueError(f"target_repeat must be a whole number ≥ 1, got {times}")
+    if times == 1 or not examples.target.any(): return examples
+    return examples.loc[examples.index.repeat(np.where(examples.target, times, 1))].reset_index(drop=True)
 
 # %% ../nbs/02b_interventions.ipynb #b17c8b16
 def baseline_ratings(lm: LM, survey: Survey, baseline_dir=None, cache=None) -> pd.DataFrame:

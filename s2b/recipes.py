@@ -25,7 +25,7 @@ FINETUNE_DEFAULTS = {
                  # with lora.top_layers: the frozen layers' states computed once per prompt (s2b.trainstep); false: every step
                  "frozen_cache": True},
     "data": {"train_templates": None, "instructions": None, "others_per_value": None, "target_limit": None, "eval_limit": None,
-             "anchor": "majority"},
+             "anchor": "majority", "target_repeat": 1},
     # the other steering methods (s2b.steering): each reads its own section
     "prompt": {"examples": 3},                       # train statements of the target quoted in the persona
     "caa": {"multiplier": 4.0, "layers": None},      # the vectors are added × multiplier; layers: None = the middle layer
@@ -61,7 +61,7 @@ RULES = {"lora.r": "int>0", "lora.alpha": "num>0", "lora.dropout": "0<=num<1", "
          "training.gradient_accumulation_steps": "int>0", "training.per_device_eval_batch_size": "int>0",
          "training.max_length": "int>0", "training.eval_every": "epoch|int>0|None", "training.early_stopping_patience": "int>0",
          "training.early_stopping_threshold": "num>=0", "data.others_per_value": "int>=0|None", "data.target_limit": "int>0|None",
-         "data.eval_limit": "int>=0|None", "lora.top_layers": "int>0|None", "data.anchor": "one of:majority,expected,distribution",
+         "data.eval_limit": "int>=0|None", "data.target_repeat": "int>0", "lora.top_layers": "int>0|None", "data.anchor": "one of:majority,expected,distribution",
          "prompt.examples": "int>=0", "caa.multiplier": "num", "caa.layers": "layers", "dpo.beta": "num>0", "dpo.learning_rate": "0<num<=1|None", "training.lr_scheduler_type": "scheduler"}
 
 # %% ../nbs/00c_recipes.ipynb #3f285cd5
