@@ -1,4 +1,4 @@
-"""Selective on every value? One row per value, direction and seed: the target's change toward its goal, the drift of
+"""Selective on every value? One row per steered value (`target`), direction and seed: the target's change toward its goal, the drift of
 the other values and the selectivity with its CI, on all templates, the seen ones and the held-out ones; and the count
 a researcher reads first: selective in k of N values."""
 
@@ -21,7 +21,7 @@ def coverage_table(runs: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r in runs[runs.stage == "indomain"].itertuples():
         m = r.metrics
-        row = {"model": r.model, "method": r.method, "value": r.target, "direction": r.direction, "seed": r.seed}
+        row = {"model": r.model, "method": r.method, "target": r.target, "direction": r.direction, "seed": r.seed}
         for part, e in (("all", m), *((p, (m.get("by_templates") or {}).get(p) or {}) for p in PARTS[1:])):
             if "selectivity" not in e or not np.isfinite(e["selectivity"]): continue
             lo, hi = e["selectivity_ci"]
@@ -32,7 +32,7 @@ def coverage_table(runs: pd.DataFrame) -> pd.DataFrame:
     t = pd.DataFrame(rows)
     if t.empty: return t
     order = {v: i for i, v in enumerate(VALUES)}
-    return t.sort_values(["model", "method", "direction", "seed", "value"], key=lambda c: c.map(order) if c.name == "value" else c,
+    return t.sort_values(["model", "method", "direction", "seed", "target"], key=lambda c: c.map(order) if c.name == "target" else c,
                          ignore_index=True)
 
 # %% ../nbs/04a_coverage.ipynb #617e6f69
@@ -49,7 +49,7 @@ def coverage_lines(t: pd.DataFrame, part: str = "held_out") -> list[str]:
                          f"mean change toward the goal {tw:+.2f} against drift {dr:.2f} (×{tw / dr:.1f})" if dr > 0 else
                          f"{mdl} {meth} {d}, seed {seed}: selective on {where} templates for {k} of {len(s)} values ({other})")
         if g.seed.nunique() > 1:
-            by = g.groupby("value", sort=False)[f"{part}_selective"].agg(["all", "any"])
+            by = g.groupby("target", sort=False)[f"{part}_selective"].agg(["all", "any"])
             every, never = [short_name(v) for v in by.index[by["all"]]], [short_name(v) for v in by.index[~by["any"]]]
             lines.append(f"{mdl} {meth} {d}: selective on {where} templates at all {g.seed.nunique()} seeds for {len(every)} of {len(by)} values"
                          + (f"; at none: {', '.join(never)}" if never else ""))
@@ -61,12 +61,12 @@ def plot_coverage(t: pd.DataFrame, part: str = "held_out", ax=None, title=None):
     import matplotlib.pyplot as plt, seaborn as sns
     sns.set_theme(style="whitegrid")
     t = t.dropna(subset=[f"{part}_selectivity"])
-    vals = [v for v in VALUES if v in set(t.value)]
+    vals = [v for v in VALUES if v in set(t.target)]
     seeds = sorted(t.seed.dropna().unique())
     if ax is None: _, ax = plt.subplots(figsize=(7, 0.32 * len(vals) + 1.2))
     pal = sns.color_palette("colorblind", max(len(seeds), 1))
     for j, seed in enumerate(seeds):
-        s = t[t.seed == seed].set_index("value")
+        s = t[t.seed == seed].set_index("target")
         y = np.array([vals.index(v) for v in s.index]) + (j - (len(seeds) - 1) / 2) * 0.22
         x = s[f"{part}_selectivity"].to_numpy(float)
         err = np.clip([x - s[f"{part}_lo"].to_numpy(float), s[f"{part}_hi"].to_numpy(float) - x], 0, None)

@@ -15,6 +15,7 @@ from .runs import save_figure
 from .figures import fig_profiles, fig_drop_heatmap, fig_selectivity, fig_side_effects
 from .figures import fig_aita, fig_machiavelli, fig_transfer, fig_methods
 from .transfer import transfer_lines, transfer_markdown, transfer_table
+from .coverage import coverage_table, coverage_lines, plot_coverage
 
 # %% auto #0
 __all__ = ['run_info', 'collect', 'profile_table', 'indomain_table', 'side_effects', 'aita_table', 'machiavelli_table',
@@ -328,8 +329,11 @@ def build_report(runs_dir="papermill_runs", figures="figures", out=None) -> dict
               "machiavelli": machiavelli_table(runs)}
     if (runs.stage == "capability").any(): tables["capability"] = capability_table(runs)
     if many: tables["methods"] = methods_table(runs)
-    study = transfer_table(tables["indomain"], tables["aita"], tables["machiavelli"]) if not tables["indomain"].empty else pd.DataFrame()
-    findings = (selectivity_lines(tables["indomain"]) + (aita_lines(tables["aita"]) if not tables["aita"].empty else [])
+    cover = coverage_table(runs)                         # selective on every value? (one row per in-domain run)
+    if cover.target.nunique() > 2 if len(cover) else False: tables["coverage"] = cover
+    behaviour = not (tables["aita"].empty and tables["machiavelli"].empty)      # a study of transfer needs behaviour measured
+    study = transfer_table(tables["indomain"], tables["aita"], tables["machiavelli"]) if not tables["indomain"].empty and behaviour else pd.DataFrame()
+    findings = ((coverage_lines(cover) if "coverage" in tables else []) + selectivity_lines(tables["indomain"]) + (aita_lines(tables["aita"]) if not tables["aita"].empty else [])
                 + (machiavelli_lines(tables["machiavelli"]) if not tables["machiavelli"].empty else [])
                 + (capability_lines(tables["capability"]) if "capability" in tables else [])
                 + (methods_lines(tables["methods"]) if many else []) + transfer_lines(study))
@@ -351,6 +355,7 @@ def build_report(runs_dir="papermill_runs", figures="figures", out=None) -> dict
             name = f"side_effects_{model_slug(mdl)}" + (f"_{meth}" if many else "") + ("" if d == "down" else f"_{d}")
             mat.to_csv(out/"tables"/f"{name}.csv")
             written["figures"] += save(fig_side_effects(mat, mdl, d, meth if many else None), name)
+    if "coverage" in tables: written["figures"] += save(plot_coverage(cover).figure, "coverage")
     if not tables["aita"].empty: written["figures"] += save(fig_aita(tables["aita"]), "aita_gain")
     if not tables["machiavelli"].empty: written["figures"] += save(fig_machiavelli(tables["machiavelli"]), "machiavelli")
     if not ind.empty and not tables["aita"].empty:
