@@ -4,7 +4,7 @@
 
 # %% ../nbs/00c_recipes.ipynb #0cd43cfa
 from __future__ import annotations
-import copy, math
+import copy, math, random
 from pathlib import Path
 import yaml
 from .values import VALUES, normalize_value
@@ -206,7 +206,7 @@ CAPABILITY_DEFAULTS = {"tasks": "s2b_general", "limit": 40}
 # %% ../nbs/00c_recipes.ipynb #09586115
 # the shape of a grid recipe's keys, and the range of the stage settings that have one (`stage.key`)
 GRID_RULES = {"name": "str", "description": "str", "runs_dir": "str", "figures_dir": "str", "survey": "str", "backend": "one of:auto,hf,unsloth",
-              "models": "list:str", "values": "list:str|all", "directions": "list:str", "seeds": "list:int>=0", "methods": "list:str",
+              "models": "list:str", "values": "list:str|all|draw", "directions": "list:str", "seeds": "list:int>=0", "methods": "list:str",
               "skip": "list:stage", "stages": "map:stage", "model_overrides": "map", "slurm": "map"}
 STAGE_RULES = {"machiavelli.temperature": "num>=0", "machiavelli.episodes": "int>0", "machiavelli.random_episodes": "int>0|None",
                "machiavelli.max_steps": "int>0|None", "capability.limit": "num>0|None", "capability.num_fewshot": "int>=0|None",
@@ -224,7 +224,11 @@ def _check_grid_shape(recipe: dict, where: str) -> None:
         if rule == "str" and not (isinstance(v, str) and v.strip()): raise ValueError(f"{where}: {k} must be a non-empty string, got {v!r}")
         if rule.startswith("one of:") and v not in rule[7:].split(","): raise ValueError(f"{where}: {k} must be one of {rule[7:].split(',')}, got {v!r}")
         if rule.startswith("list:"):
-            if rule.endswith("|all") and v == "all": continue
+            if "|all" in rule and v == "all": continue
+            if rule.endswith("|draw") and isinstance(v, dict):         # {draw: N, seed: S}: N values drawn at random
+                if set(v) != {"draw", "seed"} or not (_is_int(v["draw"]) and 1 <= v["draw"] <= len(VALUES)) or not (_is_int(v["seed"]) and v["seed"] >= 0):
+                    raise ValueError(f"{where}: {k} as a draw must be {{draw: N, seed: S}} with 1 <= N <= {len(VALUES)} and S >= 0, got {v!r}")
+                continue
             if not isinstance(v, list) or not v and k in ("models", "seeds", "methods", "directions"):
                 raise ValueError(f"{where}: {k} must be a non-empty list, e.g. {k}: [{GRID_DEFAULTS[k][0] if GRID_DEFAULTS[k] else 'Hedonism'}], got {v!r}")
             for j, x in enumerate(v):
@@ -303,6 +307,8 @@ def load_grid(recipe) -> dict:
     g = merge(GRID_DEFAULTS, recipe)
     if g["values"] == "all":
         g["values"] = list(VALUES)
+    if isinstance(g["values"], dict):                      # values nobody picked: N drawn with a seed, in circumplex order
+        g["values"] = sorted(random.Random(g["values"]["seed"]).sample(list(VALUES), g["values"]["draw"]), key=list(VALUES).index)
     try: g["values"] = [normalize_value(v) for v in g["values"]]
     except ValueError as e: raise ValueError(f"{where}: values: {e}") from None
     bad = [d for d in g["directions"] if d not in ("down", "up")]
