@@ -243,12 +243,12 @@ def _check(stage: str, a) -> None:
     from s2b.stages import check_out_dir
     if getattr(a, "refresh", False): _refresh(a)
     if getattr(a, "model", None): check_model(a.model, getattr(a, "revision", None))
+    if stage == "profile": _profile_params(a).check()             # the survey, its selection, the steering run
+    elif STAGES[stage].method: _steering_params(a).check()        # the stage's parameter object checks its own inputs
+    elif a.cmd == "evaluate": _eval_params(a).check()               # (capability: its tasks, before the folders)
     for k in ("adapter", "control", "placebo"):
         v = getattr(a, k, None)
         if isinstance(v, str) and _none(v) and read_steering(v).method in ADAPTER_METHODS: check_adapter(v, a.model, a.allow_other_base)
-    if stage == "profile": _profile_params(a).check()             # the survey, its selection, the steering run
-    elif STAGES[stage].method: _steering_params(a).check()        # the stage's parameter object checks its own inputs
-    elif a.cmd == "evaluate": _eval_params(a).check()
     check_out_dir(stage, a.out)
 
 # %% ../nbs/09_cli.ipynb #b2ec8622

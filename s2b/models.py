@@ -107,9 +107,10 @@ def default_dtype(device: str):
     return torch.float32
 
 # %% ../nbs/01b_models.ipynb #4810c181
-@dataclass
+@dataclass(kw_only=True)
 class ModelOptions:
-    "How a model is loaded and prompted beside its name; the parameter object of a stage that loads a model extends it."
+    """How a model is loaded and prompted beside its name; the parameter object of a stage that loads a model extends it.
+    Keyword-only, so a subclass's own fields keep their positions (`SteeringParams("embedded", "bundled", "Hedonism")`)."""
     revision: str | None = field(default=None, metadata={"help": "the hub model's revision (branch, tag or commit), recorded in run.json"})
     trust_remote_code: bool = field(default=False, metadata={"help": "allow a model whose tokenizer or model is code in its repository"})
     thinking: bool = field(default=False, metadata={"help": "chat templates with a thinking switch (Qwen3) think (default: off)"})

@@ -193,7 +193,7 @@ def test_report_table_and_grid_stage(tmp_path):
     written = build_report(tmp_path/"runs", tmp_path/"figures")
     assert written["tables"][-1] == "capability"
     t = pd.read_csv(tmp_path/"runs"/"report"/"tables"/"capability.csv")
-    assert t.loc[0, "value"] == "Hedonism" and t.loc[0, "delta"] == -0.1 and bool(t.loc[0, "drop"])
+    assert t.loc[0, "target"] == "Hedonism" and t.loc[0, "delta"] == -0.1 and bool(t.loc[0, "drop"])
     assert not any(r.stage == "capability" for r in G.plan({"values": ["Hedonism"]}, runs_dir=tmp_path/"p"))
     runs = G.plan({"values": ["Hedonism", "Tradition"], "stages": {"capability": {"first_value_only": True}}}, runs_dir=tmp_path/"p")
     cap = [r for r in runs if r.stage == "capability"]
