@@ -13,7 +13,7 @@ from .runs import atomic_write_json, is_done, read_json, run_record
 from .steering import Steering, read_steering
 
 # %% auto #0
-__all__ = ['EvalParams', 'read_roles', 'steering_records', 'run_evaluation']
+__all__ = ['OLD_ROLES', 'EvalParams', 'read_roles', 'steering_records', 'run_evaluation']
 
 # %% ../nbs/03e_evaluation.ipynb #1544ff7f
 class EvalParams(ModelOptions):
@@ -31,6 +31,9 @@ class EvalParams(ModelOptions):
 
     def check(self) -> None:
         "What can be checked before a model loads (nothing, unless the evaluation says more)." 
+
+# %% ../nbs/03e_evaluation.ipynb #d488b752
+OLD_ROLES = {"conditioned": "adapter"}        # a role's name in the runs of before → its name now
 
 # %% ../nbs/03e_evaluation.ipynb #5e3631d6
 def read_roles(p: EvalParams, roles=None) -> dict[str, Steering]:

@@ -8,7 +8,7 @@ import contextlib, functools, importlib, json, os, re, tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
-from .runs import atomic_write_json, atomic_write_text, inputs_fingerprint, is_done, read_json, repo_root, run_identity
+from .runs import atomic_write_json, atomic_write_text, inputs_fingerprint, is_done, read_json, repo_root
 from .rendered import write_report_html
 
 # %% auto #0
