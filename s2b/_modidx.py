@@ -127,6 +127,7 @@ d = { 'settings': {'branch': 'main', 'doc_baseurl': '/', 'doc_host': '', 'git_ur
                          's2b.dpo.train_dpo': ('dpo.html#train_dpo', 's2b/dpo.py')},
             's2b.evaluation': { 's2b.evaluation.EvalParams': ('evaluation.html#evalparams', 's2b/evaluation.py'),
                                 's2b.evaluation.EvalParams.check': ('evaluation.html#evalparams.check', 's2b/evaluation.py'),
+                                's2b.evaluation.EvalParams.defaults': ('evaluation.html#evalparams.defaults', 's2b/evaluation.py'),
                                 's2b.evaluation.EvalParams.of': ('evaluation.html#evalparams.of', 's2b/evaluation.py'),
                                 's2b.evaluation.EvalParams.params': ('evaluation.html#evalparams.params', 's2b/evaluation.py'),
                                 's2b.evaluation.read_roles': ('evaluation.html#read_roles', 's2b/evaluation.py'),

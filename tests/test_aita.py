@@ -93,7 +93,6 @@ def test_cache_of_a_run_of_before_is_reused_under_the_adapter_role(tmp_path, mon
     old = pd.read_parquet(cache); atomic_to_parquet(old.assign(role="conditioned"), cache)    # as a run of before wrote it
     df = score_posts(None, ps, "adapter", cache=cache, config="cfg", progress=False)
     assert len(calls) == n and set(df.role) == {"adapter"} and len(df) == len(ps)
-    assert set(pd.read_parquet(cache).role) == {"adapter"}
 
 def test_score_posts_resumes(tmp_path, monkeypatch):
     ps = load_paper_json(FIX/"paper_ok.json")

@@ -194,7 +194,7 @@ def test_report_table_and_grid_stage(tmp_path, role):
     written = build_report(tmp_path/"runs", tmp_path/"figures")
     assert written["tables"][-1] == "capability"
     t = pd.read_csv(tmp_path/"runs"/"report"/"tables"/"capability.csv")
-    assert t.loc[0, "value"] == "Hedonism" and t.loc[0, "delta"] == -0.1 and bool(t.loc[0, "drop"])
+    assert t.loc[0, "target"] == "Hedonism" and t.loc[0, "delta"] == -0.1 and bool(t.loc[0, "drop"])
     assert t.loc[0, "adapter"] == 0.8 and t.loc[0, "control"] == 0.9
     assert not any(r.stage == "capability" for r in G.plan({"values": ["Hedonism"]}, runs_dir=tmp_path/"p"))
     runs = G.plan({"values": ["Hedonism", "Tradition"], "stages": {"capability": {"first_value_only": True}}}, runs_dir=tmp_path/"p")
