@@ -14,7 +14,7 @@ from .models import model_slug
 from .posts import LABELS, Post, load_posts, normalize_stance
 from .runs import atomic_to_parquet, read_parquet_verified, fingerprint, read_json, repo_root, save_figure
 from .steering import steer
-from .evaluation import EvalParams, run_evaluation
+from .evaluation import EvalParams, OLD_ROLES, run_evaluation
 from .stats import mde, mean_se, percentile_ci, resample_means
 from .values import VALUES, short_name, value_color, value_index
 from .verdicts import INSTRUCTION, default_max_length, score_post
@@ -25,7 +25,7 @@ __all__ = ['ROLES', 'POST_COLUMNS', 'scoring_config', 'score_posts', 'unused_lab
            'plot_profile', 'default_out', 'AitaParams', 'measure_aita', 'run_aita']
 
 # %% ../nbs/05c_aita.ipynb #40e0431c
-ROLES: tuple[str, ...] = ("base", "conditioned", "control", "placebo")
+ROLES: tuple[str, ...] = ("base", "adapter", "control", "placebo")
 POST_COLUMNS = ["post_id", "value", "role", "high_standard_stance", "low_standard_stance", "verdict",
                 *(f"p_{l}" for l in LABELS), *(f"logp_{l}" for l in LABELS),
                 "coverage", "truncated", "n_tokens", "seconds", "config"]
@@ -40,7 +40,7 @@ def scoring_config(lm, adapter=None, system: str | None = None, max_length: int 
 # %% ../nbs/05c_aita.ipynb #ff0b3600
 def _read_cache(cache) -> pd.DataFrame:
     old = read_parquet_verified(cache) if cache is not None else None
-    return pd.DataFrame(columns=POST_COLUMNS) if old is None else old
+    return pd.DataFrame(columns=POST_COLUMNS) if old is None else old.assign(role=old.role.replace(OLD_ROLES))   # a run of before's roles
 
 # %% ../nbs/05c_aita.ipynb #02c2b981
 def score_posts(lm, posts: Sequence[Post], role: str = "base", *, system: str | None = None,
@@ -77,7 +77,7 @@ def unused_label(high: str, low: str) -> str | None:
     return rest[0] if len(rest) == 1 else None
 
 # %% ../nbs/05c_aita.ipynb #445b6094
-def post_gains(df: pd.DataFrame, treated: str = "conditioned", reference: str = "control") -> pd.DataFrame:
+def post_gains(df: pd.DataFrame, treated: str = "adapter", reference: str = "control") -> pd.DataFrame:
     "Per post: Δp of the low, high and unused labels (Δ = treated − reference), `gain` and `shift_low`."
     cols = ["post_id", "value", "high", "low", "unused", "dp_low", "dp_high", "dp_unused", "gain", "shift_low"]
     t = df[(df.role == treated) & df.value.notna() & df.high_standard_stance.notna() & df.low_standard_stance.notna()]
@@ -156,7 +156,7 @@ def aita_metrics(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
     vals = _value_order(df.value)
     has = lambda *rs: all(r in roles for r in rs)
     tables, overall = {}, {}
-    for key, treated in (("", "conditioned"), ("placebo_", "placebo")):
+    for key, treated in (("", "adapter"), ("placebo_", "placebo")):
         if has(treated, "control"):
             t, o = summarize_gains(post_gains(df, treated, "control"), n_boot=n_boot, seed=seed)
             tables[key], overall[key] = t.set_index("value"), o
@@ -239,17 +239,17 @@ def plot_gain(metrics: dict, ax=None):
     if pl: ax.legend(loc="lower right")
     ax.axvline(0, color="black", lw=0.8)
     wm = metrics["weighted_mean"]
-    ax.set(xlabel="probability gain (conditioned − control)", ylabel="",
+    ax.set(xlabel="probability gain (adapter − control)", ylabel="",
            title=f"AITA gain, weighted mean {wm['gain']:+.3f} [{wm['gain_ci'][0]:+.3f}, {wm['gain_ci'][1]:+.3f}]")
     ax.figure.tight_layout()
     return ax.figure
 
 # %% ../nbs/05c_aita.ipynb #3b924e0d
 def plot_label_distributions(df: pd.DataFrame, roles: Sequence[str] | None = None, ax=None):
-    "Distributions of P(label) over posts, per role (default: control and conditioned, else all scored roles)."
+    "Distributions of P(label) over posts, per role (default: control and adapter, else all scored roles)."
     import matplotlib.pyplot as plt, seaborn as sns
     have = [r for r in ROLES if r in set(df.role)]
-    roles = list(roles or ([r for r in ("control", "conditioned") if r in have] if {"control", "conditioned"} <= set(have) else have))
+    roles = list(roles or ([r for r in ("control", "adapter") if r in have] if {"control", "adapter"} <= set(have) else have))
     long = df[df.role.isin(roles)].melt(id_vars=["post_id", "role"], value_vars=[f"p_{l}" for l in LABELS],
                                         var_name="label", value_name="P")
     long["label"] = long.label.str[2:]
@@ -265,7 +265,7 @@ def plot_label_distributions(df: pd.DataFrame, roles: Sequence[str] | None = Non
 def plot_profile(metrics: dict, role: str | None = None, ax=None):
     "Mean P(NTA), P(YTA), P(Neutral) per value (and over all posts) for one role, as stacked bars."
     import matplotlib.pyplot as plt, seaborn as sns
-    role = role or ("conditioned" if "conditioned" in metrics["roles"] else metrics["roles"][0])
+    role = role or ("adapter" if "adapter" in metrics["roles"] else metrics["roles"][0])
     prof = metrics["profile"][role]
     groups = [g for g in prof if g != "all"] + ["all"]
     if ax is None: _, ax = plt.subplots(figsize=(7, 0.35*len(groups) + 1.5))
@@ -288,7 +288,7 @@ def default_out(model: str = "embedded", name: str = "aita-default") -> Path:
 @dataclass
 class AitaParams(EvalParams):
     "The parameters of an AITA run: the steering runs of its roles, the posts, how to score them."
-    ROLES = {"base": None, "conditioned": "adapter", "control": "control", "placebo": "placebo"}
+    ROLES = {"base": None, "adapter": "adapter", "control": "control", "placebo": "placebo"}
     model: str = field(default="embedded", metadata={"path": True})
     adapter: str | None = field(default=None, metadata={"path": True, "help": "the steering run (any method) or a LoRA adapter folder"})
     control: str | None = field(default=None, metadata={"path": True, "help": "its control run"})
@@ -313,8 +313,8 @@ def measure_aita(p: AitaParams, out: Path, steering: dict, model, every: int = 1
     "Score the posts under the base model (without steering runs, or with `base`) and each given role: verdict probabilities and gains."
     ps = load_posts(p.posts, values=p.values, limit=p.limit, split=p.split)
     if not ps: raise ValueError(f"no posts to score in {p.posts!r}")
-    roles = [r for r in ("conditioned", "control", "placebo") if getattr(p, p.ROLES[r])]
-    if p.adapter and not p.control: warnings.warn("no control adapter: the gain needs one (conditioned − control)")
+    roles = [r for r in ("adapter", "control", "placebo") if getattr(p, p.ROLES[r])]
+    if p.adapter and not p.control: warnings.warn("no control adapter: the gain needs one (adapter − control)")
     lm = model()
     max_length = p.max_length or default_max_length(lm)
     cache = out/"posts.parquet"

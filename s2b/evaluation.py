@@ -5,7 +5,7 @@
 # %% ../nbs/03e_evaluation.ipynb #8031dc4f
 from __future__ import annotations
 import functools
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Callable, ClassVar
 from .models import load_model, ModelOptions
@@ -13,7 +13,7 @@ from .runs import atomic_write_json, is_done, read_json, run_record
 from .steering import Steering, read_steering
 
 # %% auto #0
-__all__ = ['EvalParams', 'read_roles', 'steering_records', 'run_evaluation']
+__all__ = ['OLD_ROLES', 'EvalParams', 'read_roles', 'steering_records', 'run_evaluation']
 
 # %% ../nbs/03e_evaluation.ipynb #1544ff7f
 class EvalParams(ModelOptions):
@@ -29,8 +29,16 @@ class EvalParams(ModelOptions):
         "The fields as a dict: what a stage run receives and what `run.json` records under `params` (the run's identity)."
         return asdict(self)
 
+    @classmethod
+    def defaults(cls) -> dict:
+        "Each field's default: what a run recorded before the field existed ran with (`is_done`'s `defaults`)."
+        return {f.name: f.default for f in fields(cls) if f.default is not MISSING}
+
     def check(self) -> None:
         "What can be checked before a model loads (nothing, unless the evaluation says more)." 
+
+# %% ../nbs/03e_evaluation.ipynb #d488b752
+OLD_ROLES = {"conditioned": "adapter"}        # a role's name in the runs of before → its name now
 
 # %% ../nbs/03e_evaluation.ipynb #5e3631d6
 def read_roles(p: EvalParams, roles=None) -> dict[str, Steering]:
@@ -51,7 +59,7 @@ def run_evaluation(stage: str, p: EvalParams, out, force: bool, measure: Callabl
     content, read each role's steering, call `measure(p, out, steering, model)`, write `metrics.json`, then `run.json`
     (last: it marks the run done); return the metrics. `load`: options of `s2b.models.load_model` (e.g. `device`)."""
     out, params = Path(out), p.params()
-    if not force and is_done(out, params):
+    if not force and is_done(out, params, defaults=p.defaults()):
         print(f"s2b: {stage}: {out} is finished with these parameters; reusing it (force=True redoes it)")
         return read_json(out/"metrics.json")
     steering = read_roles(p)                                       # a wrong folder fails before the model loads

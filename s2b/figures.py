@@ -43,7 +43,7 @@ def fig_drop_heatmap(ind: pd.DataFrame):
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * piv.shape[1], 1.2 + 0.5 * piv.shape[0]))
     sns.heatmap(piv, annot=True, fmt=".2f", cmap="RdBu_r", center=0, ax=ax, cbar_kws={"label": "target drop"})
     ax.set_xticklabels([short_name(v) for v in piv.columns], rotation=60, ha="right"); ax.set_xlabel(""); ax.set_ylabel("")
-    ax.set_title("Target drop (control − conditioned; negative for up), mean over seeds")
+    ax.set_title("Target drop (control − adapter; negative for up), mean over seeds")
     return fig
 
 # %% ../nbs/07_figures.ipynb #206914d8
@@ -87,7 +87,7 @@ def fig_side_effects(mat: pd.DataFrame, model: str, direction: str = "down", met
     fig, ax = plt.subplots(figsize=(10, 8.5))
     lim = np.nanmax(np.abs(mat.to_numpy())) if np.isfinite(mat.to_numpy()).any() else 1
     sns.heatmap(mat, cmap="RdBu_r", center=0, vmin=-lim, vmax=lim, ax=ax,
-                cbar_kws={"label": "Δ rating (conditioned − control)"}, linewidths=0.3, linecolor="white")
+                cbar_kws={"label": "Δ rating (adapter − control)"}, linewidths=0.3, linecolor="white")
     ax.set_xticklabels([short_name(v) for v in mat.columns], rotation=60, ha="right")
     ax.set_yticklabels([short_name(v) for v in mat.index], rotation=0)
     ax.set_xlabel("value measured"); ax.set_ylabel(f"value trained {direction}")
@@ -105,7 +105,7 @@ def fig_aita(at: pd.DataFrame):
     g["order"] = g.value.map(VALUES.index); g = g.sort_values(keys[:-1] + ["order"])
     fig, ax = plt.subplots(figsize=(1.5 + 0.7 * len(g), 4))
     x = np.arange(len(g))
-    ax.bar(x, g.gain, color=[value_color(v) for v in g.value], alpha=0.85, label="gain (conditioned vs control)")
+    ax.bar(x, g.gain, color=[value_color(v) for v in g.value], alpha=0.85, label="gain (adapter vs control)")
     ax.errorbar(x, g.gain, yerr=np.clip([g.gain - g.lo, g.hi - g.gain], 0, None), fmt="none", ecolor="k", capsize=3)
     if g.placebo.notna().any(): ax.scatter(x, g.placebo, marker="x", color="k", zorder=3, label="placebo (other value's adapter)")
     ax.axhline(0, color="k", lw=0.8)

@@ -24,19 +24,19 @@ __all__ = ['NEGLIGIBLE', 'item_deltas', 'indomain_metrics', 'selectivity', 'sele
 
 # %% ../nbs/04_indomain.ipynb #c3478e32
 def item_deltas(cond: pd.DataFrame, ctrl: pd.DataFrame, templates=None) -> pd.DataFrame:
-    "Per item: control and conditioned scores (over `templates`, default all) and Δ = conditioned − control."
+    "Per item: control and adapter scores (over `templates`, default all) and Δ = adapter − control."
     if templates is not None:
         cond, ctrl = cond[cond.template_id.isin(templates)], ctrl[ctrl.template_id.isin(templates)]
-    a = item_scores(cond)[["item_id", "value", "score"]].rename(columns={"score": "conditioned"})
+    a = item_scores(cond)[["item_id", "value", "score"]].rename(columns={"score": "adapter"})
     b = item_scores(ctrl)[["item_id", "score"]].rename(columns={"score": "control"})
     d = a.merge(b, on="item_id")
-    d["delta"] = d.conditioned - d.control
+    d["delta"] = d.adapter - d.control
     return d
 
 def indomain_metrics(d: pd.DataFrame, targets: dict[str, int], n_boot: int = 1000, seed: int = 0) -> dict:
     "Target drop, drift and Δ per value from `item_deltas`."
     is_t = d.value.isin(list(targets))
-    drop = (d.control - d.conditioned)[is_t].to_numpy(float)
+    drop = (d.control - d.adapter)[is_t].to_numpy(float)
     drift = d.delta[~is_t].abs().to_numpy(float)
     out = {"target_drop": float(drop.mean()) if len(drop) else float("nan"),
            "target_drop_ci": list(bootstrap_ci(drop, n_boot, seed)),
@@ -45,7 +45,7 @@ def indomain_metrics(d: pd.DataFrame, targets: dict[str, int], n_boot: int = 100
            "delta": {v: float(d.delta[d.value == v].mean()) for v in VALUES if (d.value == v).any()},
            "delta_ci": {v: list(bootstrap_ci(d.delta[d.value == v], n_boot, seed)) for v in VALUES if (d.value == v).any()},
            "n_target_items": int(is_t.sum()), "n_other_items": int((~is_t).sum())}
-    out["per_target"] = {v: {"drop": float((d.control - d.conditioned)[d.value == v].mean()),
+    out["per_target"] = {v: {"drop": float((d.control - d.adapter)[d.value == v].mean()),
                              "goal_rating": r} for v, r in targets.items() if (d.value == v).any()}
     return out
 
@@ -54,7 +54,7 @@ def selectivity(d: pd.DataFrame, targets: dict[str, int], n_boot: int = 1000, se
     "Selectivity (change toward the goal on target items − drift on the others) from `item_deltas`, with its bootstrap CI."
     goal = d.value.map(targets)
     is_t = goal.notna().to_numpy()
-    toward = ((d.control - goal).abs() - (d.conditioned - goal).abs()).to_numpy(float)[is_t]
+    toward = ((d.control - goal).abs() - (d.adapter - goal).abs()).to_numpy(float)[is_t]
     drift = d.delta.abs().to_numpy(float)[~is_t]
     size = d.groupby("value").delta.mean().abs().sort_values(ascending=False)
     if not len(toward) or not len(drift):                 # e.g. a --limit that leaves the target without test items
@@ -90,7 +90,7 @@ def selectivity_verdict(m: dict, label: str = "") -> str:
 
 # %% ../nbs/04_indomain.ipynb #8902645c
 def plot_deltas(metrics: dict, targets, ax=None, title=None):
-    "Δ (conditioned − control) per value in circumplex order with 95% CIs; the target(s) highlighted."
+    "Δ (adapter − control) per value in circumplex order with 95% CIs; the target(s) highlighted."
     import matplotlib.pyplot as plt, seaborn as sns
     sns.set_theme(style="whitegrid")
     vals = [v for v in VALUES if v in metrics["delta"]]
@@ -102,7 +102,7 @@ def plot_deltas(metrics: dict, targets, ax=None, title=None):
     ax.errorbar(x, y, yerr=np.clip([y - ci[:, 0], ci[:, 1] - y], 0, None), fmt="none", ecolor="k", capsize=2, lw=1)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(x, [short_name(v) for v in vals], rotation=60, ha="right")
-    ax.set_ylabel("Δ rating (conditioned − control)")
+    ax.set_ylabel("Δ rating (adapter − control)")
     if title: ax.set_title(title)
     return ax
 
@@ -136,7 +136,7 @@ def shared_ratings_path(steering_run, model, s) -> Path:
 @dataclass
 class IndomainParams(EvalParams):
     "The parameters of an in-domain run: the steering run and its control, the survey's held-out items, how to rate them."
-    ROLES = {"control": "control", "conditioned": "adapter"}
+    ROLES = {"control": "control", "adapter": "adapter"}
     model: str = field(default="embedded", metadata={"path": True})
     survey: str = field(default="bundled", metadata={"path": True, "help": "'bundled', a path (KVS json, s2b json, CSV) or an http(s) URL"})
     adapter: str | None = field(default=None, metadata={"path": True, "required": True, "help": "the steering run (any method) or a LoRA adapter folder"})
@@ -163,16 +163,18 @@ class IndomainParams(EvalParams):
 
 # %% ../nbs/04_indomain.ipynb #906a77ae
 def measure_indomain(p: IndomainParams, out: Path, steering: dict, model) -> tuple[dict, dict]:
-    "Rate the test split under the control and the conditioned steering: target drop, drift, selectivity and Δ per value."
+    "Rate the test split under the control's and the adapter's steering: target drop, drift, selectivity and Δ per value."
     if not p.adapter or not p.control: raise ValueError("indomain needs both --adapter and --control")
-    targets = p.targets or steering["conditioned"].targets
+    targets = p.targets or steering["adapter"].targets
     if not targets: raise ValueError(f"no target given and none recorded in the steering run {p.adapter}")
     s = prepare_survey(p.survey, p.split, p.limit, p.templates, instructions=p.instructions)
     start_run(out, "indomain", p.params(), ["ratings_*.parquet"])     # resume only ratings made by the same adapters and survey
     ratings, records = {}, {}
-    for role in ("control", "conditioned"):
+    for role in ("control", "adapter"):
         # the control is shared by many runs: its ratings are cached beside it and copied here
         cache = shared_ratings_path(p.control, p.model, s) if role == "control" else out/f"ratings_{role}.parquet"
+        old = out/"ratings_conditioned.parquet"          # the adapter's ratings in a run of before (its role's name then)
+        if role == "adapter" and old.exists() and not cache.exists(): cache = old
         done = read_parquet_verified(cache) if role == "control" else None
         if done is not None and len(done) == len(s) * s.n_variants:          # complete: no need to load the model
             print(f"s2b: control ratings reused from {cache}")
@@ -186,12 +188,12 @@ def measure_indomain(p: IndomainParams, out: Path, steering: dict, model) -> tup
         if role == "control": atomic_to_parquet(ratings[role], out/"ratings_control.parquet")
     metrics = indomain_results(ratings, targets, s, p, out)
     return metrics, dict(model={"name": p.model, "adapter": str(p.adapter), "control": str(p.control), "roles": records,
-                                "chat": records["conditioned"]["chat"]}, data={"survey": s.source})
+                                "chat": records["adapter"]["chat"]}, data={"survey": s.source})
 
 # %% ../nbs/04_indomain.ipynb #1001ef0f
 def indomain_results(ratings: dict, targets: dict, s, p: IndomainParams, out: Path) -> dict:
     "The metrics of the two roles' `ratings`, overall and on the templates the adapter was trained on and not; the table and figure in `out`."
-    d = item_deltas(ratings["conditioned"], ratings["control"])
+    d = item_deltas(ratings["adapter"], ratings["control"])
     metrics = {"targets": targets, **indomain_metrics(d, targets, seed=p.seed), **selectivity(d, targets, seed=p.seed),
                "n_items": len(s), "n_variants": s.n_variants}
     label = ", ".join(f"{v}→{r}" for v, r in targets.items())
@@ -203,7 +205,7 @@ def indomain_results(ratings: dict, targets: dict, s, p: IndomainParams, out: Pa
         metrics["by_templates"] = {}
         for name, ts in (("seen", [t for t in s.template_ids() if t in seen]), ("held_out", held)):
             if not ts: continue
-            dt = item_deltas(ratings["conditioned"], ratings["control"], ts)
+            dt = item_deltas(ratings["adapter"], ratings["control"], ts)
             part = {k: v for k, v in indomain_metrics(dt, targets, seed=p.seed).items() if k in ("target_drop", "target_drop_ci", "drift", "drift_ci")}
             part.update(selectivity(dt, targets, seed=p.seed)); part["templates"] = ts
             part["verdict"] = selectivity_verdict(part, f"{label}, {name.replace('_', '-')} templates {ts}")

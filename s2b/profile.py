@@ -17,7 +17,7 @@ from .prompts import prompt_parts
 from .models import LM, ModelOptions, load_model, model_slug
 from .steering import read_steering, steer
 from .scoring import encode, prefix_cache, expand_cache
-from .runs import save_figure, atomic_to_parquet, read_parquet_verified, atomic_write_json, run_record, is_done, read_json, inputs_fingerprint
+from .runs import save_figure, atomic_to_parquet, read_parquet_verified, atomic_write_json, run_record, is_done, read_json, same_run
 
 # %% auto #0
 __all__ = ['RATINGS', 'PCOLS', 'KEY', 'rating_slot', 'encode_variants', 'score_plain', 'score_shared', 'parse_rating',
@@ -354,7 +354,7 @@ def run_profile(p: ProfileParams, out="profile", force: bool = False, *, lm: LM 
     if lm is None: lm = load_model(p.model, backend=p.backend, options=p.model_options())
     out.mkdir(parents=True, exist_ok=True)
     prev = read_json(out/"run.json", {}) if (out/"run.json").exists() else {}
-    if prev and (prev.get("params") != params or prev.get("inputs") != inputs_fingerprint(params)) and (out/"ratings.parquet").exists():
+    if prev and not same_run(prev, params) and (out/"ratings.parquet").exists():
         (out/"ratings.parquet").unlink()                 # cached ratings of other parameters or inputs are not reused
     steering = {"steering": st.record()} if p.adapter else {}
     with steer(lm, st):

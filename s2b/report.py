@@ -166,7 +166,7 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
 
 # %% ../nbs/07a_report.ipynb #605e4688
 def capability_table(runs: pd.DataFrame) -> pd.DataFrame:
-    "lm-eval accuracy per model × method × value × task (and group): conditioned, control, Δ with its paired bootstrap CI, the drop flag."
+    "lm-eval accuracy per model × method × value × task (and group): adapter, control, Δ with its paired bootstrap CI, the drop flag."
     rows = []
     for r in runs[runs.stage == "capability"].itertuples():
         for task, e in (r.metrics.get("tasks") or {}).items():
@@ -174,10 +174,10 @@ def capability_table(runs: pd.DataFrame) -> pd.DataFrame:
                 x = e.get(m) or {}
                 if "delta" not in x: continue
                 rows.append({"model": r.model, "method": r.method, "target": r.target, "direction": r.direction, "seed": r.seed, "task": task,
-                             "metric": m, "n": e.get("n"), "conditioned": x.get("conditioned"), "control": x.get("control"),
+                             "metric": m, "n": e.get("n"), "adapter": x.get("adapter", x.get("conditioned")), "control": x.get("control"),
                              "delta": x["delta"], "ci_low": _ci(x.get("delta_ci"))[0], "ci_high": _ci(x.get("delta_ci"))[1],
                              "drop": x.get("drop")})
-    return pd.DataFrame(rows, columns=["model", "method", "target", "direction", "seed", "task", "metric", "n", "conditioned", "control",
+    return pd.DataFrame(rows, columns=["model", "method", "target", "direction", "seed", "task", "metric", "n", "adapter", "control",
                                        "delta", "ci_low", "ci_high", "drop"])
 
 # %% ../nbs/07a_report.ipynb #65775d2c
@@ -257,7 +257,7 @@ def capability_lines(ct: pd.DataFrame) -> list[str]:
     lines = []
     for r in ct.itertuples():
         word = "a drop (the CI excludes 0)" if r.drop else "no drop distinguishable from 0"
-        lines.append(f"{r.model} {r.target} {r.direction} capability {r.task} {r.metric}: {r.conditioned:.3f} vs control {r.control:.3f}, "
+        lines.append(f"{r.model} {r.target} {r.direction} capability {r.task} {r.metric}: {r.adapter:.3f} vs control {r.control:.3f}, "
                      f"Δ {r.delta:+.3f} [{r.ci_low:+.3f}, {r.ci_high:+.3f}] over {r.n} items: {word}")
     return lines
 

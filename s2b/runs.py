@@ -11,7 +11,8 @@ from pathlib import Path
 __all__ = ['CHECKSUMS', 'PACKAGES', 'PATH_PARAMS', 'MAX_DOWNLOAD', 'atomic_path', 'atomic_write_text', 'atomic_write_json',
            'sha256_file', 'atomic_to_parquet', 'set_aside', 'read_parquet_verified', 'write_checksums',
            'verify_checksums', 'read_json', 'save_figure', 'repo_root', 'git_commit', 'package_versions', 'run_record',
-           'cache_dir', 'fingerprint', 'inputs_fingerprint', 'is_done', 'start_run', 'download', 'input_path']
+           'cache_dir', 'fingerprint', 'inputs_fingerprint', 'run_identity', 'same_run', 'is_done', 'start_run',
+           'download', 'input_path']
 
 # %% ../nbs/00a_runs.ipynb #eb2fe20b
 def _umask() -> int:
@@ -263,16 +264,30 @@ def inputs_fingerprint(params: dict) -> dict:
 # %% ../nbs/00a_runs.ipynb #4d4e9ba0
 def _norm(d): return json.loads(json.dumps(d, default=_jsonable))
 
+# %% ../nbs/00a_runs.ipynb #c3a68cf7
+def run_identity(params: dict, defaults: dict | None = None) -> dict:
+    "What makes two runs the same run: `params` over their `defaults` (a parameter left out runs with its default), as run.json stores them."
+    return _norm({k: v for k, v in {**(defaults or {}), **params}.items() if k != "recipe_sha256"})
+
+# %% ../nbs/00a_runs.ipynb #b4a4734b
+def same_run(rec: dict, params: dict, record: str = "", defaults: dict | None = None) -> bool:
+    """True when the run recorded in `rec` (a run.json) asked for these parameters (the same `run_identity`) and its inputs
+    still have the content it recorded. `record`: the prefix of the keys compared (`params`, `inputs`)."""
+    old = rec.get(f"{record}params") if isinstance(rec, dict) else None
+    if not isinstance(old, dict) or run_identity(old, defaults) != run_identity(params, defaults): return False
+    return rec.get(f"{record}inputs") == inputs_fingerprint(old)     # the record's own parameters name the files it read
+
 # %% ../nbs/00a_runs.ipynb #3b67a3ce
-def is_done(out_dir, params: dict, outputs=("metrics.json",), record: str = "") -> bool:
-    """True when `out_dir` holds `outputs` and a `run.json` that asked for these parameters, on inputs with the same
-    content, and every table in it still verifies. `record` is the prefix of the keys compared: "" for what a stage wrote
-    (`params`, `inputs`), "notebook_" for what the stage runner wrote around it (`s2b.stages`)."""
+def is_done(out_dir, params: dict, outputs=("metrics.json",), record: str = "", defaults: dict | None = None) -> bool:
+    """The one done check: True when `out_dir` holds `outputs` and a `run.json` of the same run (`same_run`: these
+    parameters over `defaults`, on inputs with the same content), and every table in it still verifies. `record` is the
+    prefix of the keys compared: "" for what a stage wrote (`params`, `inputs`), "notebook_" for what the stage runner
+    wrote around it (`s2b.stages`)."""
     out_dir = Path(out_dir)
     try: rec = read_json(out_dir/"run.json")
     except (OSError, ValueError): return False                        # a corrupt run.json: not a finished run
     if not isinstance(rec, dict) or any(not (out_dir/o).exists() for o in outputs): return False
-    if _norm(rec.get(f"{record}params")) != _norm(params) or rec.get(f"{record}inputs") != inputs_fingerprint(params): return False
+    if not same_run(rec, params, record, defaults): return False
     return all(read_parquet_verified(t) is not None for t in out_dir.glob("*.parquet") if _sidecar(t).is_file())
 
 # %% ../nbs/00a_runs.ipynb #48436914
@@ -283,9 +298,7 @@ def start_run(out_dir, stage: str, params: dict, caches=()) -> Path:
     out_dir = Path(out_dir); out_dir.mkdir(parents=True, exist_ok=True)
     try: prev = read_json(out_dir/"run.json", None)
     except (OSError, ValueError): prev = {}
-    if isinstance(prev, dict) or prev is None:
-        same = prev is None or (_norm(prev.get("params")) == _norm(params) and prev.get("inputs") == inputs_fingerprint(params))
-    else: same = False
+    same = prev is None or same_run(prev, params)
     stale = [] if same else [p for g in caches for p in sorted(out_dir.glob(g))]
     for p in stale:
         if p.is_dir(): shutil.rmtree(p)

@@ -13,8 +13,8 @@ from .rendered import write_report_html
 
 # %% auto #0
 __all__ = ['STAGES', 'MARKER', 'Stage', 'method_stage', 'stage_notebook', 'StageFailed', 'RunFolderError', 'foreign_entries',
-           'check_out_dir', 'notebook_defaults', 'run_identity', 'stage_done', 'clean_kernel_files', 'end_kernels',
-           'is_library_cell', 'stage_copy', 'RunFolderBusy', 'run_notebook', 'execute_stage']
+           'check_out_dir', 'notebook_defaults', 'stage_done', 'clean_kernel_files', 'end_kernels', 'is_library_cell',
+           'stage_copy', 'RunFolderBusy', 'run_notebook', 'execute_stage']
 
 # %% ../nbs/07b_stages.ipynb #bed8f561
 def _resolve(path: str):
@@ -185,22 +185,13 @@ def notebook_defaults(stage: str) -> dict:
     nb = stage_notebook(stage)
     return _cell_values(str(nb), nb.stat().st_mtime)
 
-def run_identity(stage: str, params: dict) -> dict:
-    """What makes two runs of `stage` the same run: every parameter of its notebook with the value it ran with (a
-    parameter left out runs with the notebook's default, so leaving it out and giving that default are one run). The
-    files a run reads are compared by content (`inputs_fingerprint`), so a recipe's digest is no parameter."""
-    return {k: v for k, v in {**notebook_defaults(stage), **params}.items() if k != "recipe_sha256"}
-
+# %% ../nbs/07b_stages.ipynb #9b169d7d
 def stage_done(out_dir, params: dict) -> bool:
-    """True when `out_dir` holds a finished stage run executed with these notebook parameters (the same `run_identity`),
-    on inputs with the same content."""
-    params = {**params, "out": str(Path(out_dir).resolve())}
+    "True when `out_dir` holds a finished stage run executed with these notebook parameters, on inputs with the same content (`is_done`)."
     rec = read_json(Path(out_dir)/"run.json", {}) if (Path(out_dir)/"run.json").is_file() else {}
-    old, stage = (rec.get("notebook_params"), rec.get("notebook_stage")) if isinstance(rec, dict) else (None, None)
-    if isinstance(old, dict) and stage in STAGES:
-        same = lambda a, b: json.loads(json.dumps(a, default=str)) == json.loads(json.dumps(b, default=str))
-        if same(run_identity(stage, old), run_identity(stage, params)): params = old   # this run: its record decides the rest
-    return is_done(out_dir, params, ("metrics.json", "report.ipynb"), record="notebook_")
+    stage = rec.get("notebook_stage") if isinstance(rec, dict) else None
+    return is_done(out_dir, {**params, "out": str(Path(out_dir).resolve())}, ("metrics.json", "report.ipynb"), record="notebook_",
+                   defaults=notebook_defaults(stage) if stage in STAGES else None)
 
 # %% ../nbs/07b_stages.ipynb #10f56f2d
 def _alive(pid: int) -> bool:

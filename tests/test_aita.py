@@ -26,13 +26,13 @@ def test_gain_by_hand():
     df = _table([
         # post a: high NTA, low YTA (unused Neutral)
         ("a", "Tradition", "control", "NTA", "YTA", .50, .30, .20),
-        ("a", "Tradition", "conditioned", "NTA", "YTA", .30, .45, .25),
+        ("a", "Tradition", "adapter", "NTA", "YTA", .30, .45, .25),
         # post b: high Neutral, low YTA (unused NTA)
         ("b", "Tradition", "control", "Neutral", "YTA", .40, .40, .20),
-        ("b", "Tradition", "conditioned", "Neutral", "YTA", .50, .40, .10),
+        ("b", "Tradition", "adapter", "Neutral", "YTA", .50, .40, .10),
         # post c: high YTA, low NTA (unused Neutral), another value
         ("c", "Face", "control", "YTA", "NTA", .20, .70, .10),
-        ("c", "Face", "conditioned", "YTA", "NTA", .30, .50, .20),
+        ("c", "Face", "adapter", "YTA", "NTA", .30, .50, .20),
     ])
     pg = post_gains(df).set_index("post_id")
     # a: Δlow = Δp(YTA) = .15, Δhigh = Δp(NTA) = -.20, Δunused = Δp(Neutral) = .05 -> .15 + .20 + .025 = .375
@@ -58,7 +58,7 @@ def test_metrics_schema_and_placebo_on_made_up_numbers():
     df = _table([
         ("a", "Tradition", "base", "NTA", "YTA", .6, .3, .1),
         ("a", "Tradition", "control", "NTA", "YTA", .5, .3, .2),
-        ("a", "Tradition", "conditioned", "NTA", "YTA", .3, .5, .2),
+        ("a", "Tradition", "adapter", "NTA", "YTA", .3, .5, .2),
         ("a", "Tradition", "placebo", "NTA", "YTA", .5, .4, .1),
     ])
     df["coverage"], df["seconds"], df["truncated"], df["verdict"] = [.9, .8, .7, .6], 2.0, False, None
@@ -67,15 +67,32 @@ def test_metrics_schema_and_placebo_on_made_up_numbers():
     assert v["gain"] == pytest.approx(0.4) and v["shift_low"] == pytest.approx(0.2)
     # placebo: Δlow = .1, Δhigh = 0, Δunused = -.1 -> .1 - 0 - .05 = .05
     assert v["placebo_gain"] == pytest.approx(0.05) and v["placebo_gain_ci"] == pytest.approx([0.05, 0.05])
-    assert v["coverage"] == pytest.approx({"base": .9, "control": .8, "conditioned": .7, "placebo": .6})
-    assert m["weighted_mean"]["placebo_gain"] == pytest.approx(0.05) and m["roles"] == ["base", "conditioned", "control", "placebo"]
-    assert m["profile"]["base"]["Tradition"]["agree_high"] == 1.0 and m["profile"]["conditioned"]["all"]["agree_low"] == 1.0
-    assert m["seconds_per_post"] == {"base": 2.0, "conditioned": 2.0, "control": 2.0, "placebo": 2.0}
+    assert v["coverage"] == pytest.approx({"base": .9, "control": .8, "adapter": .7, "placebo": .6})
+    assert m["weighted_mean"]["placebo_gain"] == pytest.approx(0.05) and m["roles"] == ["base", "adapter", "control", "placebo"]
+    assert m["profile"]["base"]["Tradition"]["agree_high"] == 1.0 and m["profile"]["adapter"]["all"]["agree_low"] == 1.0
+    assert m["seconds_per_post"] == {"base": 2.0, "adapter": 2.0, "control": 2.0, "placebo": 2.0}
     base_only = aita_metrics(df[df.role == "base"], n_boot=100)
     assert base_only["values"]["Tradition"]["gain"] is None and "placebo_gain" not in base_only["values"]["Tradition"]
     assert base_only["profile"]["base"]["all"]["p_NTA"] == pytest.approx(.6)
     json.dumps(m)
 
+
+def test_cache_of_a_run_of_before_is_reused_under_the_adapter_role(tmp_path, monkeypatch):
+    "An AITA run of before called the adapter's role 'conditioned': its cached scores are the adapter's, not scored again."
+    from s2b.runs import atomic_to_parquet
+    ps = load_paper_json(FIX/"paper_ok.json")
+    calls = []
+    def fake(lm, post, system=None, max_length=None):
+        calls.append(post.id)
+        return {**{f"p_{l}": 1/3 for l in LABELS}, **{f"logp_{l}": -1.0 for l in LABELS},
+                "coverage": 0.5, "truncated": False, "n_tokens": 10, "seconds": 0.1}
+    monkeypatch.setattr(aita, "score_post", fake)
+    cache = tmp_path/"posts.parquet"
+    score_posts(None, ps, "adapter", cache=cache, config="cfg", progress=False)
+    n = len(calls)
+    old = pd.read_parquet(cache); atomic_to_parquet(old.assign(role="conditioned"), cache)    # as a run of before wrote it
+    df = score_posts(None, ps, "adapter", cache=cache, config="cfg", progress=False)
+    assert len(calls) == n and set(df.role) == {"adapter"} and len(df) == len(ps)
 
 def test_score_posts_resumes(tmp_path, monkeypatch):
     ps = load_paper_json(FIX/"paper_ok.json")
@@ -117,26 +134,26 @@ def test_end_to_end_with_random_adapters(lm, tmp_path, monkeypatch, random_adapt
     for f in ("metrics.json", "posts.parquet", "run.json", "gain.png", "p_labels.png", "profile.png"):
         assert (out/f).exists(), f
     disk = json.loads((out/"metrics.json").read_text())
-    assert disk["roles"] == ["conditioned", "control", "placebo"] and disk["n_posts"] == 2
+    assert disk["roles"] == ["adapter", "control", "placebo"] and disk["n_posts"] == 2
     v = disk["values"]["Self_direction_thought"]
     assert set(v) >= {"n", "gain", "gain_ci", "shift_low", "shift_low_ci", "coverage", "placebo_gain", "placebo_gain_ci"}
     assert v["n"] == 2 and len(v["gain_ci"]) == 2 and v["gain_ci"][0] <= v["gain"] <= v["gain_ci"][1]
-    assert set(v["coverage"]) == {"conditioned", "control", "placebo"}
+    assert set(v["coverage"]) == {"adapter", "control", "placebo"}
     wm = disk["weighted_mean"]
     assert set(wm) >= {"n", "gain", "gain_ci", "shift_low", "shift_low_ci", "coverage", "placebo_gain", "placebo_gain_ci"}
-    assert wm["gain"] == pytest.approx(v["gain"]) and set(disk["seconds_per_post"]) == {"conditioned", "control", "placebo"}
+    assert wm["gain"] == pytest.approx(v["gain"]) and set(disk["seconds_per_post"]) == {"adapter", "control", "placebo"}
     # the placebo is the same adapter here, scored in a second pass: equal up to float32 rounding (0.4% seen once under load)
     assert wm["placebo_gain"] == pytest.approx(wm["gain"], rel=1e-2)
     df = pd.read_parquet(out/"posts.parquet")
     assert set(df.columns) >= {"post_id", "value", "role", "p_NTA", "p_YTA", "p_Neutral", "coverage", "truncated"}
     assert len(df) == 6 and np.allclose(df[["p_NTA", "p_YTA", "p_Neutral"]].sum(axis=1), 1)
     by = df.set_index(["role", "post_id"])
-    assert np.allclose(by.loc["conditioned", "p_NTA"], by.loc["placebo", "p_NTA"], atol=1e-6)
-    assert not np.allclose(by.loc["conditioned", "p_NTA"], by.loc["control", "p_NTA"], atol=1e-4)   # adapters switch
+    assert np.allclose(by.loc["adapter", "p_NTA"], by.loc["placebo", "p_NTA"], atol=1e-6)
+    assert not np.allclose(by.loc["adapter", "p_NTA"], by.loc["control", "p_NTA"], atol=1e-4)   # adapters switch
     run = json.loads((out/"run.json").read_text())
     assert run["stage"] == "aita" and run["params"]["limit"] == 2 and run["seed"] == 0
     assert run["data"]["posts"]["path"].endswith("scenarios.json") and len(run["data"]["posts"]["sha256"]) == 64
-    assert run["model"]["name"] == "embedded" and set(run["adapters"]) == {"conditioned", "control", "placebo"}
+    assert run["model"]["name"] == "embedded" and set(run["adapters"]) == {"adapter", "control", "placebo"}
     # done: a second call returns the metrics without loading a model
     import s2b.evaluation
     monkeypatch.setattr(s2b.evaluation, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("reloaded")))
@@ -158,7 +175,7 @@ def test_profile_without_values_and_figures(tmp_path):
     save_figure(aita.plot_profile(m), tmp_path/"profile.png")
     save_figure(aita.plot_label_distributions(pd.DataFrame(rows)), tmp_path/"p.png")
     df = _table([(i, v, r, "NTA", "YTA", p, 1 - p - .1, .1) for i, v in (("a", "Face"), ("b", "Hedonism"))
-                 for r, p in (("control", .5), ("conditioned", .3), ("placebo", .45))])
+                 for r, p in (("control", .5), ("adapter", .3), ("placebo", .45))])
     df["coverage"], df["seconds"], df["truncated"], df["verdict"] = .5, 1.0, False, None
     m = aita_metrics(df, n_boot=50)
     save_figure(aita.plot_gain(m), tmp_path/"gain.png")
@@ -174,13 +191,13 @@ def test_truncated_posts_are_said_on_the_console(tmp_path, capsys):
 
 
 def test_mde_in_the_metrics_and_the_words():
-    "Each value's MDE comes from its own per-post gains (paired: conditioned − control per post); one post gives none."
+    "Each value's MDE comes from its own per-post gains (paired: adapter − control per post); one post gives none."
     from s2b.stats import mde, mean_se
     rows = []
     for i, (pc, pt) in enumerate([(.5, .3), (.5, .4), (.4, .35), (.6, .3)]):     # Tradition: 4 posts, high NTA, low YTA
         rows += [(f"t{i}", "Tradition", "control", "NTA", "YTA", pc, 1 - pc - .1, .1),
-                 (f"t{i}", "Tradition", "conditioned", "NTA", "YTA", pt, 1 - pt - .1, .1)]
-    rows += [("f0", "Face", "control", "NTA", "YTA", .5, .4, .1), ("f0", "Face", "conditioned", "NTA", "YTA", .4, .5, .1)]
+                 (f"t{i}", "Tradition", "adapter", "NTA", "YTA", pt, 1 - pt - .1, .1)]
+    rows += [("f0", "Face", "control", "NTA", "YTA", .5, .4, .1), ("f0", "Face", "adapter", "NTA", "YTA", .4, .5, .1)]
     df = _table(rows)
     df["coverage"], df["seconds"], df["truncated"], df["verdict"] = .9, 1.0, False, None
     m = aita_metrics(df, n_boot=200)

@@ -84,12 +84,12 @@ def test_unreachable_hub_task_is_a_clear_error(offline):
 # ---------------------------------------------------------------- metrics (no model)
 
 def test_paired_delta_and_drop_flag():
-    rows = [("t", i, r, float(ok)) for i in range(50) for r, ok in (("control", True), ("conditioned", i >= 10))]
+    rows = [("t", i, r, float(ok)) for i in range(50) for r, ok in (("control", True), ("adapter", i >= 10))]
     df = pd.DataFrame(rows, columns=["task", "doc_id", "role", "acc"]).assign(acc_norm=np.nan)
     m = C.capability_metrics(df)
     e = m["tasks"]["t"]["acc"]
     assert e["delta"] == pytest.approx(-0.2) and e["delta_ci"][1] < 0 and e["drop"] and m["drops"] == ["t"]
-    assert m["metrics"] == ["acc"] and m["n_items"] == {"conditioned": 50, "control": 50}
+    assert m["metrics"] == ["acc"] and m["n_items"] == {"adapter": 50, "control": 50}
     same = C.capability_metrics(df.assign(acc=1.0))["tasks"]["t"]["acc"]
     assert same["delta"] == 0.0 and same["delta_ci"] == [0.0, 0.0] and not same["drop"]
 
@@ -149,11 +149,11 @@ def test_zeroed_adapter_gives_zero_delta_exactly(lm, random_adapters, tmp_path):
     e = m["tasks"]["s2b_general"]
     for k in m["metrics"]:
         assert e[k]["delta"] == 0.0 and e[k]["delta_ci"] == [0.0, 0.0] and not e[k]["drop"]
-        assert e[k]["conditioned"] == e[k]["control"] == e[k]["base"]
+        assert e[k]["adapter"] == e[k]["control"] == e[k]["base"]
     s = pd.read_parquet(tmp_path/"run"/"samples.parquet")
-    ll = {r: np.stack(s[s.role == r].sort_values("doc_id").loglik.to_list()) for r in ("base", "conditioned", "control")}
-    assert (ll["conditioned"] == ll["base"]).all() and (ll["control"] == ll["base"]).all()   # bit for bit: the adapters add 0
-    assert m["drops"] == [] and m["n_items"] == {"base": 12, "conditioned": 12, "control": 12}
+    ll = {r: np.stack(s[s.role == r].sort_values("doc_id").loglik.to_list()) for r in ("base", "adapter", "control")}
+    assert (ll["adapter"] == ll["base"]).all() and (ll["control"] == ll["base"]).all()   # bit for bit: the adapters add 0
+    assert m["drops"] == [] and m["n_items"] == {"base": 12, "adapter": 12, "control": 12}
 
 
 @pytest.mark.model
@@ -166,13 +166,13 @@ def test_stage_end_to_end_from_the_cli(lm, random_adapters, tmp_path, capsys):
                  "--out", str(out)]) == 0
     for f in ("report.ipynb", "metrics.json", "run.json", "samples.parquet", "delta.png"): assert (out/f).exists(), f
     m, rec = json.loads((out/"metrics.json").read_text()), json.loads((out/"run.json").read_text())
-    assert m["roles"] == ["conditioned", "control"] and m["task_versions"] == {"s2b_general": 1.0}
+    assert m["roles"] == ["adapter", "control"] and m["task_versions"] == {"s2b_general": 1.0}
     assert rec["lm_eval"]["version"] == L.lm_eval_version() and rec["lm_eval"]["tasks"]["s2b_general"]["version"] == 1.0
-    assert rec["data"]["s2b_general"]["sha256"] and rec["adapters"]["conditioned"] == str(Path(cond).resolve())
+    assert rec["data"]["s2b_general"]["sha256"] and rec["adapters"]["adapter"] == str(Path(cond).resolve())
     s = pd.read_parquet(out/"samples.parquet")
     w = s.pivot_table(index="doc_id", columns="role", values="acc")
     e = m["tasks"]["s2b_general"]["acc"]
-    assert e["delta"] == pytest.approx((w.conditioned - w.control).mean()) and e["delta_ci"][0] <= e["delta"] <= e["delta_ci"][1]
+    assert e["delta"] == pytest.approx((w.adapter - w.control).mean()) and e["delta_ci"][0] <= e["delta"] <= e["delta_ci"][1]
     assert e["drop"] == (e["delta_ci"][1] < 0)
     capsys.readouterr()
     assert main(["evaluate", "capability", "--adapter", cond, "--control", ctrl, "--tasks", "bundled", "--limit", "12",
@@ -180,20 +180,22 @@ def test_stage_end_to_end_from_the_cli(lm, random_adapters, tmp_path, capsys):
     assert "already finished" in capsys.readouterr().out                    # the same parameters: skipped
 
 
-def test_report_table_and_grid_stage(tmp_path):
-    "The report collects capability runs into a table; the grid plans the stage only when a recipe lists it."
+@pytest.mark.parametrize("role", ["adapter", "conditioned"])          # 'conditioned': the adapter's role in runs of before
+def test_report_table_and_grid_stage(tmp_path, role):
+    "The report collects capability runs into a table (an old run's too); the grid plans the stage only when a recipe lists it."
     from s2b.report import build_report
     from s2b.runs import atomic_write_json
     import s2b.grid as G
     d = tmp_path/"runs"/"m"/"capability__Hedonism-down__s0"
     atomic_write_json(d/"metrics.json", {"metrics": ["acc"], "tasks": {"s2b_general": {"kind": "task", "n": 40, "acc": {
-        "conditioned": 0.8, "control": 0.9, "delta": -0.1, "delta_ci": [-0.2, -0.025], "drop": True}}}})
+        role: 0.8, "control": 0.9, "delta": -0.1, "delta_ci": [-0.2, -0.025], "drop": True}}}})
     atomic_write_json(d/"run.json", {"stage": "capability", "model": {"name": "m"}, "steering": {
         "method": "sft", "targets": {"Hedonism": 1}, "direction": "down", "label": "Hedonism-down", "seed": 0}})
     written = build_report(tmp_path/"runs", tmp_path/"figures")
     assert written["tables"][-1] == "capability"
     t = pd.read_csv(tmp_path/"runs"/"report"/"tables"/"capability.csv")
     assert t.loc[0, "target"] == "Hedonism" and t.loc[0, "delta"] == -0.1 and bool(t.loc[0, "drop"])
+    assert t.loc[0, "adapter"] == 0.8 and t.loc[0, "control"] == 0.9
     assert not any(r.stage == "capability" for r in G.plan({"values": ["Hedonism"]}, runs_dir=tmp_path/"p"))
     runs = G.plan({"values": ["Hedonism", "Tradition"], "stages": {"capability": {"first_value_only": True}}}, runs_dir=tmp_path/"p")
     cap = [r for r in runs if r.stage == "capability"]
