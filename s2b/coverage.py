@@ -25,7 +25,7 @@ def coverage_table(runs: pd.DataFrame) -> pd.DataFrame:
         for part, e in (("all", m), *((p, (m.get("by_templates") or {}).get(p) or {}) for p in PARTS[1:])):
             if "selectivity" not in e or not np.isfinite(e["selectivity"]): continue
             lo, hi = e["selectivity_ci"]
-            row.update({f"{part}_toward": e["toward_goal"], f"{part}_drift": e["drift"], f"{part}_selectivity": e["selectivity"],
+            row.update({f"{part}_toward": e.get("toward_goal", np.nan), f"{part}_drift": e.get("drift", np.nan), f"{part}_selectivity": e["selectivity"],
                         f"{part}_lo": lo, f"{part}_hi": hi, f"{part}_selective": bool(lo > 0 and e["selectivity"] >= NEGLIGIBLE),
                         f"{part}_rank": (e.get("target_rank") or {}).get(r.target)})
         rows.append(row)
