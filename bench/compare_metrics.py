@@ -2,6 +2,9 @@
 
     python bench/compare_metrics.py RUNS_A RUNS_B [--tol 1e-6]
 
+`--rename OLD=NEW` reads A's key OLD as NEW (a renamed role: `--rename conditioned=adapter`); `--new KEY` allows a key that
+only B has (a setting added since, e.g. `--new target_repeat --new revision`).
+
 A refactoring that should not change behaviour runs `s2b demo --runs-dir RUNS_A` before it and `--runs-dir RUNS_B`
 after it (same recipe, same seed, empty folders), then this. It prints each number that differs by more than `--tol`
 (or is missing on one side) and exits 1 if there is any; the counts of files and numbers compared otherwise.
@@ -22,6 +25,8 @@ def numbers(o, path=""):
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("a"); ap.add_argument("b"); ap.add_argument("--tol", type=float, default=1e-6)
+    ap.add_argument("--rename", action="append", default=[], help="OLD=NEW: A's key OLD is B's NEW")
+    ap.add_argument("--new", action="append", default=[], help="a key (last path part) that only B may have")
     a = ap.parse_args(argv)
     A, B = Path(a.a), Path(a.b)
     files = sorted({p.relative_to(A) for p in A.rglob("metrics.json")} | {p.relative_to(B) for p in B.rglob("metrics.json")})
@@ -29,6 +34,9 @@ def main(argv=None) -> int:
     for f in files:
         if not (A/f).exists() or not (B/f).exists(): bad.append(f"{f}: only in {'B' if not (A/f).exists() else 'A'}"); continue
         na, nb = numbers(json.loads((A/f).read_text())), numbers(json.loads((B/f).read_text()))
+        for old, new in (r.split("=", 1) for r in a.rename):
+            na = {re.sub(rf"(^|\.){re.escape(old)}($|[.\[])", rf"\g<1>{new}\g<2>", k): v for k, v in na.items()}
+        nb = {k: v for k, v in nb.items() if k in na or re.split(r"[.\[]", k)[-1] not in a.new}
         for k in sorted(set(na) | set(nb)):
             if TIMING.search(k): continue
             n += 1
