@@ -24,7 +24,7 @@ cached in `build/docs/executed/`, keyed by the notebook's content and the conten
 (`s2b/`, `data/`, `recipes/`, `pyproject.toml`): a rebuild executes only what changed. A notebook
 that fails stops the build with its name; its executed copy is left in `build/docs/failed/`.
 
-`docs/nbs/` and `docs/results/` are git-ignored; `docs/api/*.md` are regenerated on every run.
+`docs/nbs/`, `docs/results/` and `docs/measured.md` (from `bench/RESULTS.md`) are git-ignored; `docs/api/*.md` are regenerated on every run.
 """
 from __future__ import annotations
 
@@ -476,6 +476,19 @@ def collect_results(root: Path = ROOT) -> dict:
     return {"figures": [p.name for p in figs], "tables": [p.relative_to(root).as_posix() for p in tables]}
 
 
+def collect_measured(root: Path = ROOT) -> str | None:
+    """`bench/RESULTS.md`, the measured studies (speed, selectivity on every value, the transfer study), as the site's
+    page `measured.md`: one source, headings and links made safe for the site (`_embed`)."""
+    src, dest = root / "bench" / "RESULTS.md", root / "docs" / "measured.md"
+    if not src.is_file():
+        dest.unlink(missing_ok=True)
+        return None
+    body = _embed(src.read_text(encoding="utf-8", errors="replace").strip(), set())
+    dest.write_text("# Measured results\n\n*From `bench/RESULTS.md`: what was run, on which machine, with which numbers.*\n\n"
+                    + body + "\n", encoding="utf-8")
+    return dest.name
+
+
 def build(root: Path = ROOT, execute=None) -> dict:
     "Prepare every generated source of the site; `execute`: the notebooks to execute (`executed_notebooks`)."
     for nb in sorted((root / "nbs").glob("*.ipynb")):  # a broken notebook stops the build before anything runs
@@ -493,6 +506,7 @@ def build(root: Path = ROOT, execute=None) -> dict:
     pages = copy_notebooks(root, executed)
     mods = write_api(root)
     res = collect_results(root)
+    res["measured"] = collect_measured(root)
     return {"notebooks": [p["path"] for p in pages], "executed": sorted(executed),
             "cached": sum(line.endswith(": cached") for line in lines), "api": mods, **res}
 
