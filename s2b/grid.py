@@ -55,11 +55,12 @@ def _model_runs(g: dict, model: str, base: Path, s: dict) -> tuple[list[Run], ob
                                              baseline=str(base/"baseline"), backend=g["backend"], items_of=list(g["values"]))
     return runs, steer, common
 
-# %% ../nbs/08_grid.ipynb #d7a99522
+# %% ../nbs/08_grid.ipynb #961d7fb3
 def _control_of(method: str, v: str | None, d: str | None, seed) -> str:
     "The run folder of the control an artefact is compared with (the `sft` control: one per seed, any target)."
     return f"finetune__control__s{seed}" if method == "sft" else f"{method}__control__{v}-{d}__s{seed}"
 
+# %% ../nbs/08_grid.ipynb #dd287c59
 def _artefact_of(method: str, v: str, d: str, seed) -> str:
     "The run folder of the artefact `method` makes for target `v`, `d`."
     return f"{'finetune__' if method == 'sft' else ''}{_tag(method, v, d, seed)}"
@@ -135,12 +136,13 @@ def _evaluation_runs(g: dict, s: dict, slug: str, base: Path, common: dict, meth
             runs.append(_evaluation(f"{slug}/capability__{tag}", "capability", base/f"capability__{tag}", [art, ctrl], **ev, **pair, **cp))
     return runs
 
-# %% ../nbs/08_grid.ipynb #70e06f7a
+# %% ../nbs/08_grid.ipynb #25c253da
 def grid_dir(g: dict, runs_dir=None) -> Path:
     "The folder of a grid's runs: `runs_dir`, else the recipe's, relative to the working directory."
     runs_dir = Path(runs_dir or g["runs_dir"])
     return runs_dir if runs_dir.is_absolute() else (Path.cwd()/runs_dir).resolve()
 
+# %% ../nbs/08_grid.ipynb #fbb16e84
 def _method_steer(steer, s: dict, method: str):
     "The steering parameters of `method`: `verdict` trains on the aita stage's posts with its own recipe (`stages.verdict`)."
     if method != "verdict": return steer
@@ -149,7 +151,16 @@ def _method_steer(steer, s: dict, method: str):
                                                    "overrides": vs.get("overrides") or {}, "baseline": None,
                                                    "posts": input_path(s["aita"].get("posts", "bundled"))})
 
-# %% ../nbs/08_grid.ipynb #02aed26c
+def _toposort(runs):
+    by = {r.key: r for r in runs}; done, out = set(), []
+    def visit(r, stack=()):
+        if r.key in done: return
+        if r.key in stack: raise ValueError(f"dependency cycle at {r.key}")
+        for d in r.deps: visit(by[d], stack + (r.key,))
+        done.add(r.key); out.append(r)
+    for r in runs: visit(r)
+    return out
+
 def plan(recipe, runs_dir=None) -> list[Run]:
     "The stage runs of a grid recipe, in an order that respects their dependencies."
     g = load_grid(recipe)
@@ -181,16 +192,7 @@ def plan(recipe, runs_dir=None) -> list[Run]:
         seen.add(r.key)
     return _toposort(runs)
 
-def _toposort(runs):
-    by = {r.key: r for r in runs}; done, out = set(), []
-    def visit(r, stack=()):
-        if r.key in done: return
-        if r.key in stack: raise ValueError(f"dependency cycle at {r.key}")
-        for d in r.deps: visit(by[d], stack + (r.key,))
-        done.add(r.key); out.append(r)
-    for r in runs: visit(r)
-    return out
-
+# %% ../nbs/08_grid.ipynb #389ef384
 def unfinished(runs: list[Run]) -> set[str]:
     "The keys of the runs still to do: not finished with these parameters and inputs, or reading a run still to do."
     todo = set()
@@ -198,6 +200,7 @@ def unfinished(runs: list[Run]) -> set[str]:
         if any(d in todo for d in r.deps) or not stage_done(r.out, r.params): todo.add(r.key)
     return todo
 
+# %% ../nbs/08_grid.ipynb #740dbb27
 def describe(runs: list[Run]) -> str:
     "The plan as text: one line per run, with its state and dependencies."
     lines, todo = [], unfinished(runs)

@@ -22,7 +22,7 @@ __all__ = ['NEGLIGIBLE', 'item_deltas', 'indomain_metrics', 'selectivity', 'sele
            'plot_deltas', 'shared_ratings_path', 'IndomainParams', 'measure_indomain', 'indomain_results',
            'run_indomain']
 
-# %% ../nbs/04_indomain.ipynb #c3478e32
+# %% ../nbs/04_indomain.ipynb #928fbaf7
 def item_deltas(cond: pd.DataFrame, ctrl: pd.DataFrame, templates=None) -> pd.DataFrame:
     "Per item: control and adapter scores (over `templates`, default all) and Δ = adapter − control."
     if templates is not None:
@@ -33,6 +33,7 @@ def item_deltas(cond: pd.DataFrame, ctrl: pd.DataFrame, templates=None) -> pd.Da
     d["delta"] = d.adapter - d.control
     return d
 
+# %% ../nbs/04_indomain.ipynb #514ffb65
 def indomain_metrics(d: pd.DataFrame, targets: dict[str, int], n_boot: int = 1000, seed: int = 0) -> dict:
     "Target drop, drift and Δ per value from `item_deltas`."
     is_t = d.value.isin(list(targets))
@@ -116,7 +117,7 @@ def _train_templates(adapter):
             return parse_ids(t)
     return None
 
-# %% ../nbs/04_indomain.ipynb #e147c55f
+# %% ../nbs/04_indomain.ipynb #360a7a82
 def shared_ratings_path(steering_run, model, s) -> Path:
     """Where the ratings under the steering run `steering_run` on the prepared survey `s` are cached beside it, so that
     every in-domain run with the same control (20 values × directions in a grid) rates it once. The key holds the model,
@@ -133,6 +134,7 @@ def shared_ratings_path(steering_run, model, s) -> Path:
                              f"{steering_run}; s2b writes the shared ratings only inside it (remove the link)")
     return path
 
+# %% ../nbs/04_indomain.ipynb #3344ccaf
 @dataclass
 class IndomainParams(EvalParams):
     "The parameters of an in-domain run: the steering run and its control, the survey's held-out items, how to rate them."
@@ -159,7 +161,6 @@ class IndomainParams(EvalParams):
         "Both steering runs given; the survey, its split, templates and instructions (the target: when the object is made)."
         if not self.adapter or not self.control: raise ValueError("indomain needs both --adapter and --control")
         prepare_survey(self.survey, self.split, self.limit, self.templates, None, self.instructions)
-
 
 # %% ../nbs/04_indomain.ipynb #906a77ae
 def measure_indomain(p: IndomainParams, out: Path, steering: dict, model) -> tuple[dict, dict]:

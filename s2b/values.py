@@ -44,10 +44,11 @@ BASIC: dict[str, str] = {
 BASIC_VALUES: tuple[str, ...] = ("Self-direction", "Stimulation", "Hedonism", "Achievement", "Power",
                                  "Security", "Tradition", "Conformity", "Benevolence", "Universalism")
 
-# %% ../nbs/00_values.ipynb #201a75a0
+# %% ../nbs/00_values.ipynb #045b2f9c
 class UnknownValueError(ValueError):
     "A value name that is not one of the 20 refined values."
 
+# %% ../nbs/00_values.ipynb #e5d6b260
 def _key(name: str) -> str:
     return re.sub(r"[^a-z]+", "", str(name).lower())
 
@@ -62,10 +63,12 @@ def normalize_value(name: str) -> str:
         raise UnknownValueError(f"Unknown value {name!r}.{hint} Known values: {', '.join(VALUES)}")
     return v
 
+# %% ../nbs/00_values.ipynb #81929dd4
 def value_index(name: str) -> int:
     "Position of the value on the circle (0..19)."
     return VALUES.index(normalize_value(name))
 
+# %% ../nbs/00_values.ipynb #c110a43e
 def short_name(name: str) -> str:
     "A compact label for plots, e.g. 'Univ. concern'."
     v = normalize_value(name)
