@@ -147,7 +147,7 @@ def _method_steer(steer, s: dict, method: str):
     "The steering parameters of `method`: `verdict` trains on the aita stage's posts with its own recipe (`stages.verdict`)."
     if method != "verdict": return steer
     vs = s.get("verdict") or {}
-    return method_stage("verdict").params_class(**{**vars(steer), "recipe": input_path(vs.get("recipe", "recipes/verdict-cpu.yaml")),
+    return method_stage("verdict").params_class(**{**{f.name: getattr(steer, f.name) for f in fields(steer)}, "recipe": input_path(vs.get("recipe", "recipes/verdict-cpu.yaml")),
                                                    "overrides": vs.get("overrides") or {}, "baseline": None,
                                                    "posts": input_path(s["aita"].get("posts", "bundled"))})
 
