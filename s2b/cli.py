@@ -167,7 +167,7 @@ def _add_grid(sub):
     p.add_argument("--runs-dir", help="default: the recipe's runs_dir (papermill_runs)")
 
     p = sub.add_parser("report", help=STAGES["report"].help)
-    p.add_argument("--runs-dir", default="papermill_runs"); p.add_argument("--figures", default="figures")
+    _add_fields(p, STAGES["report"].params_class)                    # --runs-dir, --figures
     p.add_argument("--force", action="store_true")
 
     p = sub.add_parser("demo", help="the whole pipeline on the embedded model (recipes/demo.yaml), then the report")
@@ -263,8 +263,9 @@ def _main(a) -> int:
         status = run_grid(a.recipe, a.executor, a.dry_run, a.force, a.runs_dir, a.status)
         return 1 if any(str(v).startswith(("failed", "skipped (dep")) for v in status.values()) else 0
     if a.cmd == "report":
-        return _run("report", Path(a.runs_dir)/"report", dict(runs_dir=str(Path(a.runs_dir).resolve()),
-                                                                figures=str(Path(a.figures).resolve())), a.force)
+        p = STAGES["report"].params_class(runs_dir=str(Path(a.runs_dir).resolve()), figures=str(Path(a.figures).resolve()))
+        p.check()
+        return _run("report", Path(a.runs_dir)/"report", p.params(), a.force)
     if a.cmd == "demo": return _demo(a)
     raise ValueError(f"unknown command {a.cmd}")
 

@@ -62,7 +62,8 @@ STAGES = {s.name: s for s in (
           params="machiavelli.MachiavelliParams"),
     Stage("capability", "06g_capability.ipynb", "capability.run_capability", "lm-evaluation-harness accuracy under the adapter and the control, Δ with a CI",
           params="capability.CapabilityParams"),
-    Stage("report", "07a_report.ipynb", "report.build_report", "collect papermill_runs/ into tables and figures"),
+    Stage("report", "07a_report.ipynb", "report.build_report", "collect papermill_runs/ into tables and figures",
+          params="report.ReportParams"),
 )}
 
 # %% ../nbs/07b_stages.ipynb #35f3ec8d
