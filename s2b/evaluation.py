@@ -20,10 +20,7 @@ class EvalParams(ModelOptions):
     "What the parameter object of every evaluation has beside its own fields (declared by the evaluation, a dataclass): the model options (`ModelOptions`) among them."
     ROLES: ClassVar[dict] = {}         # {role: the field naming its steering run, or None for the un-steered model}
 
-    @classmethod
-    def of(cls, ns: dict):
-        "The parameters named in `ns` (a notebook's `globals()`, a run's parameters); others are left out."
-        return cls(**{f.name: ns[f.name] for f in fields(cls) if f.name in ns})
+    # `of` (a notebook's globals or a run's parameters → the object) is `ModelOptions.of`
 
     def params(self) -> dict:
         "The fields as a dict: what a stage run receives and what `run.json` records under `params` (the run's identity)."

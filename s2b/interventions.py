@@ -156,10 +156,6 @@ class SteeringParams(ModelOptions):
         self.targets = {} if self.control else self.goal                                  # what the run steers
         self.focus = set(self.goal) | {normalize_value(v) for v in (self.items_of or "").split(",") if v.strip()}
 
-    def overrides_dict(self) -> dict:
-        "The recipe overrides as given (a `null` one sets its setting to None)."
-        return dict(self.overrides)
-
     def params(self) -> dict:
         "What a stage run receives (papermill's parameters): the fields, `overrides` as JSON (the recipe's content is an input)."
         d = {**asdict(self), "overrides": json.dumps(self.overrides)}          # a notebook parameter is text

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 import numpy as np
-from .values import normalize_value, target_ratings
+from .values import normalize_value
 from .survey import Survey, load_survey
 from .recipes import load_recipe
 from .interventions import SteeringParams, write_steering_run
@@ -114,11 +114,11 @@ def neutral_prompt(like: str) -> str:
 def run_prompt(p: SteeringParams, out="prompt", force: bool = False) -> dict:
     "The `prompt` method: write the target's persona (or, for its control, a neutral one of the same length) into `out`."
     out = Path(out)
-    model, target, direction, control, seed = p.model, p.target, p.direction, p.control, p.seed
-    params, overrides = p.record(), p.overrides_dict()
+    model, direction, control, seed = p.model, p.direction, p.control, p.seed
+    params = p.record()
     if not force and is_done(out, params, ("metrics.json", "steering.json")): return read_json(out/"metrics.json")
-    cfg = load_recipe(p.recipe, overrides)
-    chosen = target_ratings(target, direction)
+    cfg = load_recipe(p.recipe, p.overrides)
+    chosen = p.goal                                      # the target, parsed once by the parameter object
     if not chosen: raise ValueError("the prompt method needs a target (a control is the neutral persona of its target's length)")
     s = load_survey(p.survey)
     persona = persona_prompt(chosen, persona_examples(s, chosen, int(cfg["prompt"]["examples"]), seed))

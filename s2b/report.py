@@ -21,7 +21,7 @@ from .coverage import coverage_table, coverage_lines, plot_coverage
 # %% auto #0
 __all__ = ['run_info', 'collect', 'profile_table', 'indomain_table', 'side_effects', 'aita_table', 'machiavelli_table',
            'to_markdown', 'capability_table', 'selectivity_lines', 'aita_lines', 'machiavelli_lines',
-           'capability_lines', 'methods_table', 'methods_lines', 'build_report', 'ReportParams']
+           'capability_lines', 'methods_table', 'methods_lines', 'ReportParams', 'build_report']
 
 # %% ../nbs/07a_report.ipynb #e75a55e5
 def run_info(run: dict, folder) -> dict:
@@ -318,6 +318,24 @@ def methods_lines(meth: pd.DataFrame) -> list[str]:
         lines.append(f"{r['model']} {r['method']} {r['label']}: " + "; ".join(parts))
     return lines
 
+# %% ../nbs/07a_report.ipynb #0090e105
+@dataclass
+class ReportParams:
+    "The report stage's parameter object: `runs_dir` (the stage runs it collects) and `figures` (where PNG + SVG go)."
+    runs_dir: str = field(default="papermill_runs", metadata={"help": "the folder of stage runs (a grid's runs_dir)"})
+    figures: str = field(default="figures", metadata={"help": "the folder the figures are written to (PNG + SVG)"})
+
+    @classmethod
+    def of(cls, ns: dict):
+        "The parameters named in `ns` (a notebook's `globals()`); others are left out."
+        return cls(**{f.name: ns[f.name] for f in fields(cls) if f.name in ns})
+
+    def params(self) -> dict: return asdict(self)
+
+    def check(self) -> None:
+        "A runs folder that does not exist is named before anything runs."
+        if not Path(self.runs_dir).is_dir(): raise ValueError(f"report: no runs folder {self.runs_dir}")
+
 # %% ../nbs/07a_report.ipynb #180af644
 def build_report(runs_dir="papermill_runs", figures="figures", out=None) -> dict:
     "Write every table (CSV + Markdown) and figure (PNG + SVG) that the runs allow; return what was written."
@@ -371,21 +389,3 @@ def build_report(runs_dir="papermill_runs", figures="figures", out=None) -> dict
     atomic_write_text(out/"tables"/"summary.md", "".join(md))
     atomic_write_text(figures/"results.md", "".join(md))
     return written
-
-# %% ../nbs/07a_report.ipynb #0090e105
-@dataclass
-class ReportParams:
-    "The report stage's parameter object: `runs_dir` (the stage runs it collects) and `figures` (where PNG + SVG go)."
-    runs_dir: str = field(default="papermill_runs", metadata={"help": "the folder of stage runs (a grid's runs_dir)"})
-    figures: str = field(default="figures", metadata={"help": "the folder the figures are written to (PNG + SVG)"})
-
-    @classmethod
-    def of(cls, ns: dict):
-        "The parameters named in `ns` (a notebook's `globals()`); others are left out."
-        return cls(**{f.name: ns[f.name] for f in fields(cls) if f.name in ns})
-
-    def params(self) -> dict: return asdict(self)
-
-    def check(self) -> None:
-        "A runs folder that does not exist is named before anything runs."
-        if not Path(self.runs_dir).is_dir(): raise ValueError(f"report: no runs folder {self.runs_dir}")

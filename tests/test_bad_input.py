@@ -173,3 +173,9 @@ if __name__ == "__main__":
     for name, (argv, _) in cases(t).items():
         rc, text = run_case(argv)
         print(f"| {name} | `{text.strip().replace(str(t), '<tmp>').replace('|', '/')}` (exit {rc}) |")
+
+
+def test_report_of_a_missing_runs_folder_is_one_line(tmp_path):
+    "`s2b report --runs-dir` of a folder that does not exist names it in one line, and no notebook runs."
+    rc, text = run_case(["report", "--runs-dir", str(tmp_path/"nope"), "--figures", str(tmp_path/"figs")])
+    assert rc == 1 and text.strip() == f"s2b: error: report: no runs folder {(tmp_path/'nope').resolve()}" and not (tmp_path/"nope").exists()

@@ -121,6 +121,7 @@ def test_a_terminated_run_leaves_no_kernel_files(tmp_path):
                                          nbformat.v4.new_code_cell("time.sleep(120)")])
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, tmp_path/"sleep.ipynb")
+    (tmp_path/"runs").mkdir()                                   # `s2b report` names a missing runs folder before it starts
     code = ("import pathlib, sys, s2b.stages as R, s2b.cli as C; R.stage_notebook = lambda s: pathlib.Path(sys.argv[1]); "
             "sys.exit(C.main(['report', '--runs-dir', sys.argv[2], '--figures', sys.argv[3]]))")
     p = subprocess.Popen([sys.executable, "-c", code, str(tmp_path/"sleep.ipynb"), str(tmp_path/"runs"), str(tmp_path/"figs")],
