@@ -75,5 +75,5 @@ def plot_coverage(t: pd.DataFrame, part: str = "held_out", ax=None, title=None):
     ax.set_yticks(range(len(vals)), [short_name(v) for v in vals]); ax.invert_yaxis()
     ax.set_xlabel(f"selectivity on {part.replace('_', '-')} templates (rating points)")
     if title: ax.set_title(title)
-    ax.legend(loc="lower right", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
     return ax

@@ -349,7 +349,7 @@ def build_report(runs_dir="papermill_runs", figures="figures", out=None) -> dict
     if (runs.stage == "capability").any(): tables["capability"] = capability_table(runs)
     if many: tables["methods"] = methods_table(runs)
     cover = coverage_table(runs)                         # selective on every value? (one row per in-domain run)
-    if cover.target.nunique() > 2 if len(cover) else False: tables["coverage"] = cover
+    if len(cover) and cover.target.nunique() > 2: tables["coverage"] = cover
     behaviour = not (tables["aita"].empty and tables["machiavelli"].empty)      # a study of transfer needs behaviour measured
     study = transfer_table(tables["indomain"], tables["aita"], tables["machiavelli"]) if not tables["indomain"].empty and behaviour else pd.DataFrame()
     findings = ((coverage_lines(cover) if "coverage" in tables else []) + selectivity_lines(tables["indomain"]) + (aita_lines(tables["aita"]) if not tables["aita"].empty else [])
