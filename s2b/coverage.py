@@ -45,9 +45,8 @@ def coverage_lines(t: pd.DataFrame, part: str = "held_out") -> list[str]:
             s = s.dropna(subset=[f"{part}_selectivity"])
             k = int(s[f"{part}_selective"].sum()); tw, dr = s[f"{part}_toward"].mean(), s[f"{part}_drift"].mean()
             other = "; ".join(f"{p.replace('_', '-')} {int(s[f'{p}_selective'].sum())}" for p in PARTS if p != part and f"{p}_selective" in s)
-            lines.append(f"{mdl} {meth} {d}, seed {seed}: selective on {where} templates for {k} of {len(s)} values ({other}); "
-                         f"mean change toward the goal {tw:+.2f} against drift {dr:.2f} (×{tw / dr:.1f})" if dr > 0 else
-                         f"{mdl} {meth} {d}, seed {seed}: selective on {where} templates for {k} of {len(s)} values ({other})")
+            line = f"{mdl} {meth} {d}, seed {seed}: selective on {where} templates for {k} of {len(s)} values ({other})"
+            lines.append(line + (f"; mean change toward the goal {tw:+.2f} against drift {dr:.2f} (×{tw / dr:.1f})" if dr > 0 else ""))
         if g.seed.nunique() > 1:
             by = g.groupby("target", sort=False)[f"{part}_selective"].agg(["all", "any"])
             every, never = [short_name(v) for v in by.index[by["all"]]], [short_name(v) for v in by.index[~by["any"]]]
