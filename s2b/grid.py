@@ -105,8 +105,10 @@ def _evaluation(key: str, stage: str, out: Path, deps: list[str], **given) -> Ru
 
 # %% ../nbs/08_grid.ipynb #54353145
 def _evaluation_runs(g: dict, s: dict, slug: str, base: Path, common: dict, method: str, seed, i: int, v: str, d: str) -> list[Run]:
-    "The in-domain, AITA, MACHIAVELLI and capability runs of one artefact (the `i`-th target of the grid)."
+    """The in-domain, AITA, MACHIAVELLI and capability runs of one artefact (the `i`-th target of the grid); a `verdict`
+    artefact, the AITA instrument's positive control, is measured by AITA alone."""
     skip, targets = set(g["skip"]), [(v_, d_) for v_ in g["values"] for d_ in g["directions"]]
+    if method == "verdict": skip |= {"indomain", "machiavelli", "capability"}
     art, ctrl = _artefact_of(method, v, d, seed), _control_of(method, v, d, seed)
     tag, ev = _tag(method, v, d, seed), dict(model=common["model"], backend=common["backend"], seed=seed)
     pair = dict(adapter=str(base/art), control=str(base/ctrl))
@@ -176,6 +178,7 @@ def plan(recipe, runs_dir=None) -> list[Run]:
         runs += model_runs
         for seed in g["seeds"]:
             for method in g["methods"]:
+                if method == "verdict" and (s.get("verdict") or {}).get("first_seed_only") and seed != g["seeds"][0]: continue
                 if method == "sft": runs += _steering_runs(g, slug, base, steer, method, seed, None, None)
                 for i, (v, d) in enumerate(targets):
                     runs += _steering_runs(g, slug, base, _method_steer(steer, s, method), method, seed, v, d)

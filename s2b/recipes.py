@@ -216,6 +216,7 @@ STAGE_RULES = {"machiavelli.temperature": "num>=0", "machiavelli.episodes": "int
 def _check_grid_shape(recipe: dict, where: str) -> None:
     "A ValueError naming the key when a grid recipe's value has the wrong shape or a stage setting is out of range."
     stages = set(GRID_DEFAULTS["stages"]) | {"capability"}
+    sections = stages | {"verdict"}                            # `stages.verdict`: the verdict method's recipe, overrides, first_seed_only
     for k, v in recipe.items():
         if k in FINETUNE_DEFAULTS: continue                    # the file is also a fine-tune recipe (checked by load_recipe)
         if k not in GRID_RULES: raise ValueError(f"{where}: {_unknown(k, GRID_KEYS | set(FINETUNE_DEFAULTS))}")
@@ -239,7 +240,7 @@ def _check_grid_shape(recipe: dict, where: str) -> None:
     for scope, st in [("stages", recipe.get("stages") or {})] + [(f"model_overrides.{m}.stages", (o or {}).get("stages") or {})
                                                                   for m, o in (recipe.get("model_overrides") or {}).items() if isinstance(o, dict)]:
         for s, sv in st.items():
-            if s not in stages: raise ValueError(f"{where}: {scope}: {_unknown(s, stages).replace('setting', 'stage')}")
+            if s not in sections: raise ValueError(f"{where}: {scope}: {_unknown(s, sections).replace('setting', 'stage')}")
             if sv is not None and not isinstance(sv, dict): raise ValueError(f"{where}: {scope}.{s} must be a mapping of settings, got {sv!r}")
             for key, x in (sv or {}).items():
                 rule = STAGE_RULES.get(f"{s}.{key}") or STAGE_RULES.get(key)
