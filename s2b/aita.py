@@ -212,8 +212,13 @@ def gain_verdict(e: dict, direction: str = "down") -> str:
     pl = e.get("placebo_gain"); pl_s = None if pl is None else sign * pl
     m = _nan_none(e.get("mde")); c, cc = _nan_none(e.get("ceiling_gain")), e.get("ceiling_gain_ci")
     if lo == hi: word = f"no spread to measure over {e.get('n')} post(s): no difference claimed"
-    elif lo <= 0 <= hi: word = (f"no shift larger than {m:.3f} (MDE; the CI includes 0)" if m is not None
-                                else "no effect distinguishable from 0 (the CI includes 0)")
+    elif lo <= 0 <= hi:
+        word = (f"no shift larger than {m:.3f} (MDE; the CI includes 0)" if m is not None
+                else "no effect distinguishable from 0 (the CI includes 0)")
+        if c is not None:                                  # can the instrument see a shift at all? its positive control says
+            shown = cc is not None and len(cc) == 2 and min(sign * cc[0], sign * cc[1]) > 0
+            word += ("; the ceiling is shown, so this is no transfer larger than the MDE" if shown
+                     else "; inconclusive: the ceiling is not shown (its CI includes 0 or points the other way)")
     elif hi < 0: word = "a shift against the intended direction"
     elif pl_s is not None and pl_s >= lo: word = "a shift in the intended direction, but not beyond its placebo"
     else: word = "a shift in the intended direction, beyond its placebo" if pl_s is not None else "a shift in the intended direction (no placebo)"
