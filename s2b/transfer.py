@@ -76,7 +76,7 @@ def transfer_verdict(rows: pd.DataFrame, alpha: float = 0.05) -> str:
     d = str(rows.direction.iloc[0]); sign = INTENDED.get(d, 0)
     v = f"{rows.target.iloc[0]} {d}"
     if rows.aita_gain.notna().sum() == 0: return f"{v}: no AITA result"
-    tested = rows[rows.selective.fillna(False).astype(bool)] if "selective" in rows else rows
+    tested = rows[rows.selective.eq(True)] if "selective" in rows else rows          # NaN (not measured) is not selective
     if tested.empty:
         return (f"{v}: no test of transfer: the survey adapter is not selective in domain on held-out templates in any of "
                 f"{len(rows)} seeds, so there is no steered value to transfer")
