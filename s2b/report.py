@@ -57,14 +57,17 @@ def collect(runs_dir="papermill_runs") -> pd.DataFrame:
         try: run = obj(m.parent/"run.json"); metrics = obj(m); info = run_info(run, m.parent)
         except ValueError as e:
             print(f"s2b report: skipped {m.parent}: {e}", file=sys.stderr); continue
-        rows.append({**info, "path": str(m.parent), "metrics": metrics, "run": run, "created": str(run.get("created") or "")})
+        # a per-target control (verdict, dpo, caa, prompt) is told apart by the target it controls for
+        rows.append({**info, "path": str(m.parent), "metrics": metrics, "run": run, "created": str(run.get("created") or ""),
+                     "control_of": str((run.get("params") or {}).get("target")) if info.get("label") == "control" else ""})
     cols = ["model", "stage", "method", "target", "direction", "seed", "label", "targets", "path", "metrics", "run"]
-    df = pd.DataFrame(rows, columns=cols + ["created"]).sort_values("created", kind="stable")
+    df = pd.DataFrame(rows, columns=cols + ["created", "control_of"]).sort_values("created", kind="stable")
     df["seed"] = pd.to_numeric(df.seed, errors="coerce").astype("Int64")
-    key = ["model", "stage", "method", "label", "direction", "seed"]
-    older = df.duplicated(key, keep="last")
+    df["identity"] = ["|".join(map(str, t)) for t in df[["model", "stage", "method", "label", "control_of", "direction", "seed"]].itertuples(index=False)]
+    older = df.duplicated("identity", keep="last")
+    newest = df[~older].set_index("identity").path
     for r in df[older].itertuples():
-        newer = df[~older & (df[key].astype(str) == pd.Series(r._asdict())[key].astype(str)).all(axis=1)].path.iloc[0]
+        newer = newest[r.identity]
         print(f"s2b report: {r.path} and {newer} are the same run ({r.stage} {r.label or r.method}, seed {r.seed}): reporting the newer, {newer}",
               file=sys.stderr)
     return df[~older].sort_values("path")[cols].reset_index(drop=True)
@@ -306,16 +309,18 @@ def methods_lines(meth: pd.DataFrame) -> list[str]:
     lines = []
     for r in meth.to_dict("records"):
         seeds = f" across {r['seeds']} seeds (t-interval)" if r["seeds"] > 1 else ""
-        if pd.isna(r["selectivity"]): parts = ["in-domain not run"]
+        ceiling = r["method"] == "verdict"             # the AITA instrument's positive control, measured by AITA alone
+        if ceiling: parts = []
+        elif pd.isna(r["selectivity"]): parts = ["in-domain not run"]
         else: parts = [f"{r['verdict']}: selectivity {ci(r['selectivity'], r['sel_ci_low'], r['sel_ci_high'], '+.2f')}{seeds}"]
         if pd.notna(r.get("held_out_selectivity")):
             parts.append(f"held-out templates: {r['held_out_verdict']} "
                          f"{ci(r['held_out_selectivity'], r['held_out_sel_ci_low'], r['held_out_sel_ci_high'], '+.2f')}")
         parts.append("AITA not run" if pd.isna(r["aita_gain"]) else f"AITA gain {ci(r['aita_gain'], r['aita_gain_ci_low'], r['aita_gain_ci_high'], '+.3f')}"
                      + (f" (placebo {r['aita_placebo']:+.3f})" if pd.notna(r["aita_placebo"]) else ""))
-        parts.append("MACHIAVELLI not run" if pd.isna(r["power"]) else f"MACHIAVELLI power {ci(r['power'], r['power_ci_low'], r['power_ci_high'], '.0f')}"
+        if not ceiling: parts.append("MACHIAVELLI not run" if pd.isna(r["power"]) else f"MACHIAVELLI power {ci(r['power'], r['power_ci_low'], r['power_ci_high'], '.0f')}"
                      + (f" vs control {ci(r['control_power'], r['control_power_ci_low'], r['control_power_ci_high'], '.0f')}" if pd.notna(r["control_power"]) else ""))
-        lines.append(f"{r['model']} {r['method']} {r['label']}: " + "; ".join(parts))
+        lines.append(f"{r['model']} {r['method']} {r['label']}{' (the AITA ceiling)' if ceiling else ''}: " + "; ".join(parts))
     return lines
 
 # %% ../nbs/07a_report.ipynb #0090e105

@@ -204,6 +204,8 @@ def test_the_ceiling_stands_beside_each_survey_adapters_gain(runs, tmp_path):
     table = pd.read_csv(runs/"report"/"tables"/"aita.csv")
     assert {"mde", "ceiling_gain", "split"} <= set(table.columns)
     assert any("ceiling +0.250" in l for l in written["findings"])
+    ceil = [l for l in written["findings"] if l.startswith("tiny-model verdict Hedonism-down (the AITA ceiling):")]
+    assert len(ceil) == 1 and "MACHIAVELLI" not in ceil[0] and "in-domain" not in ceil[0]     # measured by AITA alone
 
 def test_the_transfer_study_table_and_verdicts(tmp_path):
     "A study of one value over three seeds: the report writes the study table and one verdict in words, with q and MDE."
@@ -314,3 +316,18 @@ def test_a_run_report_opens_with_what_it_measured_in_chromium(report_run, tmp_pa
     for c in nb.cells: c.metadata["tags"] = [t for t in c.metadata.get("tags", []) if t != LIBRARY_TAG]
     unfolded = _positions(report_html(nb), first, tmp_path/"unfolded")                 # the same page with the library in it
     assert unfolded["library"] is not None and unfolded["library"] < unfolded["finding"], unfolded
+
+def test_per_target_controls_of_one_seed_are_different_runs(runs, tmp_path):
+    "The verdict method (like dpo, caa, prompt) trains a control per target: two at one seed are two runs, and the report builds."
+    for v in ("Hedonism", "Tradition"):
+        _run(runs, f"verdict__control__{v}-down__s0", {"train_loss": 1.0}, "verdict", _steer(None, method="verdict"),
+             params={"target": v, "direction": "down", "control": True})
+        _run(runs, f"verdict__{v}-down__s0", {"train_loss": 0.9}, "verdict", _steer(v, method="verdict"),
+             params={"target": v, "direction": "down", "control": False})
+    _run(runs, "finetune__control__s0", {"train_loss": 1.0}, "finetune", _steer(None), params={"target": None, "control": True})
+    import contextlib, io
+    with contextlib.redirect_stderr(io.StringIO()) as err: got = collect(runs)
+    assert "same run" not in err.getvalue()
+    ctrl = got[(got.stage == "verdict") & (got.label == "control")]
+    assert len(ctrl) == 2 and len(got[(got.stage == "finetune") & (got.label == "control")]) == 1
+    assert build_report(runs, tmp_path/"figures")["n_runs"] == len(got)
