@@ -47,10 +47,14 @@ def coverage_lines(t: pd.DataFrame, part: str = "held_out") -> list[str]:
             other = "; ".join(f"{p.replace('_', '-')} {int(s[f'{p}_selective'].sum())}" for p in PARTS if p != part and f"{p}_selective" in s)
             line = f"{mdl} {meth} {d}, seed {seed}: selective on {where} templates for {k} of {len(s)} values ({other})"
             lines.append(line + (f"; mean change toward the goal {tw:+.2f} against drift {dr:.2f} (×{tw / dr:.1f})" if dr > 0 else ""))
-        if g.seed.nunique() > 1:
-            by = g.groupby("target", sort=False)[f"{part}_selective"].agg(["all", "any"])
-            every, never = [short_name(v) for v in by.index[by["all"]]], [short_name(v) for v in by.index[~by["any"]]]
-            lines.append(f"{mdl} {meth} {d}: selective on {where} templates at all {g.seed.nunique()} seeds for {len(every)} of {len(by)} values"
+        n = g.seed.nunique()
+        if n > 1:                                          # only a value measured at every seed can be selective at every seed
+            m = g.dropna(subset=[f"{part}_selectivity"])
+            by = m.groupby("target", sort=False).agg(every=(f"{part}_selective", "all"), some=(f"{part}_selective", "any"), seeds=("seed", "nunique"))
+            full = by[by.seeds == n]
+            every, never = [short_name(v) for v in full.index[full.every]], [short_name(v) for v in full.index[~full.some]]
+            lines.append(f"{mdl} {meth} {d}: selective on {where} templates at all {n} seeds for {len(every)} of {len(full)} values"
+                         + (f" ({len(by) - len(full)} more not measured at every seed)" if len(full) < len(by) else "")
                          + (f"; at none: {', '.join(never)}" if never else ""))
     return lines
 
