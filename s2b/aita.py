@@ -78,8 +78,10 @@ def unused_label(high: str, low: str) -> str | None:
 
 # %% ../nbs/05c_aita.ipynb #445b6094
 def post_gains(df: pd.DataFrame, treated: str = "adapter", reference: str = "control") -> pd.DataFrame:
-    "Per post: Δp of the low, high and unused labels (Δ = treated − reference), `gain` and `shift_low`."
-    cols = ["post_id", "value", "high", "low", "unused", "dp_low", "dp_high", "dp_unused", "gain", "shift_low"]
+    """Per post: Δp of the low, high and unused labels (Δ = treated − reference), `gain` and `shift_low`; and the gain's two
+    parts, `stance_gain` = Δp(low) − Δp(high) (which side the verdict takes) and `unused_term` = ½Δp(unused) (how much
+    probability moved to or from the third label, Neutral on posts whose stances are NTA and YTA)."""
+    cols = ["post_id", "value", "high", "low", "unused", "dp_low", "dp_high", "dp_unused", "gain", "shift_low", "stance_gain", "unused_term"]
     t = df[(df.role == treated) & df.value.notna() & df.high_standard_stance.notna() & df.low_standard_stance.notna()]
     r = df[df.role == reference].drop_duplicates("post_id").set_index("post_id")
     t = t.drop_duplicates("post_id")
@@ -91,7 +93,8 @@ def post_gains(df: pd.DataFrame, treated: str = "adapter", reference: str = "con
         un = unused_label(hi, lo)
         d = {l: float(x[f"p_{l}"]) - float(y[f"p_{l}"]) for l in LABELS}
         gain = d[lo] - d[hi] + 0.5*d[un] if un else np.nan
-        rows.append([x["post_id"], x["value"], hi, lo, un, d[lo], d[hi], d[un] if un else np.nan, gain, d[lo]])
+        rows.append([x["post_id"], x["value"], hi, lo, un, d[lo], d[hi], d[un] if un else np.nan, gain, d[lo], d[lo] - d[hi],
+                     0.5*d[un] if un else np.nan])
     return pd.DataFrame(rows, columns=cols)
 
 # %% ../nbs/05c_aita.ipynb #5f7d9fe8
@@ -100,17 +103,18 @@ def _value_order(values) -> list[str]:
     return [v for v in VALUES if v in present] + sorted(present - set(VALUES))
 
 # %% ../nbs/05c_aita.ipynb #b6e711a1
-def summarize_gains(pg: pd.DataFrame, metrics: Sequence[str] = ("gain", "shift_low"), n_boot: int = 1000,
+def summarize_gains(pg: pd.DataFrame, metrics: Sequence[str] = ("gain", "shift_low", "stance_gain", "unused_term"), n_boot: int = 1000,
                     seed: int = 0, alpha: float = 0.05) -> tuple[pd.DataFrame, dict]:
     "Per value: n, mean and bootstrap CI (`*_lo`, `*_hi`) of each metric; and the n-weighted mean over values."
-    pg = pg.dropna(subset=list(metrics))
+    metrics = [m for m in metrics if m in pg]                 # a table made before a metric existed has no column for it
+    pg = pg.dropna(subset=metrics[:1])                        # the first (the gain) decides which posts count
     rows, reps = [], {m: [] for m in metrics}
     for v in _value_order(pg.value):
         sub = pg[pg.value == v]
         key = [seed, value_index(v) if v in VALUES else len(VALUES)]
         row = {"value": v, "n": len(sub)}
         for m in metrics:                   # a generator per metric from the value's seed: the same resampled posts
-            x = sub[m].to_numpy(float); r = resample_means(x, n_boot, np.random.default_rng(key))
+            x = sub[m].dropna().to_numpy(float); r = resample_means(x, n_boot, np.random.default_rng(key))
             row[m] = float(x.mean()); row[f"{m}_lo"], row[f"{m}_hi"] = percentile_ci(r, 1 - alpha)
             row[f"{m}_mde"] = mde(mean_se(x), alpha)
             reps[m].append(r)
@@ -121,7 +125,7 @@ def summarize_gains(pg: pd.DataFrame, metrics: Sequence[str] = ("gain", "shift_l
     for m in metrics:
         if not len(w): overall[m], overall[f"{m}_ci"], overall[f"{m}_mde"] = None, None, None; continue
         overall[m] = float((table[m].to_numpy() * w).sum() / w.sum())
-        overall[f"{m}_mde"] = mde(mean_se(pg[m]), alpha)
+        overall[f"{m}_mde"] = mde(mean_se(pg[m].dropna()), alpha)
         overall[f"{m}_ci"] = percentile_ci((np.stack(reps[m]) * w[:, None]).sum(0) / w.sum(), 1 - alpha)
     return table, overall
 
@@ -172,15 +176,16 @@ def aita_metrics(df: pd.DataFrame, n_boot: int = 1000, seed: int = 0) -> dict:
                 e[f"{key}gain_ci"] = [float(t.loc[v, "gain_lo"]), float(t.loc[v, "gain_hi"])] if hit else None
             if key == "": e["mde"] = _nan_none(float(t.loc[v, "gain_mde"])) if hit else None
             if key == "":
-                e["shift_low"] = float(t.loc[v, "shift_low"]) if hit else None
-                e["shift_low_ci"] = [float(t.loc[v, "shift_low_lo"]), float(t.loc[v, "shift_low_hi"])] if hit else None
+                for m in ("shift_low", "stance_gain", "unused_term"):
+                    e[m] = float(t.loc[v, m]) if hit else None
+                    e[f"{m}_ci"] = [float(t.loc[v, f"{m}_lo"]), float(t.loc[v, f"{m}_hi"])] if hit else None
         e["coverage"] = {r: _nan_none(float(cov.get((v, r), np.nan))) for r in roles}
         per_value[v] = e
     wm = {"n": int(df[df.value.notna()].post_id.nunique())}
     o = overall.get("")
     if o: wm["n"] = o["n"]
     wm.update({"gain": o["gain"] if o else None, "gain_ci": o["gain_ci"] if o else None, "mde": _nan_none(o["gain_mde"]) if o else None,
-               "shift_low": o["shift_low"] if o else None, "shift_low_ci": o["shift_low_ci"] if o else None})
+               **{k: o[k] if o else None for m in ("shift_low", "stance_gain", "unused_term") for k in (m, f"{m}_ci")}})
     if "placebo_" in overall:
         wm.update({"placebo_gain": overall["placebo_"]["gain"], "placebo_gain_ci": overall["placebo_"]["gain_ci"]})
     wm["coverage"] = {r: _nan_none(float(df[df.role == r].coverage.mean())) for r in roles}
@@ -222,6 +227,11 @@ def gain_verdict(e: dict, direction: str = "down") -> str:
     elif hi < 0: word = "a shift against the intended direction"
     elif pl_s is not None and pl_s >= lo: word = "a shift in the intended direction, but not beyond its placebo"
     else: word = "a shift in the intended direction, beyond its placebo" if pl_s is not None else "a shift in the intended direction (no placebo)"
+    s, sc, u = _nan_none(e.get("stance_gain")), e.get("stance_gain_ci"), _nan_none(e.get("unused_term"))
+    if s is not None and sc is not None and len(sc) == 2 and u is not None and lo != hi and not (lo <= 0 <= hi):   # what a shift is made of
+        word += (f"; its stance part Δp(low)−Δp(high) {s:+.3f} [{sc[0]:+.3f}, {sc[1]:+.3f}], its unused-label term {u:+.3f}"
+                 + (" (the stance part's CI includes 0: the model moved probability to or from the third label, Neutral, not "
+                    "toward either side)" if sc[0] <= 0 <= sc[1] else ""))
     ceil = "" if c is None else f", ceiling {c:+.3f}" + (f" [{cc[0]:+.3f}, {cc[1]:+.3f}]" if cc is not None and len(cc) == 2 else "")
     return (f"gain {e['gain']:+.3f} [{e['gain_ci'][0]:+.3f}, {e['gain_ci'][1]:+.3f}] over {e.get('n')} posts"
             + (f", MDE {m:.3f}" if m is not None else "") + (f", placebo {pl:+.3f}" if pl is not None else "") + ceil

@@ -142,7 +142,8 @@ def aita_table(runs: pd.DataFrame) -> pd.DataFrame:
             rows.append({"model": r.model, "method": r.method, "value": v, "target": r.target, "direction": r.direction, "seed": r.seed,
                          "split": r.metrics.get("split"), "n": e.get("n"), "gain": e["gain"], "gain_ci_low": _ci(e.get("gain_ci"))[0],
                          "gain_ci_high": _ci(e.get("gain_ci"))[1], "mde": e.get("mde", np.nan), "placebo_gain": e.get("placebo_gain"),
-                         "shift_low": e.get("shift_low")})
+                         "shift_low": e.get("shift_low"), "stance_gain": e.get("stance_gain"), "stance_gain_ci_low": _ci(e.get("stance_gain_ci"))[0],
+                         "stance_gain_ci_high": _ci(e.get("stance_gain_ci"))[1], "unused_term": e.get("unused_term")})
     return _with_ceiling(pd.DataFrame(rows)) if rows else pd.DataFrame(rows)
 
 # %% ../nbs/07a_report.ipynb #5f12be04
@@ -226,7 +227,8 @@ def aita_lines(at: pd.DataFrame) -> list[str]:
     val = lambda r, k: None if getattr(r, k, None) is None or pd.isna(getattr(r, k)) else float(getattr(r, k))
     for r in at[at.value == at.target].itertuples():
         e = {"gain": r.gain, "gain_ci": [r.gain_ci_low, r.gain_ci_high], "n": r.n, "placebo_gain": val(r, "placebo_gain"),
-             "mde": val(r, "mde"), "ceiling_gain": val(r, "ceiling_gain"),
+             "mde": val(r, "mde"), "ceiling_gain": val(r, "ceiling_gain"), "unused_term": val(r, "unused_term"), "stance_gain": val(r, "stance_gain"),
+             "stance_gain_ci": [val(r, "stance_gain_ci_low"), val(r, "stance_gain_ci_high")] if val(r, "stance_gain_ci_low") is not None else None,
              "ceiling_gain_ci": [val(r, "ceiling_ci_low"), val(r, "ceiling_ci_high")] if val(r, "ceiling_ci_low") is not None else None}
         who = f"{r.model} {r.method} {r.value}" if many else f"{r.model} {r.value}"
         lines.append(f"{who} {getattr(r, 'direction', '')} AITA: {gain_verdict(e, getattr(r, 'direction', 'down'))}")

@@ -41,12 +41,17 @@ def test_gain_by_hand():
     assert np.allclose(pg.loc[["a", "b", "c"], "gain"], [0.375, 0.15, 0.35])
     assert np.allclose(pg.loc[["a", "b", "c"], "shift_low"], [0.15, 0.0, 0.10])
     assert list(pg.loc[["a", "b", "c"], "unused"]) == ["Neutral", "NTA", "Neutral"]
+    # the gain's two parts: which side the verdict moved to (Δlow − Δhigh) and the unused label's term (½Δunused)
+    assert np.allclose(pg.loc[["a", "b", "c"], "stance_gain"], [0.35, 0.10, 0.30])
+    assert np.allclose(pg.loc[["a", "b", "c"], "unused_term"], [0.025, 0.05, 0.05])
+    assert np.allclose(pg.stance_gain + pg.unused_term, pg.gain)
     table, overall = summarize_gains(pg.reset_index(), n_boot=500, seed=3)
     t = table.set_index("value")
     assert list(table.value) == ["Face", "Tradition"]                       # circle order
     assert math.isclose(t.loc["Tradition", "gain"], (0.375 + 0.15)/2) and t.loc["Tradition", "n"] == 2
     assert math.isclose(overall["gain"], (2*0.2625 + 1*0.35)/3) and overall["n"] == 3   # weights = n posts
     assert math.isclose(overall["shift_low"], (0.15 + 0 + 0.10)/3)
+    assert math.isclose(t.loc["Tradition", "stance_gain"], 0.225) and math.isclose(overall["unused_term"], 0.125/3)
     assert 0.15 <= t.loc["Tradition", "gain_lo"] <= t.loc["Tradition", "gain_hi"] <= 0.375
     assert t.loc["Face", "gain_lo"] == t.loc["Face", "gain_hi"] == pytest.approx(0.35)   # one post: no spread
     assert 0.15 <= overall["gain_ci"][0] <= overall["gain"] <= overall["gain_ci"][1] <= 0.375
@@ -65,6 +70,8 @@ def test_metrics_schema_and_placebo_on_made_up_numbers():
     m = aita_metrics(df, n_boot=100)
     v = m["values"]["Tradition"]
     assert v["gain"] == pytest.approx(0.4) and v["shift_low"] == pytest.approx(0.2)
+    assert v["stance_gain"] == pytest.approx(0.4) and v["unused_term"] == pytest.approx(0.0) and len(v["stance_gain_ci"]) == 2
+    assert m["weighted_mean"]["stance_gain"] == pytest.approx(0.4)
     # placebo: Δlow = .1, Δhigh = 0, Δunused = -.1 -> .1 - 0 - .05 = .05
     assert v["placebo_gain"] == pytest.approx(0.05) and v["placebo_gain_ci"] == pytest.approx([0.05, 0.05])
     assert v["coverage"] == pytest.approx({"base": .9, "control": .8, "adapter": .7, "placebo": .6})
