@@ -48,7 +48,9 @@ def transfer_table(indomain: pd.DataFrame, aita: pd.DataFrame, mach: pd.DataFram
                 a = a.iloc[0]
                 row.update(aita_gain=a.gain, aita_lo=a.gain_ci_low, aita_hi=a.gain_ci_high, aita_mde=a.get("mde", np.nan),
                            placebo=a.get("placebo_gain", np.nan), ceiling=a.get("ceiling_gain", np.nan),
-                           ceiling_lo=a.get("ceiling_ci_low", np.nan), ceiling_hi=a.get("ceiling_ci_high", np.nan), n_posts=a.get("n"))
+                           ceiling_lo=a.get("ceiling_ci_low", np.nan), ceiling_hi=a.get("ceiling_ci_high", np.nan), n_posts=a.get("n"),
+                           stance=a.get("stance_gain", np.nan), stance_lo=a.get("stance_gain_ci_low", np.nan),
+                           stance_hi=a.get("stance_gain_ci_high", np.nan))
         if len(mach):
             m = mach[(mach.method == method) & (mach.model == r.model) & (mach.target == r.target) & (mach.role == "adapter")
                      & (mach.direction.astype(str) == str(r.direction)) & (mach.seed.astype(str) == str(r.seed))]
@@ -81,8 +83,14 @@ def transfer_verdict(rows: pd.DataFrame, alpha: float = 0.05) -> str:
         return (f"{v}: no test of transfer: the survey adapter is not selective in domain on held-out templates in any of "
                 f"{len(rows)} seeds, so there is no steered value to transfer")
     sig = tested[tested.aita_q < alpha]
-    beyond = sign * (sig.aita_gain - sig.placebo.fillna(0)) > 0 if "placebo" in sig else True     # and beyond its placebo
-    right, wrong = int(((np.sign(sig.aita_gain) == sign) & beyond).sum()), int((np.sign(sig.aita_gain) == -sign).sum())
+    near = np.minimum(sign * sig.aita_lo, sign * sig.aita_hi)                  # the CI's end nearest 0, on the intended scale
+    beyond = (sig.placebo.isna() | (sign * sig.placebo < near)) if "placebo" in sig else True   # the placebo outside the CI
+    # a gain moved only by the Neutral term (its stance part's CI includes 0) says how often the model withholds judgment,
+    # not which side it takes: no transfer either way (runs made before the stance part existed are read by the gain)
+    st = sig.reindex(columns=["stance_lo", "stance_hi"]).astype(float)
+    neutral = st.notna().all(axis=1) & (st.stance_lo <= 0) & (st.stance_hi >= 0)
+    right = int(((np.sign(sig.aita_gain) == sign) & beyond & ~neutral).sum())
+    wrong = int(((np.sign(sig.aita_gain) == -sign) & ~neutral).sum())
     n = int(tested.aita_gain.notna().sum())
     mde = float(np.nanmax(tested.aita_mde)) if tested.aita_mde.notna().any() else np.nan
     ceil = rows[["ceiling", "ceiling_lo", "ceiling_hi"]].astype(float).dropna() if "ceiling" in rows else pd.DataFrame()
@@ -91,7 +99,8 @@ def transfer_verdict(rows: pd.DataFrame, alpha: float = 0.05) -> str:
                if len(ceil) else "no ceiling measured")
     left = f" ({len(rows) - len(tested)} seed(s) not selective in domain left out)" if len(tested) < len(rows) else ""
     head = (f"{v}: AITA gain significant (BH q < {alpha}) in the intended direction and beyond its placebo in {right} of {n} selective seeds, "
-            f"the other way in {wrong}{left}")
+            f"the other way in {wrong}{left}"
+            + (f"; {int(neutral.sum())} more significant only through the Neutral term (the stance part's CI includes 0)" if neutral.any() else ""))
     if right > n / 2 and wrong == 0: return f"{head}; {ceiling}: transfer shown"
     if right == 0 and sees:
         return f"{head}; {ceiling}: no transfer larger than the MDE ({mde:.3f}; the instrument sees its ceiling)"

@@ -331,3 +331,20 @@ def test_per_target_controls_of_one_seed_are_different_runs(runs, tmp_path):
     ctrl = got[(got.stage == "verdict") & (got.label == "control")]
     assert len(ctrl) == 2 and len(got[(got.stage == "finetune") & (got.label == "control")]) == 1
     assert build_report(runs, tmp_path/"figures")["n_runs"] == len(got)
+
+def test_a_gain_moved_by_neutral_alone_or_within_its_placebo_is_no_transfer():
+    "Transfer needs the gain's stance part in the intended direction and its placebo outside its CI (the demo once said 'transfer shown' on a Neutral shift)."
+    from s2b.transfer import transfer_table, transfer_lines
+    ind = pd.DataFrame({"model": "m", "method": "sft", "target": "Hedonism", "direction": "down", "seed": [0],
+                        "held_out_selectivity": 0.7, "held_out_sel_ci_low": 0.1, "held_out_sel_ci_high": 1.3, "held_out_selective": True})
+    at = pd.DataFrame({"model": "m", "method": ["sft"], "value": "Hedonism", "target": "Hedonism", "direction": "down", "seed": [0],
+                       "n": 40, "gain": [0.172], "gain_ci_low": [0.030], "gain_ci_high": [0.311], "mde": 0.2, "placebo_gain": 0.01,
+                       "stance_gain": [-0.003], "stance_gain_ci_low": [-0.143], "stance_gain_ci_high": [0.137],
+                       "ceiling_gain": 0.004, "ceiling_ci_low": -0.05, "ceiling_ci_high": 0.067})
+    neutral = transfer_lines(transfer_table(ind, at, pd.DataFrame()))[0]
+    assert "in 0 of 1 selective seeds" in neutral and "1 more significant only through the Neutral term" in neutral
+    assert "transfer shown" not in neutral and neutral.endswith("inconclusive (the instrument's ceiling is not distinguishable from 0, so a null says nothing)")
+    stance = at.assign(stance_gain=0.15, stance_gain_ci_low=0.05, stance_gain_ci_high=0.25)
+    assert transfer_lines(transfer_table(ind, stance, pd.DataFrame()))[0].endswith("transfer shown")
+    within = stance.assign(placebo_gain=0.087)                                   # inside [0.030, 0.311]: not beyond it
+    assert "in 0 of 1 selective seeds" in transfer_lines(transfer_table(ind, within, pd.DataFrame()))[0]
