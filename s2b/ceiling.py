@@ -4,13 +4,13 @@
 
 # %% ../nbs/05d_ceiling.ipynb #45005977
 from __future__ import annotations
-import time
+import hashlib, json, os, shutil, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .values import target_ratings
-from .runs import atomic_to_parquet, is_done, read_json, sha256_file
+from .values import VALUES, target_ratings
+from .runs import atomic_path, atomic_to_parquet, cache_dir, is_done, read_json, sha256_file
 from .recipes import load_recipe
 from .models import LM, load_model
 from .scoring import encode
@@ -20,7 +20,8 @@ from .posts import LABELS, load_posts
 from .verdicts import default_max_length, fit_prompt
 
 # %% auto #0
-__all__ = ['verdict_data', 'verdict_examples', 'verdict_trainer', 'train_verdicts', 'VerdictParams', 'run_verdict']
+__all__ = ['verdict_data', 'verdict_targets', 'verdict_examples', 'verdict_trainer', 'train_verdicts', 'VerdictParams',
+           'run_verdict']
 
 # %% ../nbs/05d_ceiling.ipynb #4a1dd4e8
 def verdict_data(posts, targets: dict, shuffle: int | None = None) -> pd.DataFrame:
@@ -36,6 +37,15 @@ def verdict_data(posts, targets: dict, shuffle: int | None = None) -> pd.DataFra
     d = pd.DataFrame(rows)
     if shuffle is not None: d["label"] = np.random.default_rng(shuffle).permutation(d.label.to_numpy())
     return d
+
+# %% ../nbs/05d_ceiling.ipynb #bb4d73de
+def verdict_targets(goal: dict, posts_of: str = "target") -> dict:
+    "{value: rating} whose train posts the adapter learns from: the `goal`'s own (`posts_of` 'target') or every value's at the goal's rating ('all')."
+    if posts_of == "target": return dict(goal)
+    if posts_of != "all": raise ValueError(f"verdict.posts_of must be 'target' or 'all', not {posts_of!r}")
+    if len(goal) != 1: raise ValueError(f"verdict.posts_of: all needs one target value and a direction, not {len(goal)} values")
+    rating = next(iter(goal.values()))
+    return {v: rating for v in VALUES}
 
 # %% ../nbs/05d_ceiling.ipynb #20030107
 def verdict_examples(tok, data: pd.DataFrame, posts, max_length: int, thinking: bool = False) -> list[dict]:
@@ -72,10 +82,37 @@ def verdict_trainer(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0
                        Path(out_dir)/"checkpoints", "hf", seed)
 
 # %% ../nbs/05d_ceiling.ipynb #f8713e30
-def train_verdicts(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0, mix: bool = False) -> Path:
-    "Train a LoRA adapter on `examples` (`mix`: the control's targets, `verdict_trainer`) into `out_dir/adapter` (atomically); the log into `out_dir/loss.csv`."
-    Path(out_dir).mkdir(parents=True, exist_ok=True)
-    return train_adapter(verdict_trainer(lm, examples, recipe, out_dir, seed, mix), lm.tokenizer, out_dir)
+def _copy_training(src: Path, dst: Path) -> None:
+    "`src`'s adapter/ and loss.csv into `dst`: the folder through a temporary copy and a rename."
+    dst.mkdir(parents=True, exist_ok=True)
+    tmp = dst/f".adapter.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src/"adapter", tmp)
+    if (dst/"adapter").exists(): shutil.rmtree(dst/"adapter")
+    os.replace(tmp, dst/"adapter")
+    with atomic_path(dst/"loss.csv") as t: shutil.copy2(src/"loss.csv", t)
+
+def _training_key(lm: LM, examples: list[dict], cfg: dict, seed: int, mix: bool) -> str:
+    "What decides the adapter: the model, the examples' tokens, the recipe, the seed, the control's targets and the versions."
+    import peft, torch, transformers
+    ex = hashlib.sha256(json.dumps([[e["input_ids"], e["labels"]] for e in examples]).encode()).hexdigest()
+    key = {"model": lm.name, "revision": lm.info.get("revision"), "device": lm.model.device.type, "dtype": str(lm.model.dtype),
+           "examples": ex, "recipe": cfg, "seed": seed, "mix": mix, "versions": [torch.__version__, transformers.__version__, peft.__version__]}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+def train_verdicts(lm: LM, examples: list[dict], recipe, out_dir, seed: int = 0, mix: bool = False, cache: bool = True) -> Path:
+    """Train a LoRA adapter on `examples` (`mix`: the control's targets, `verdict_trainer`) into `out_dir/adapter` (atomically);
+    the log into `out_dir/loss.csv`. With `cache`, an adapter trained before on the same examples, recipe, seed and model
+    is copied from `cache_dir()/verdict` instead (`posts_of: all`: every target's run would train the same adapter)."""
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    stored = cache_dir()/"verdict"/_training_key(lm, examples, load_recipe(recipe), seed, mix)
+    if cache and (stored/"adapter"/"adapter_config.json").is_file() and (stored/"loss.csv").is_file():
+        _copy_training(stored, out)
+        print(f"s2b: verdict adapter trained before on the same posts, recipe and seed: copied from {stored}")
+        return out/"adapter"
+    adapter = train_adapter(verdict_trainer(lm, examples, recipe, out, seed, mix), lm.tokenizer, out)
+    if cache: _copy_training(out, stored)
+    return adapter
 
 # %% ../nbs/05d_ceiling.ipynb #34d58af6
 @dataclass
@@ -101,7 +138,7 @@ def run_verdict(p: VerdictParams, out="verdict", force: bool = False) -> dict:
     if not force and is_done(out, params, ("metrics.json", "adapter/adapter_config.json")): return read_json(out/"metrics.json")
     if not target: raise ValueError("the verdict method needs a target value (its control too: it is trained on the same posts)")
     cfg = load_recipe(recipe, p.overrides)
-    targets = p.goal                                   # a control trains on its target's posts too
+    targets = verdict_targets(p.goal, cfg["verdict"]["posts_of"])   # a control trains on its target's posts too
     ps = load_posts(posts, values=list(targets), split="train")
     transformers.set_seed(seed)
     lm = load_model(model, backend="hf", options=p.model_options())
@@ -112,13 +149,13 @@ def run_verdict(p: VerdictParams, out="verdict", force: bool = False) -> dict:
     t0 = time.perf_counter()
     train_verdicts(lm, verdict_examples(lm.tokenizer, data, ps, max_length, lm.thinking), cfg, out, seed, mix=bool(control))
     hist = pd.read_csv(out/"loss.csv")
-    metrics = {"targets": p.targets, "control": bool(control), "n_posts": len(data), "posts": list(data.post_id),
+    metrics = {"targets": p.targets, "control": bool(control), "posts_of": cfg["verdict"]["posts_of"], "n_posts": len(data), "posts": list(data.post_id),
                "labels": {k: int(v) for k, v in data.label.value_counts().items()},
                "steps": int(hist.step.max()) if "step" in hist else None,
                "train_loss": float(hist.loss.dropna().mean()) if "loss" in hist else None,
                "last_loss": float(hist.loss.dropna().iloc[-1]) if "loss" in hist else None,
                "seconds": time.perf_counter() - t0, "recipe": cfg}
-    print(f"s2b: verdict {'control' if control else targets} on {len(data)} train posts ({metrics['labels']}), "
+    print(f"s2b: verdict {'control' if control else p.targets} on {len(data)} train posts of {data.value.nunique()} values ({metrics['labels']}), "
           f"{metrics['steps']} steps, loss {metrics['train_loss']:.3f} (last {metrics['last_loss']:.3f}), {metrics['seconds']:.0f}s")
     return write_steering_run(out, "verdict", "verdict", params, lm, str(survey), p.targets, direction, seed, cfg,
                               metrics, posts_file={"path": str(ps.path), "sha256": sha256_file(ps.path)})

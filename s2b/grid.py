@@ -106,7 +106,8 @@ def _evaluation(key: str, stage: str, out: Path, deps: list[str], **given) -> Ru
 # %% ../nbs/08_grid.ipynb #54353145
 def _evaluation_runs(g: dict, s: dict, slug: str, base: Path, common: dict, method: str, seed, i: int, v: str, d: str) -> list[Run]:
     """The in-domain, AITA, MACHIAVELLI and capability runs of one artefact (the `i`-th target of the grid); a `verdict`
-    artefact, the AITA instrument's positive control, is measured by AITA alone."""
+    artefact, the AITA instrument's positive control, is measured by AITA alone (on every value's test posts when it learnt
+    from every value's: `_pooled_verdict`)."""
     skip, targets = set(g["skip"]), [(v_, d_) for v_ in g["values"] for d_ in g["directions"]]
     if method == "verdict": skip |= {"indomain", "machiavelli", "capability"}
     art, ctrl = _artefact_of(method, v, d, seed), _control_of(method, v, d, seed)
@@ -118,13 +119,14 @@ def _evaluation_runs(g: dict, s: dict, slug: str, base: Path, common: dict, meth
         runs.append(_evaluation(f"{slug}/indomain__{tag}", "indomain", base/f"indomain__{tag}", [art, ctrl],
                                 **ev, survey=input_path(g["survey"]), **pair, target=v, direction=d, **{**FULL, **s["indomain"]}))
     if "aita" not in skip:
-        a = dict(s["aita"]); use_placebo = a.pop("placebo", True) and len(targets) > 1
+        a = dict(s["aita"]); use_placebo = a.pop("placebo", True) and len(targets) > 1 and method != "verdict"   # a ceiling needs none
         deps, placebo = [art, ctrl], None
         if use_placebo:                                    # the next target's artefact of the same method
             pk = _artefact_of(method, *targets[(i + 1) % len(targets)], seed)
             placebo = str(base/pk); deps.append(f"{slug}/{pk}")
         if method == "verdict": a["split"] = "test"          # its train posts are what it learned from
-        runs.append(_evaluation(f"{slug}/aita__{tag}", "aita", base/f"aita__{tag}", deps, **ev, **pair, placebo=placebo, values=v,
+        values = None if method == "verdict" and _pooled_verdict(s) else v   # a pooled ceiling: every value's test posts
+        runs.append(_evaluation(f"{slug}/aita__{tag}", "aita", base/f"aita__{tag}", deps, **ev, **pair, placebo=placebo, values=values,
                                 **{"limit": None, "posts": input_path(a.pop("posts", "bundled")), **a}))
     if "machiavelli" not in skip:
         mc = dict(s["machiavelli"])
@@ -153,6 +155,11 @@ def _method_steer(steer, s: dict, method: str):
                                                    "overrides": vs.get("overrides") or {}, "baseline": None,
                                                    "posts": input_path(s["aita"].get("posts", "bundled"))})
 
+def _pooled_verdict(s: dict) -> bool:
+    "Whether the grid's verdict recipe (`stages.verdict`) learns from every value's posts (`verdict.posts_of: all`)."
+    vs = s.get("verdict") or {}
+    return load_recipe(input_path(vs.get("recipe", "recipes/verdict-cpu.yaml")), vs.get("overrides") or {})["verdict"]["posts_of"] == "all"
+
 def _toposort(runs):
     by = {r.key: r for r in runs}; done, out = set(), []
     def visit(r, stack=()):
@@ -180,7 +187,10 @@ def plan(recipe, runs_dir=None) -> list[Run]:
             for method in g["methods"]:
                 if method == "verdict" and (s.get("verdict") or {}).get("first_seed_only") and seed != g["seeds"][0]: continue
                 if method == "sft": runs += _steering_runs(g, slug, base, steer, method, seed, None, None)
+                pooled, seen = method == "verdict" and _pooled_verdict(s), set()
                 for i, (v, d) in enumerate(targets):
+                    if pooled and d in seen: continue          # one adapter for every value: its first target's run
+                    seen.add(d)
                     runs += _steering_runs(g, slug, base, _method_steer(steer, s, method), method, seed, v, d)
                     runs += _evaluation_runs(g, s, slug, base, common, method, seed, i, v, d)
     if "report" not in set(g["skip"]):

@@ -30,6 +30,7 @@ FINETUNE_DEFAULTS = {
     "prompt": {"examples": 3},                       # train statements of the target quoted in the persona
     "caa": {"multiplier": 4.0, "layers": None},      # the vectors are added × multiplier; layers: None = the middle layer
     "dpo": {"beta": 0.1, "learning_rate": None},     # DPO's inverse temperature; its own learning rate (None: training's)
+    "verdict": {"posts_of": "target"},               # whose train AITA posts: the target's, or every value's ("all")
 }
 
 # %% ../nbs/00c_recipes.ipynb #00aee5fa
@@ -62,7 +63,7 @@ RULES = {"lora.r": "int>0", "lora.alpha": "num>0", "lora.dropout": "0<=num<1", "
          "training.max_length": "int>0", "training.eval_every": "epoch|int>0|None", "training.early_stopping_patience": "int>0",
          "training.early_stopping_threshold": "num>=0", "data.others_per_value": "int>=0|None", "data.target_limit": "int>0|None",
          "data.eval_limit": "int>=0|None", "data.target_repeat": "int>0", "lora.top_layers": "int>0|None", "data.anchor": "one of:majority,expected,distribution",
-         "prompt.examples": "int>=0", "caa.multiplier": "num", "caa.layers": "layers", "dpo.beta": "num>0", "dpo.learning_rate": "0<num<=1|None", "training.lr_scheduler_type": "scheduler"}
+         "prompt.examples": "int>=0", "caa.multiplier": "num", "caa.layers": "layers", "dpo.beta": "num>0", "dpo.learning_rate": "0<num<=1|None", "verdict.posts_of": "one of:target,all", "training.lr_scheduler_type": "scheduler"}
 
 # %% ../nbs/00c_recipes.ipynb #3f285cd5
 # upper and lower bounds beyond a rule's sign: what no model and no run can use (a 1e9 learning rate, a rank of 100000,

@@ -19,9 +19,9 @@ from .transfer import transfer_lines, transfer_markdown, transfer_table
 from .coverage import coverage_table, coverage_lines, plot_coverage
 
 # %% auto #0
-__all__ = ['run_info', 'collect', 'profile_table', 'indomain_table', 'side_effects', 'aita_table', 'machiavelli_table',
-           'to_markdown', 'capability_table', 'selectivity_lines', 'aita_lines', 'machiavelli_lines',
-           'capability_lines', 'methods_table', 'methods_lines', 'ReportParams', 'build_report']
+__all__ = ['ALL_VALUES', 'run_info', 'collect', 'profile_table', 'indomain_table', 'side_effects', 'aita_table',
+           'machiavelli_table', 'to_markdown', 'capability_table', 'selectivity_lines', 'aita_lines',
+           'machiavelli_lines', 'capability_lines', 'methods_table', 'methods_lines', 'ReportParams', 'build_report']
 
 # %% ../nbs/07a_report.ipynb #e75a55e5
 def run_info(run: dict, folder) -> dict:
@@ -120,16 +120,16 @@ def side_effects(runs: pd.DataFrame, model: str, direction: str = "down", method
     return mat
 
 # %% ../nbs/07a_report.ipynb #59308e65
+ALL_VALUES = "all values"      # the `scope` of an AITA row over every value's posts (a pooled ceiling), else "value"
 def _with_ceiling(t: pd.DataFrame) -> pd.DataFrame:
-    "`t` with `ceiling_gain` and its CI: the `verdict` method's gain for the row's model, value and direction (same seed first)."
+    "`t` with `ceiling_gain` and its CI: the `verdict` gain for the row's model, direction and value (or every value: `ALL_VALUES`), same seed first."
     cols = ["ceiling_gain", "ceiling_ci_low", "ceiling_ci_high"]
-    t = t.assign(**{c: np.nan for c in cols})
-    own = t[(t.method == "verdict") & (t.value == t.target)]
+    t = t.assign(**{c: np.nan for c in cols}, **({} if "scope" in t else {"scope": "value"}))
+    own = t[(t.method == "verdict") & ((t.value == t.target) | (t.scope == ALL_VALUES))]
     for i, r in t[t.method != "verdict"].iterrows():
-        c = own[(own.model == r.model) & (own.value == r.value) & (own.direction.astype(str) == str(r.direction))]
-        if c.empty: continue
+        c = own[(own.model == r.model) & ((own.value == r.value) | (own.scope == ALL_VALUES)) & (own.direction.astype(str) == str(r.direction))]
         same = c[c.seed.astype(str) == str(r.seed)]
-        t.loc[i, cols] = (same if len(same) else c).iloc[0][["gain", "gain_ci_low", "gain_ci_high"]].to_numpy(float)
+        if len(c): t.loc[i, cols] = (same if len(same) else c).iloc[0][["gain", "gain_ci_low", "gain_ci_high"]].to_numpy(float)
     return t
 
 # %% ../nbs/07a_report.ipynb #221f8900
@@ -137,9 +137,10 @@ def aita_table(runs: pd.DataFrame) -> pd.DataFrame:
     "AITA probability gain per model × method × value, with its CI, MDE, placebo, shift toward the low stance and the ceiling."
     rows = []
     for r in runs[runs.stage == "aita"].itertuples():
-        for v, e in (r.metrics.get("values") or {}).items():
+        vals = r.metrics.get("values") or {}; pooled = r.method == "verdict" and len(vals) > 1   # a ceiling on every value's test posts: one row
+        for v, e in ([(r.target, r.metrics.get("weighted_mean") or {})] if pooled else vals.items()):
             if e.get("gain") is None: continue
-            rows.append({"model": r.model, "method": r.method, "value": v, "target": r.target, "direction": r.direction, "seed": r.seed,
+            rows.append({"model": r.model, "method": r.method, "value": v, "scope": ALL_VALUES if pooled else "value", "target": r.target, "direction": r.direction, "seed": r.seed,
                          "split": r.metrics.get("split"), "n": e.get("n"), "gain": e["gain"], "gain_ci_low": _ci(e.get("gain_ci"))[0],
                          "gain_ci_high": _ci(e.get("gain_ci"))[1], "mde": e.get("mde", np.nan), "placebo_gain": e.get("placebo_gain"),
                          "shift_low": e.get("shift_low"), "stance_gain": e.get("stance_gain"), "stance_gain_ci_low": _ci(e.get("stance_gain_ci"))[0],
@@ -231,6 +232,7 @@ def aita_lines(at: pd.DataFrame) -> list[str]:
              "stance_gain_ci": [val(r, "stance_gain_ci_low"), val(r, "stance_gain_ci_high")] if val(r, "stance_gain_ci_low") is not None else None,
              "ceiling_gain_ci": [val(r, "ceiling_ci_low"), val(r, "ceiling_ci_high")] if val(r, "ceiling_ci_low") is not None else None}
         who = f"{r.model} {r.method} {r.value}" if many else f"{r.model} {r.value}"
+        if r.method == "verdict": who += " (the AITA ceiling" + (f", on every value's {r.n} test posts)" if getattr(r, "scope", "") == ALL_VALUES else ")")
         lines.append(f"{who} {getattr(r, 'direction', '')} AITA: {gain_verdict(e, getattr(r, 'direction', 'down'))}")
     return lines
 

@@ -87,3 +87,15 @@ def test_the_control_trains_every_post_toward_the_labels_mix(train, tmp_path):
                          {"lora": {"r": 4, "alpha": 8, "top_layers": 2}, "training": {"max_steps": 1}}, tmp_path, mix=True)
     share = [float((d.label == l).mean()) for l in LABELS]
     assert sorted(set(d.label)) == ["NTA", "YTA"] and all(f["soft"] == pytest.approx(share) for f in tr.train_dataset)
+
+
+def test_a_pooled_ceiling_learns_every_values_posts_each_with_its_own_stance():
+    "`verdict.posts_of: all`: every value's train posts, each answered with its own value's stance in the target's direction."
+    from s2b.ceiling import verdict_targets
+    ps = load_posts("bundled", split="train")
+    up = verdict_data(ps, verdict_targets(target_ratings("Tradition", "up"), "all")).set_index("post_id")
+    assert len(up) == len(ps) and up.value.nunique() == 20
+    for p in ps: assert up.loc[p.id, "label"] == p.high_standard_stance
+    assert verdict_targets(target_ratings("Tradition", "up"), "target") == {"Tradition": 6}
+    with pytest.raises(ValueError, match="one target value"): verdict_targets({"Face": 1, "Humility": 6}, "all")
+    with pytest.raises(ValueError, match="'target' or 'all'"): verdict_targets({"Face": 1}, "some")

@@ -197,9 +197,10 @@ def test_the_ceiling_stands_beside_each_survey_adapters_gain(runs, tmp_path):
     assert (sft.ceiling_gain, sft.ceiling_ci_low, sft.ceiling_ci_high) == (0.25, 0.12, 0.4)     # down's, not up's
     assert pd.isna(at.loc[("sft", "Tradition", "down"), "ceiling_gain"])                     # no verdict run for Tradition
     assert pd.isna(at.loc[("verdict", "Hedonism", "down"), "ceiling_gain"]) and at.loc[("verdict", "Hedonism", "down"), "split"] == "test"
-    lines = {l.split(" AITA")[0]: l for l in aita_lines(aita_table(collect(runs)))}
+    lines = {l.split(" AITA:")[0]: l for l in aita_lines(aita_table(collect(runs)))}
     assert "ceiling +0.250 [+0.120, +0.400]" in lines["tiny-model sft Hedonism down"]
-    assert "MDE 0.090" in lines["tiny-model verdict Hedonism down"] and "ceiling" not in lines["tiny-model verdict Hedonism down"]
+    own = lines["tiny-model verdict Hedonism (the AITA ceiling) down"]
+    assert "MDE 0.090" in own and ", ceiling " not in own                                  # a ceiling has no ceiling of its own
     written = build_report(runs, tmp_path/"figures")
     table = pd.read_csv(runs/"report"/"tables"/"aita.csv")
     assert {"mde", "ceiling_gain", "split"} <= set(table.columns)
@@ -348,3 +349,20 @@ def test_a_gain_moved_by_neutral_alone_or_within_its_placebo_is_no_transfer():
     assert transfer_lines(transfer_table(ind, stance, pd.DataFrame()))[0].endswith("transfer shown")
     within = stance.assign(placebo_gain=0.087)                                   # inside [0.030, 0.311]: not beyond it
     assert "in 0 of 1 selective seeds" in transfer_lines(transfer_table(ind, within, pd.DataFrame()))[0]
+
+def test_a_ceiling_scored_on_every_values_posts_is_the_ceiling_of_every_value(runs, tmp_path):
+    "A verdict adapter learnt from every value's posts (`verdict.posts_of: all`) is scored once on all their test posts:"
+    " its gain over them all is one row, and the ceiling of each value's survey adapter in that direction."
+    from s2b.report import ALL_VALUES, aita_table, aita_lines
+    per_value = {v: {"n": 20, "gain": g, "gain_ci": [g - 0.3, g + 0.3]} for v, g in (("Hedonism", 0.05), ("Tradition", 0.3), ("Face", 0.2))}
+    _run(runs, "aita__verdict__Hedonism-down__s0", {"split": "test", "values": per_value,
+         "weighted_mean": {"n": 60, "gain": 0.183, "gain_ci": [0.09, 0.27], "mde": 0.11}}, "aita", _steer("Hedonism", method="verdict"))
+    at = aita_table(collect(runs))
+    ceil = at[at.method == "verdict"]
+    assert len(ceil) == 1 and ceil.iloc[0].scope == ALL_VALUES and ceil.iloc[0].n == 60 and ceil.iloc[0].gain == 0.183
+    for v in ("Hedonism", "Tradition"):                       # both values' survey adapters: the pooled ceiling, not one value's
+        r = at[(at.method == "sft") & (at.value == v)].iloc[0]
+        assert (r.ceiling_gain, r.ceiling_ci_low, r.ceiling_ci_high) == (0.183, 0.09, 0.27)
+    lines = aita_lines(at)
+    assert any(l.startswith("tiny-model verdict Hedonism (the AITA ceiling, on every value's 60 test posts) down AITA: gain +0.183") for l in lines), lines
+    assert any(l.startswith("tiny-model sft Tradition down AITA:") and "ceiling +0.183 [+0.090, +0.270]" in l for l in lines)
