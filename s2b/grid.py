@@ -69,9 +69,9 @@ def _artefact_of(method: str, v: str, d: str, seed) -> str:
 def _baseline_source(g: dict, slug: str, base: Path, seed) -> tuple[list[str], dict]:
     """(deps, parameter overrides) of a run that reads the baseline: the baseline stage's run, or, without one
     (`skip: [baseline]`), the `sft` control, which rates the baseline once for every other run to read; a grid of
-    personas alone (`methods: [prompt]`) reads none."""
+    personas and verdict adapters alone (`methods: [prompt, verdict]`: neither reads the baseline) reads none."""
     if "baseline" not in set(g["skip"]): return [f"{slug}/baseline"], {}
-    if set(g["methods"]) <= {"prompt"}: return [], {"baseline": None}
+    if set(g["methods"]) <= {"prompt", "verdict"}: return [], {"baseline": None}
     if "sft" not in g["methods"]: raise ValueError("grid recipe: skip: [baseline] needs the sft method (its control rates the baseline)")
     ctrl = _control_of("sft", None, None, seed)
     return [f"{slug}/{ctrl}"], {"baseline": str(base/ctrl)}
