@@ -222,7 +222,9 @@ def gain_verdict(e: dict, direction: str = "down") -> str:
                 else "no effect distinguishable from 0 (the CI includes 0)")
         if c is not None:                                  # can the instrument see a shift at all? its positive control says
             shown = cc is not None and len(cc) == 2 and min(sign * cc[0], sign * cc[1]) > 0
-            word += ("; the ceiling is shown, so this is no transfer larger than the MDE" if shown
+            blind = shown and m is not None and m >= abs(c)          # these posts could not see even the ceiling's shift
+            word += (f"; inconclusive: the MDE is not below the ceiling's {abs(c):.3f}, so these posts could not see even its shift" if blind
+                     else "; the ceiling is shown, so this is no transfer larger than the MDE" if shown
                      else "; inconclusive: the ceiling is not shown (its CI includes 0 or points the other way)")
     elif hi < 0: word = "a shift against the intended direction"
     elif pl_s is not None and pl_s >= lo: word = "a shift in the intended direction, but not beyond its placebo"

@@ -102,9 +102,11 @@ def transfer_verdict(rows: pd.DataFrame, alpha: float = 0.05) -> str:
             f"the other way in {wrong}{left}"
             + (f"; {int(neutral.sum())} more significant only through the Neutral term (the stance part's CI includes 0)" if neutral.any() else ""))
     if right > n / 2 and wrong == 0: return f"{head}; {ceiling}: transfer shown"
-    if right == 0 and sees:
+    blind = sees and np.isfinite(mde) and mde >= abs(ceil.ceiling.iloc[0])     # could these posts see the ceiling's shift at all?
+    if right == 0 and sees and not blind:
         return f"{head}; {ceiling}: no transfer larger than the MDE ({mde:.3f}; the instrument sees its ceiling)"
     why = ("the seeds disagree" if right else "without a ceiling a null says nothing" if ceil.empty
+           else f"the MDE {mde:.3f} is not below the ceiling's {abs(ceil.ceiling.iloc[0]):.3f}: these posts could not see even its shift" if blind
            else "the instrument's ceiling is not distinguishable from 0, so a null says nothing")
     return f"{head}; {ceiling}: inconclusive ({why})"
 

@@ -221,3 +221,11 @@ def test_mde_in_the_metrics_and_the_words():
     assert face.endswith("no spread to measure over 1 post(s): no difference claimed") and "shift in" not in face
     wide = {"gain": 0.01, "gain_ci": [-0.02, 0.05], "n": 12, "mde": 0.041}
     assert aita.gain_verdict(wide).endswith("no shift larger than 0.041 (MDE; the CI includes 0)")
+
+
+def test_a_null_is_no_transfer_only_where_its_mde_is_below_the_shown_ceiling():
+    "The ceiling shown, a null reads 'no transfer larger than the MDE' only if the MDE is below the ceiling's size."
+    from s2b.aita import gain_verdict
+    e = {"gain": 0.05, "gain_ci": [-0.05, 0.15], "n": 40, "ceiling_gain": 0.167, "ceiling_gain_ci": [0.087, 0.246]}
+    assert gain_verdict({**e, "mde": 0.1}).endswith("the ceiling is shown, so this is no transfer larger than the MDE")
+    assert gain_verdict({**e, "mde": 0.204}).endswith("inconclusive: the MDE is not below the ceiling's 0.167, so these posts could not see even its shift")

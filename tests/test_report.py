@@ -366,3 +366,16 @@ def test_a_ceiling_scored_on_every_values_posts_is_the_ceiling_of_every_value(ru
     lines = aita_lines(at)
     assert any(l.startswith("tiny-model verdict Hedonism (the AITA ceiling, on every value's 60 test posts) down AITA: gain +0.183") for l in lines), lines
     assert any(l.startswith("tiny-model sft Tradition down AITA:") and "ceiling +0.183 [+0.090, +0.270]" in l for l in lines)
+
+def test_no_transfer_is_claimed_where_the_mde_is_not_below_the_ceiling():
+    "A null reads 'no transfer larger than the MDE' only if the posts could see the ceiling's shift: an MDE at or above it is inconclusive."
+    from s2b.transfer import transfer_table, transfer_lines
+    ind = pd.DataFrame({"model": "m", "method": "sft", "target": "Tradition", "direction": "up", "seed": [0, 1],
+                        "held_out_selectivity": 1.0, "held_out_sel_ci_low": 0.6, "held_out_sel_ci_high": 1.3, "held_out_selective": True})
+    at = pd.DataFrame({"model": "m", "method": "sft", "value": "Tradition", "target": "Tradition", "direction": "up", "seed": [0, 1],
+                       "n": 40, "gain": [0.02, -0.01], "gain_ci_low": [-0.1, -0.12], "gain_ci_high": [0.14, 0.1], "mde": [0.12, 0.179],
+                       "placebo_gain": 0.0, "ceiling_gain": -0.162, "ceiling_ci_low": -0.201, "ceiling_ci_high": -0.124})
+    line = transfer_lines(transfer_table(ind, at, pd.DataFrame()))[0]
+    assert line.endswith("inconclusive (the MDE 0.179 is not below the ceiling's 0.162: these posts could not see even its shift)"), line
+    tight = at.assign(mde=[0.02, 0.03])
+    assert "no transfer larger than the MDE (0.030" in transfer_lines(transfer_table(ind, tight, pd.DataFrame()))[0]
